@@ -1,0 +1,70 @@
+//! The command line (DESIGN.md §4).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// BAM-to-Parquet ingest.
+#[derive(Debug, Parser)]
+#[command(name = "bamflow", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert one BAM file into a Parquet dataset folder.
+    Convert(ConvertArgs),
+    /// Print the profile of a BAM file as JSON: sizes, tags, sort order, index, batch plan.
+    Profile(ProfileArgs),
+    /// Validate a config file; errors name the file, line and column.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The BAM file to convert.
+    pub input: PathBuf,
+    /// The dataset folder to create; it must not exist yet.
+    pub output: PathBuf,
+    /// Read defaults from this config file ([convert] table); flags win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Write only these columns, in this order (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Option<Vec<String>>,
+    /// Promote tags to typed columns, e.g. NM:i,CB:Z,ML:B:i (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Option<Vec<String>>,
+    /// Zstandard level, 1-22 (default 3).
+    #[arg(long)]
+    pub zstd_level: Option<i32>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Input records per part file (default 4000000).
+    #[arg(long)]
+    pub part_records: Option<u64>,
+    /// Memory for batches in flight, in MiB (default 64).
+    #[arg(long)]
+    pub batch_memory_mb: Option<usize>,
+    /// Convert a file that lacks the BGZF EOF block (it may be truncated).
+    #[arg(long)]
+    pub allow_missing_eof: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// The BAM file to profile.
+    pub input: PathBuf,
+    /// Read batch settings from this config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Worker threads the batch plan is made for (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}

@@ -1,0 +1,151 @@
+//! The `bamflow` binary: argument parsing, logging, exit codes. Everything else is the library.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bamflow::config::{self, ConfigError, ConvertOverrides};
+use bamflow::pipeline::{self, profile, ConvertSummary, Observer, Progress};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::{Cli, Command, ConvertArgs, ProfileArgs};
+
+/// Exit status for a failed input or output (the message names file, stage and offset).
+const EXIT_FAILURE: u8 = 1;
+/// Exit status for a usage or configuration error.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert(args) => convert(args),
+        Command::Profile(args) => profile(args),
+        Command::CheckConfig { file } => check_config(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bamflow: error: {error:#}");
+            let usage = error.chain().any(|cause| cause.is::<ConfigError>());
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BAMFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+    let flags = ConvertOverrides {
+        columns: args.columns,
+        tags: args.tags,
+        zstd_level: args.zstd_level,
+        threads: args.threads,
+        part_records: args.part_records,
+        batch_memory_mb: args.batch_memory_mb,
+        allow_missing_eof: args.allow_missing_eof,
+    };
+    let options = config::convert_options(args.config.as_deref(), &flags)?;
+    let size = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
+    let bar = ProgressBarObserver::new(size);
+    let summary = pipeline::convert(&args.input, &args.output, &options, &bar);
+    bar.bar.finish_and_clear();
+    print_summary(&summary?);
+    Ok(())
+}
+
+fn print_summary(summary: &ConvertSummary) {
+    let m = &summary.manifest;
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    eprintln!(
+        "bamflow: {} → {}: {} records, {} rows, {:.1} MiB in, {:.1} MiB out ({:.2}× the BAM), {:.2} s, {:.0} records/s",
+        m.source.path.display(),
+        summary.output.display(),
+        m.counts.read,
+        m.counts.written,
+        mib(m.bytes_in),
+        mib(m.bytes_out),
+        m.bytes_out as f64 / m.bytes_in.max(1) as f64,
+        m.seconds,
+        m.records_per_second,
+    );
+}
+
+fn profile(args: ProfileArgs) -> anyhow::Result<()> {
+    let flags = ConvertOverrides {
+        threads: args.threads,
+        ..ConvertOverrides::default()
+    };
+    let options = config::convert_options(args.config.as_deref(), &flags)?;
+    let pool = rayon_pool(options.threads)?;
+    let profile_options = profile::ProfileOptions {
+        header_limits: pipeline::header::HeaderLimits {
+            max_header_bytes: options.max_header_bytes,
+        },
+        max_record_bytes: options.max_record_bytes,
+        batch_memory_mb: options.batch_memory_mb,
+        threads: options.threads,
+    };
+    let (profile, _) = profile::profile(&args.input, &profile_options, &pool)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&profile).context("cannot print the profile")?
+    );
+    Ok(())
+}
+
+fn rayon_pool(threads: usize) -> anyhow::Result<Arc<rayon::ThreadPool>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    Ok(Arc::new(pool))
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    config::check(file)?;
+    eprintln!("bamflow: {} is valid", file.display());
+    Ok(())
+}
+
+/// Draws a progress bar on stderr when it is a terminal; silent otherwise.
+struct ProgressBarObserver {
+    bar: ProgressBar,
+}
+
+impl ProgressBarObserver {
+    fn new(total_bytes: u64) -> Self {
+        let bar = if std::io::stderr().is_terminal() {
+            let bar =
+                ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+            let style =
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({eta})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Self { bar }
+    }
+}
+
+impl Observer for ProgressBarObserver {
+    fn progress(&self, progress: Progress) {
+        self.bar.set_position(progress.bytes_read);
+        self.bar
+            .set_message(format!("{} records", progress.records_read));
+    }
+}

@@ -1,0 +1,499 @@
+//! BGZF (SAMv1 §4.1): compressed frames read sequentially, inflated in parallel.
+//!
+//! We read frames ourselves rather than through `noodles_bgzf::io::Reader` because the engine
+//! needs three things that reader keeps private: the raw frames (so a whole chunk of them can
+//! be inflated on our rayon pool), the compressed offset of every frame (for errors and for
+//! the virtual positions that checkpoints resume from), and precise reasons for bad input.
+//! The resume cursor itself is noodles' [`VirtualPosition`].
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use libdeflater::{Crc, DecompressionError, Decompressor};
+use noodles_bgzf::VirtualPosition;
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+/// The 28-byte empty block that ends every complete BGZF file (SAMv1 §4.1.2).
+pub const EOF_BLOCK: [u8; 28] = [
+    0x1f, 0x8b, 0x08, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0x06, 0x00, 0x42, 0x43, 0x02, 0x00,
+    0x1b, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+];
+
+/// Largest inflated size of one block.
+const MAX_BLOCK_SIZE: usize = 65_536;
+/// gzip header through XLEN.
+const FIXED_HEADER_LEN: usize = 12;
+/// CRC32 and ISIZE.
+const TRAILER_LEN: usize = 8;
+
+/// Compressed bytes gathered before a chunk is inflated in parallel. Large enough that every
+/// worker gets several blocks, small enough that a chunk's inflated data stays a few MiB.
+const CHUNK_COMPRESSED_BYTES: usize = 2 << 20;
+
+/// Why the BGZF layer could not produce data.
+#[derive(Debug, thiserror::Error)]
+pub enum BgzfError {
+    #[error("file is empty")]
+    Empty,
+    #[error("not a BGZF file: wrong magic at byte {offset}{hint}")]
+    NotGzip { offset: u64, hint: &'static str },
+    #[error("gzip member at byte {offset} is plain gzip, not BGZF (no BC extra field)")]
+    NotBgzf { offset: u64 },
+    #[error("BGZF block at byte {offset} has an invalid size ({size} bytes)")]
+    InvalidBlockSize { offset: u64, size: usize },
+    #[error("BGZF block at byte {offset} is truncated: file may be truncated")]
+    TruncatedBlock { offset: u64 },
+    #[error("BGZF block at byte {offset} does not inflate: {reason}")]
+    Corrupt { offset: u64, reason: &'static str },
+    #[error("BGZF block at byte {offset} fails its CRC32 check")]
+    ChecksumMismatch { offset: u64 },
+    #[error("file does not end with the BGZF EOF block: it may be truncated")]
+    MissingEof,
+    #[error("I/O error at byte {offset}")]
+    Io {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BgzfError {
+    /// Whether this error comes from inflating (rather than reading) a block.
+    pub fn is_inflate(&self) -> bool {
+        matches!(self, Self::Corrupt { .. } | Self::ChecksumMismatch { .. })
+    }
+}
+
+/// Whether the file ends with the BGZF EOF block.
+///
+/// # Errors
+///
+/// Returns an I/O error when the file cannot be read.
+pub fn has_eof_block(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+
+    let len = file.metadata()?.len();
+    if len < EOF_BLOCK.len() as u64 {
+        return Ok(false);
+    }
+    let mut tail = [0; 28];
+    file.read_exact_at(&mut tail, len - EOF_BLOCK.len() as u64)?;
+    Ok(tail == EOF_BLOCK)
+}
+
+/// One compressed frame as read from the file.
+#[derive(Default)]
+struct Frame {
+    offset: u64,
+    /// The whole frame, header through trailer.
+    bytes: Vec<u8>,
+    /// Where the deflate data starts within `bytes`.
+    data_start: usize,
+}
+
+/// One inflated block and where its frame starts in the file.
+pub struct Block {
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// Reads frames sequentially from a file.
+struct FrameReader<R> {
+    inner: R,
+    offset: u64,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Reads the next frame into `frame`; `Ok(false)` at a clean end of file.
+    fn read_frame(&mut self, frame: &mut Frame) -> Result<bool, BgzfError> {
+        let offset = self.offset;
+        frame.offset = offset;
+        frame.bytes.resize(FIXED_HEADER_LEN, 0);
+
+        let n = read_full(&mut self.inner, &mut frame.bytes)
+            .map_err(|source| BgzfError::Io { offset, source })?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let magic_ok = frame.bytes[..2] == [0x1f, 0x8b];
+        if !magic_ok {
+            let hint = sniff(&frame.bytes[..n]);
+            return Err(BgzfError::NotGzip { offset, hint });
+        }
+        if n < FIXED_HEADER_LEN {
+            return Err(BgzfError::TruncatedBlock { offset });
+        }
+        let header = &frame.bytes;
+        if header[2] != 8 || header[3] & 0x04 == 0 {
+            return Err(BgzfError::NotBgzf { offset });
+        }
+
+        let extra_len = usize::from(u16::from_le_bytes([header[10], header[11]]));
+        frame.bytes.resize(FIXED_HEADER_LEN + extra_len, 0);
+        self.fill(&mut frame.bytes[FIXED_HEADER_LEN..], offset)?;
+
+        let block_size =
+            block_size(&frame.bytes[FIXED_HEADER_LEN..]).ok_or(BgzfError::NotBgzf { offset })?;
+        let min_size = FIXED_HEADER_LEN + extra_len + TRAILER_LEN;
+        if block_size < min_size {
+            return Err(BgzfError::InvalidBlockSize {
+                offset,
+                size: block_size,
+            });
+        }
+
+        frame.data_start = FIXED_HEADER_LEN + extra_len;
+        let header_len = frame.bytes.len();
+        frame.bytes.resize(block_size, 0);
+        self.fill(&mut frame.bytes[header_len..], offset)?;
+        self.offset += block_size as u64;
+        Ok(true)
+    }
+
+    fn fill(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BgzfError> {
+        let n =
+            read_full(&mut self.inner, buf).map_err(|source| BgzfError::Io { offset, source })?;
+        if n < buf.len() {
+            return Err(BgzfError::TruncatedBlock { offset });
+        }
+        Ok(())
+    }
+}
+
+/// Reads until `buf` is full or EOF; returns the number of bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Finds BSIZE in the `BC` subfield of the gzip extra field; returns the total block size.
+fn block_size(mut extra: &[u8]) -> Option<usize> {
+    while extra.len() >= 4 {
+        let len = usize::from(u16::from_le_bytes([extra[2], extra[3]]));
+        let field = extra.get(4..4 + len)?;
+        if extra[..2] == *b"BC" && len == 2 {
+            return Some(usize::from(u16::from_le_bytes([field[0], field[1]])) + 1);
+        }
+        extra = &extra[4 + len..];
+    }
+    None
+}
+
+/// Names what a non-gzip file looks like, so the error says more than "wrong magic".
+fn sniff(head: &[u8]) -> &'static str {
+    if head.starts_with(b"CRAM") {
+        " (this is CRAM, which bamflow does not read)"
+    } else if head.starts_with(b"BAM\x01") {
+        " (this is uncompressed BAM, not BGZF-compressed)"
+    } else if head.starts_with(b"@")
+        || head
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        " (this looks like text, e.g. SAM, not BAM)"
+    } else {
+        ""
+    }
+}
+
+/// Inflates one frame into `out`, checking ISIZE and CRC32.
+fn inflate(
+    frame: &Frame,
+    decompressor: &mut Decompressor,
+    out: &mut Vec<u8>,
+) -> Result<(), BgzfError> {
+    let offset = frame.offset;
+    let bytes = &frame.bytes;
+    let trailer = &bytes[bytes.len() - TRAILER_LEN..];
+    let crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]) as usize;
+    if size > MAX_BLOCK_SIZE {
+        return Err(BgzfError::Corrupt {
+            offset,
+            reason: "ISIZE exceeds 65536",
+        });
+    }
+
+    out.clear();
+    out.resize(size, 0);
+    let compressed = &bytes[frame.data_start..bytes.len() - TRAILER_LEN];
+    let n = decompressor
+        .deflate_decompress(compressed, out)
+        .map_err(|e| BgzfError::Corrupt {
+            offset,
+            reason: match e {
+                DecompressionError::BadData => "invalid deflate data",
+                DecompressionError::InsufficientSpace => "inflates to more than ISIZE",
+            },
+        })?;
+    if n != size {
+        return Err(BgzfError::Corrupt {
+            offset,
+            reason: "inflates to less than ISIZE",
+        });
+    }
+
+    let mut actual = Crc::new();
+    actual.update(out);
+    if actual.sum() != crc {
+        return Err(BgzfError::ChecksumMismatch { offset });
+    }
+    Ok(())
+}
+
+/// Reads a BGZF file as chunks of inflated blocks, inflating each chunk on a rayon pool.
+pub struct BlockReader<R> {
+    frames: FrameReader<R>,
+    pool: Arc<ThreadPool>,
+    /// Frame buffers reused from chunk to chunk, so steady state allocates nothing.
+    frame_pool: Vec<Frame>,
+    block_pool: Vec<Vec<u8>>,
+    done: bool,
+}
+
+impl<R: Read> BlockReader<R> {
+    /// Starts reading at compressed `offset` (the reader must already be positioned there).
+    ///
+    /// Only inflating runs on `pool`; reading stays on the calling thread, which therefore never
+    /// occupies a pool worker while it waits for I/O.
+    pub fn new(inner: R, offset: u64, pool: Arc<ThreadPool>) -> Self {
+        Self {
+            frames: FrameReader { inner, offset },
+            pool,
+            frame_pool: Vec::new(),
+            block_pool: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Returns a block's buffer for reuse by a later chunk.
+    pub fn recycle(&mut self, block: Block) {
+        self.block_pool.push(block.data);
+    }
+
+    /// Reads and inflates the next chunk of blocks into `chunk`; leaves it empty at end of file.
+    ///
+    /// Empty blocks (such as the EOF block) are skipped.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first error of the chunk in file order.
+    pub fn read_chunk(&mut self, chunk: &mut Vec<Block>) -> Result<(), BgzfError> {
+        let frames = self.read_frames()?;
+        let mut blocks: Vec<Block> = frames
+            .iter()
+            .map(|f| Block {
+                offset: f.offset,
+                data: self.block_pool.pop().unwrap_or_default(),
+            })
+            .collect();
+
+        let result = self.pool.install(|| {
+            frames
+                .par_iter()
+                .zip(blocks.par_iter_mut())
+                .try_for_each_init(Decompressor::new, |d, (frame, block)| {
+                    inflate(frame, d, &mut block.data)
+                })
+        });
+
+        self.frame_pool.extend(frames);
+        result?;
+        chunk.extend(blocks.into_iter().filter(|b| !b.data.is_empty()));
+        Ok(())
+    }
+
+    /// Reads frames until the chunk's compressed budget is reached or the file ends.
+    fn read_frames(&mut self) -> Result<Vec<Frame>, BgzfError> {
+        let mut frames = Vec::new();
+        let mut compressed = 0;
+        while !self.done && compressed < CHUNK_COMPRESSED_BYTES {
+            let mut frame = self.frame_pool.pop().unwrap_or_default();
+            if self.frames.read_frame(&mut frame)? {
+                compressed += frame.bytes.len();
+                frames.push(frame);
+            } else {
+                self.frame_pool.push(frame);
+                self.done = true;
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Compressed offset of the next frame to be read.
+    pub fn compressed_offset(&self) -> u64 {
+        self.frames.offset
+    }
+}
+
+/// A sequential byte stream over inflated blocks, as the BAM layer sees it.
+///
+/// It knows the virtual position of its next byte, which is what BAM indexes and checkpoints
+/// use to address a record.
+pub struct BgzfStream<R> {
+    reader: BlockReader<R>,
+    chunk: std::collections::VecDeque<Block>,
+    refill: Vec<Block>,
+    /// Read position within the front block.
+    cursor: usize,
+}
+
+impl<R: Read> BgzfStream<R> {
+    pub fn new(reader: BlockReader<R>) -> Self {
+        Self {
+            reader,
+            chunk: Default::default(),
+            refill: Vec::new(),
+            cursor: 0,
+        }
+    }
+
+    /// Virtual position of the next byte: the frame's compressed offset and the offset within
+    /// its inflated data. At a block boundary this is the start of the next block.
+    pub fn virtual_position(&mut self) -> Result<VirtualPosition, BgzfError> {
+        self.ensure_data()?;
+        Ok(match self.chunk.front() {
+            Some(block) => pack(block.offset, self.cursor),
+            None => pack(self.reader.compressed_offset(), 0),
+        })
+    }
+
+    /// Compressed offset of the frame holding the next byte, for error messages.
+    pub fn compressed_offset(&self) -> u64 {
+        self.chunk
+            .front()
+            .map_or(self.reader.compressed_offset(), |b| b.offset)
+    }
+
+    /// Whether the stream has no more bytes.
+    pub fn at_end(&mut self) -> Result<bool, BgzfError> {
+        self.ensure_data()?;
+        Ok(self.chunk.is_empty())
+    }
+
+    /// Appends exactly `n` bytes to `out`; returns how many were available if fewer.
+    pub fn read_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        n: usize,
+    ) -> Result<Result<(), usize>, BgzfError> {
+        let mut remaining = n;
+        while remaining > 0 {
+            self.ensure_data()?;
+            let Some(block) = self.chunk.front() else {
+                return Ok(Err(n - remaining));
+            };
+            let take = remaining.min(block.data.len() - self.cursor);
+            out.extend_from_slice(&block.data[self.cursor..self.cursor + take]);
+            self.cursor += take;
+            remaining -= take;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Fills `buf` exactly; returns how many bytes were available if fewer.
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<Result<(), usize>, BgzfError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            self.ensure_data()?;
+            let Some(block) = self.chunk.front() else {
+                return Ok(Err(filled));
+            };
+            let take = (buf.len() - filled).min(block.data.len() - self.cursor);
+            buf[filled..filled + take]
+                .copy_from_slice(&block.data[self.cursor..self.cursor + take]);
+            self.cursor += take;
+            filled += take;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Drops exhausted blocks and refills from the file when the chunk runs dry.
+    fn ensure_data(&mut self) -> Result<(), BgzfError> {
+        loop {
+            match self.chunk.front() {
+                Some(block) if self.cursor < block.data.len() => return Ok(()),
+                Some(_) => {
+                    if let Some(block) = self.chunk.pop_front() {
+                        self.reader.recycle(block);
+                    }
+                    self.cursor = 0;
+                }
+                None => {
+                    self.reader.read_chunk(&mut self.refill)?;
+                    if self.refill.is_empty() {
+                        return Ok(());
+                    }
+                    self.chunk.extend(self.refill.drain(..));
+                }
+            }
+        }
+    }
+}
+
+fn pack(compressed_offset: u64, uncompressed_offset: usize) -> VirtualPosition {
+    // Offsets within a block are below 65536 by construction, and BGZF files are far below
+    // 2^48 bytes, so this never truncates.
+    VirtualPosition::from((compressed_offset << 16) | uncompressed_offset as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Arc<ThreadPool> {
+        Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn eof_block_inflates_to_nothing() {
+        let mut reader = BlockReader::new(&EOF_BLOCK[..], 0, pool());
+        let mut chunk = Vec::new();
+        reader.read_chunk(&mut chunk).unwrap();
+        assert!(chunk.is_empty());
+        assert_eq!(reader.compressed_offset(), 28);
+    }
+
+    #[test]
+    fn classifies_bad_starts() {
+        let t = |input: &[u8], expected: &str| {
+            let mut reader = BlockReader::new(input, 0, pool());
+            let err = reader.read_chunk(&mut Vec::new()).unwrap_err();
+            assert!(
+                err.to_string().contains(expected),
+                "{err} does not contain {expected}"
+            );
+        };
+        t(b"@HD\tVN:1.6\n", "looks like text");
+        t(b"CRAM\x03\x00", "CRAM");
+        t(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0, 0], "plain gzip");
+        t(&EOF_BLOCK[..20], "truncated");
+
+        let mut too_long = EOF_BLOCK;
+        too_long[17] = 0x01; // BSIZE now runs past the end of the input
+        t(&too_long, "truncated");
+
+        let mut too_short = EOF_BLOCK;
+        too_short[16] = 0x12; // BSIZE smaller than header plus trailer
+        t(&too_short, "invalid size (19 bytes)");
+
+        let mut bad_crc = EOF_BLOCK;
+        bad_crc[20] = 0x01;
+        t(&bad_crc, "CRC32");
+    }
+}

@@ -1,0 +1,562 @@
+//! Raw records → Arrow: one pure function per batch, run in parallel on the pool.
+//!
+//! Only the selected columns are computed: without `seq` no base is unpacked, without `tags`
+//! and promoted tags the optional fields are not even parsed.
+
+use std::sync::Arc;
+
+use arrow_array::types::{Float32Type, Int32Type, Int64Type, UInt16Type, UInt8Type};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_schema::ArrowError;
+use bamflow_plugin_api::{RecordError, RecordView, TagArray, TagError, TagValue};
+
+use super::columns::{ListColumn, PrimitiveColumn, ReferenceColumn, TextColumn, TextOverflow};
+use super::sam_text;
+use super::schema::{Column, OutputSchema, PromotedType, StandardColumn};
+use super::RawBatch;
+
+/// Why a record could not be decoded. Record numbers count from 1 in file order.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record {record}: {source}")]
+    InvalidRecord {
+        record: u64,
+        #[source]
+        source: RecordError,
+    },
+    #[error("record {record}: field tags: {source}")]
+    InvalidTag {
+        record: u64,
+        #[source]
+        source: TagError,
+    },
+    #[error("record {record}: field {field}: not valid UTF-8")]
+    InvalidUtf8 { record: u64, field: String },
+    #[error("record {record}: field {field}: reference id {id} is not in the header's {count} references")]
+    ReferenceOutOfRange {
+        record: u64,
+        field: &'static str,
+        id: i32,
+        count: usize,
+    },
+    #[error("record {record}: field {field}: value {value} does not fit the column")]
+    OutOfRange {
+        record: u64,
+        field: &'static str,
+        value: i64,
+    },
+    #[error("record {record}: field qual: quality score {score} is above 93 and has no SAM text")]
+    InvalidQuality { record: u64, score: u8 },
+    #[error(transparent)]
+    TextOverflow(#[from] TextOverflow),
+    #[error("building Arrow arrays failed")]
+    Arrow(#[source] ArrowError),
+}
+
+impl DecodeError {
+    /// The record (1-based) the error is about, if any.
+    pub fn record(&self) -> Option<u64> {
+        match self {
+            Self::InvalidRecord { record, .. }
+            | Self::InvalidTag { record, .. }
+            | Self::InvalidUtf8 { record, .. }
+            | Self::ReferenceOutOfRange { record, .. }
+            | Self::OutOfRange { record, .. }
+            | Self::InvalidQuality { record, .. } => Some(*record),
+            Self::TextOverflow(_) | Self::Arrow(_) => None,
+        }
+    }
+}
+
+/// Which parts of a record the selected columns need.
+#[derive(Clone, Copy, Debug)]
+struct Needs {
+    /// The real CIGAR, which may live in a `CG` tag (cigar, end, and tags which must omit CG).
+    cigar: bool,
+    /// Iterating the optional fields at all.
+    fields: bool,
+}
+
+/// Decodes raw record batches into Arrow record batches of one [`OutputSchema`].
+pub struct Decoder {
+    schema: OutputSchema,
+    reference_names: ArrayRef,
+    reference_count: usize,
+    /// For each promoted tag, whether its column is written (otherwise it stays in `tags`).
+    promoted_written: Vec<bool>,
+    needs: Needs,
+}
+
+impl Decoder {
+    pub fn new(schema: OutputSchema, reference_names: &[String]) -> Self {
+        let promoted_written = (0..schema.promoted.len())
+            .map(|i| schema.columns.contains(&Column::Promoted(i)))
+            .collect::<Vec<_>>();
+        let any_promoted = promoted_written.iter().any(|&w| w);
+        let tags = schema.has(StandardColumn::Tags);
+        let needs = Needs {
+            cigar: schema.has(StandardColumn::Cigar) || schema.has(StandardColumn::End) || tags,
+            fields: tags || any_promoted,
+        };
+        let names = StringArray::from_iter_values(reference_names.iter());
+        Self {
+            schema,
+            reference_names: Arc::new(names),
+            reference_count: reference_names.len(),
+            promoted_written,
+            needs,
+        }
+    }
+
+    /// Decodes every record of `batch`.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`DecodeError`] naming the first bad record and field.
+    pub fn decode(&self, batch: &RawBatch) -> Result<RecordBatch, DecodeError> {
+        let mut builders = Builders::new(&self.schema, batch);
+        let mut cigar_ops: Vec<(u8, u32)> = Vec::new();
+
+        for (i, bytes) in batch.records().enumerate() {
+            let record = batch.first_record + i as u64 + 1;
+            let view = RecordView::new(bytes)
+                .map_err(|source| DecodeError::InvalidRecord { record, source })?;
+            self.decode_record(record, &view, &mut builders, &mut cigar_ops)?;
+        }
+
+        builders.finish(&self.schema, &self.reference_names)
+    }
+
+    fn decode_record(
+        &self,
+        record: u64,
+        view: &RecordView<'_>,
+        b: &mut Builders,
+        cigar_ops: &mut Vec<(u8, u32)>,
+    ) -> Result<(), DecodeError> {
+        let s = &self.schema;
+
+        if s.has(StandardColumn::Qname) {
+            let name = view.name();
+            if name == b"*" {
+                b.qname.push_null();
+            } else {
+                check_utf8(name, record, "qname")?;
+                b.qname.push(name)?;
+            }
+        }
+        if s.has(StandardColumn::Flag) {
+            b.flag.push(view.flags());
+        }
+        if s.has(StandardColumn::Rname) {
+            let id = self.reference_id(view.reference_sequence_id(), record, "rname")?;
+            b.rname.push(id);
+        }
+        if s.has(StandardColumn::Pos) {
+            b.pos
+                .push_option(one_based(view.position(), record, "pos")?);
+        }
+        if s.has(StandardColumn::Mapq) {
+            let mapq = view.mapping_quality();
+            b.mapq.push_option((mapq != 255).then_some(mapq));
+        }
+
+        let cg_tag = if self.needs.cigar {
+            real_cigar(view, record)?
+        } else {
+            None
+        };
+        if self.needs.cigar {
+            cigar_ops.clear();
+            match cg_tag {
+                Some(array) => {
+                    cigar_ops.extend(array.integers().map(|n| ((n & 0xf) as u8, (n as u32) >> 4)))
+                }
+                None => cigar_ops.extend(view.cigar_ops()),
+            }
+        }
+        if s.has(StandardColumn::Cigar) {
+            if cigar_ops.is_empty() {
+                b.cigar.push_null();
+            } else {
+                sam_text::push_cigar(b.cigar.buffer(), cigar_ops.iter().copied());
+                b.cigar.close_value()?;
+            }
+        }
+
+        if s.has(StandardColumn::Rnext) {
+            let id = self.reference_id(view.mate_reference_sequence_id(), record, "rnext")?;
+            b.rnext.push(id);
+        }
+        if s.has(StandardColumn::Pnext) {
+            b.pnext
+                .push_option(one_based(view.mate_position(), record, "pnext")?);
+        }
+        if s.has(StandardColumn::Tlen) {
+            b.tlen.push(view.template_length());
+        }
+        if s.has(StandardColumn::Seq) {
+            let len = view.sequence_len();
+            if len == 0 {
+                b.seq.push_null();
+            } else {
+                sam_text::push_sequence(b.seq.buffer(), view.sequence_bytes(), len);
+                b.seq.close_value()?;
+            }
+        }
+        if s.has(StandardColumn::Qual) {
+            let scores = view.quality_scores();
+            match scores.first() {
+                None | Some(0xff) => b.qual.push_null(),
+                Some(_) => {
+                    if let Some(&score) = scores.iter().find(|&&q| q > 93) {
+                        return Err(DecodeError::InvalidQuality { record, score });
+                    }
+                    sam_text::push_quality(b.qual.buffer(), scores);
+                    b.qual.close_value()?;
+                }
+            }
+        }
+        if s.has(StandardColumn::End) {
+            b.end.push_option(alignment_end(view, cigar_ops, record)?);
+        }
+        if self.needs.fields {
+            self.decode_fields(record, view, cg_tag.is_some(), b)?;
+        }
+        Ok(())
+    }
+
+    /// Splits the optional fields between promoted columns and the `tags` text.
+    fn decode_fields(
+        &self,
+        record: u64,
+        view: &RecordView<'_>,
+        mut skip_cg: bool,
+        b: &mut Builders,
+    ) -> Result<(), DecodeError> {
+        let promoted = &self.schema.promoted;
+        b.promoted_set.clear();
+        b.promoted_set.resize(promoted.len(), false);
+        let write_tags = self.schema.has(StandardColumn::Tags);
+
+        for tag in view.tags() {
+            let tag = tag.map_err(|source| DecodeError::InvalidTag { record, source })?;
+            if skip_cg && tag.name == *b"CG" && matches!(tag.value, TagValue::Array(_)) {
+                // htslib moves an oversized CIGAR back from `CG` and drops the tag.
+                skip_cg = false;
+                continue;
+            }
+            check_tag_utf8(&tag.value, tag.name, record)?;
+
+            let slot = (0..promoted.len()).find(|&i| {
+                let p = &promoted[i];
+                p.name == tag.name
+                    && self.promoted_written[i]
+                    && !b.promoted_set[i]
+                    && fits(p.ty, &tag.value)
+            });
+            if let Some(i) = slot {
+                b.promoted_set[i] = true;
+                b.promoted[i].push(&tag.value)?;
+            } else if write_tags {
+                if b.tags.open_value_len() > 0 {
+                    b.tags.buffer().push(b'\t');
+                }
+                sam_text::push_tag(b.tags.buffer(), tag.name, &tag.value);
+            }
+        }
+
+        if write_tags {
+            if b.tags.open_value_len() == 0 {
+                b.tags.push_null();
+            } else {
+                b.tags.close_value()?;
+            }
+        }
+        for (i, column) in b.promoted.iter_mut().enumerate() {
+            if self.promoted_written[i] && !b.promoted_set[i] {
+                column.push_null();
+            }
+        }
+        Ok(())
+    }
+
+    fn reference_id(&self, id: i32, record: u64, field: &'static str) -> Result<i32, DecodeError> {
+        if id < -1 || id >= 0 && id as usize >= self.reference_count {
+            let count = self.reference_count;
+            return Err(DecodeError::ReferenceOutOfRange {
+                record,
+                field,
+                id,
+                count,
+            });
+        }
+        Ok(id)
+    }
+}
+
+/// SAM's 1-based position from BAM's 0-based one; -1 (POS 0, unavailable) is null.
+fn one_based(position: i32, record: u64, field: &'static str) -> Result<Option<i32>, DecodeError> {
+    if position == -1 {
+        return Ok(None);
+    }
+    position
+        .checked_add(1)
+        .map(Some)
+        .ok_or(DecodeError::OutOfRange {
+            record,
+            field,
+            value: i64::from(position) + 1,
+        })
+}
+
+/// The 1-based inclusive end, as htslib's `bam_endpos`; null when unmapped or when no CIGAR op
+/// consumes the reference.
+fn alignment_end(
+    view: &RecordView<'_>,
+    ops: &[(u8, u32)],
+    record: u64,
+) -> Result<Option<i32>, DecodeError> {
+    if view.is_unmapped() || !ops.iter().any(|&(op, _)| sam_text::consumes_reference(op)) {
+        return Ok(None);
+    }
+    let span: i64 = ops
+        .iter()
+        .filter(|&&(op, _)| sam_text::consumes_reference(op))
+        .map(|&(_, len)| i64::from(len))
+        .sum();
+    // 0-based start + span = 1-based inclusive end.
+    let end = i64::from(view.position()) + span;
+    i32::try_from(end)
+        .map(Some)
+        .map_err(|_| DecodeError::OutOfRange {
+            record,
+            field: "end",
+            value: end,
+        })
+}
+
+/// The `CG` array holding the real CIGAR, when the record's CIGAR is the `<l_seq>S<ref_len>N`
+/// placeholder that SAMv1 §4.2.2 prescribes for more than 65,535 operations.
+fn real_cigar<'a>(view: &RecordView<'a>, record: u64) -> Result<Option<TagArray<'a>>, DecodeError> {
+    let mut ops = view.cigar_ops();
+    let placeholder = ops.len() == 2
+        && ops.next() == Some((4, view.sequence_len() as u32))
+        && ops.next().is_some_and(|(op, _)| op == 3);
+    if !placeholder {
+        return Ok(None);
+    }
+    let value = view
+        .tags()
+        .find(*b"CG")
+        .map_err(|source| DecodeError::InvalidTag { record, source })?;
+    Ok(match value {
+        Some(TagValue::Array(array)) if matches!(array.subtype(), b'I' | b'i') => Some(array),
+        _ => None,
+    })
+}
+
+/// Whether a value's SAM type class matches a promoted column's type.
+fn fits(ty: PromotedType, value: &TagValue<'_>) -> bool {
+    match (ty, value) {
+        (PromotedType::Integer, TagValue::Integer { .. })
+        | (PromotedType::Float, TagValue::Float(_))
+        | (PromotedType::String, TagValue::String(_))
+        | (PromotedType::Hex, TagValue::Hex(_))
+        | (PromotedType::Character, TagValue::Character(_)) => true,
+        (PromotedType::IntegerArray, TagValue::Array(a)) => !a.is_float(),
+        (PromotedType::FloatArray, TagValue::Array(a)) => a.is_float(),
+        _ => false,
+    }
+}
+
+fn check_utf8(bytes: &[u8], record: u64, field: &str) -> Result<(), DecodeError> {
+    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+        return Ok(());
+    }
+    Err(DecodeError::InvalidUtf8 {
+        record,
+        field: field.to_owned(),
+    })
+}
+
+fn check_tag_utf8(value: &TagValue<'_>, name: [u8; 2], record: u64) -> Result<(), DecodeError> {
+    let bytes: &[u8] = match value {
+        TagValue::String(s) | TagValue::Hex(s) => s,
+        TagValue::Character(c) => std::slice::from_ref(c),
+        _ => return Ok(()),
+    };
+    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+        return Ok(());
+    }
+    let field = format!("tag {}", String::from_utf8_lossy(&name));
+    Err(DecodeError::InvalidUtf8 { record, field })
+}
+
+/// A promoted tag's column.
+enum PromotedColumn {
+    Integer(PrimitiveColumn<Int64Type>),
+    Float(PrimitiveColumn<Float32Type>),
+    Text(TextColumn),
+    IntegerArray(ListColumn<Int64Type>),
+    FloatArray(ListColumn<Float32Type>),
+}
+
+impl PromotedColumn {
+    fn new(ty: PromotedType, rows: usize) -> Self {
+        match ty {
+            PromotedType::Integer => Self::Integer(PrimitiveColumn::with_capacity(rows)),
+            PromotedType::Float => Self::Float(PrimitiveColumn::with_capacity(rows)),
+            PromotedType::String | PromotedType::Hex | PromotedType::Character => {
+                Self::Text(TextColumn::with_capacity(rows, rows * 16))
+            }
+            PromotedType::IntegerArray => Self::IntegerArray(ListColumn::with_capacity(rows)),
+            PromotedType::FloatArray => Self::FloatArray(ListColumn::with_capacity(rows)),
+        }
+    }
+
+    /// Appends a value whose type [`fits`] this column.
+    fn push(&mut self, value: &TagValue<'_>) -> Result<(), DecodeError> {
+        match (self, value) {
+            (Self::Integer(c), TagValue::Integer { value, .. }) => c.push(*value),
+            (Self::Float(c), TagValue::Float(value)) => c.push(*value),
+            (Self::Text(c), TagValue::String(s) | TagValue::Hex(s)) => c.push(s)?,
+            (Self::Text(c), TagValue::Character(ch)) => c.push(std::slice::from_ref(ch))?,
+            (Self::IntegerArray(c), TagValue::Array(a)) => c.push(a.integers())?,
+            (Self::FloatArray(c), TagValue::Array(a)) => c.push(a.floats())?,
+            (column, _) => column.push_null(),
+        }
+        Ok(())
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            Self::Integer(c) => c.push_null(),
+            Self::Float(c) => c.push_null(),
+            Self::Text(c) => c.push_null(),
+            Self::IntegerArray(c) => c.push_null(),
+            Self::FloatArray(c) => c.push_null(),
+        }
+    }
+
+    fn finish(self) -> Result<ArrayRef, ArrowError> {
+        match self {
+            Self::Integer(c) => Ok(c.finish()),
+            Self::Float(c) => Ok(c.finish()),
+            Self::Text(c) => c.finish(),
+            Self::IntegerArray(c) => c.finish(),
+            Self::FloatArray(c) => c.finish(),
+        }
+    }
+}
+
+/// Buffers of every column for one batch. Unselected columns stay empty and allocate nothing.
+struct Builders {
+    qname: TextColumn,
+    flag: PrimitiveColumn<UInt16Type>,
+    rname: ReferenceColumn,
+    pos: PrimitiveColumn<Int32Type>,
+    mapq: PrimitiveColumn<UInt8Type>,
+    cigar: TextColumn,
+    rnext: ReferenceColumn,
+    pnext: PrimitiveColumn<Int32Type>,
+    tlen: PrimitiveColumn<Int32Type>,
+    seq: TextColumn,
+    qual: TextColumn,
+    end: PrimitiveColumn<Int32Type>,
+    tags: TextColumn,
+    promoted: Vec<PromotedColumn>,
+    /// Which promoted columns got a value for the current record.
+    promoted_set: Vec<bool>,
+}
+
+impl Builders {
+    fn new(schema: &OutputSchema, batch: &RawBatch) -> Self {
+        let rows = batch.len();
+        let has = |c| schema.has(c);
+        let rows_if = |c| if has(c) { rows } else { 0 };
+        // Text sizes are estimates from the raw bytes; vectors grow if they are short.
+        let bytes_if = |c, bytes: usize| if has(c) { bytes } else { 0 };
+        let raw = batch.data.len();
+
+        Self {
+            qname: TextColumn::with_capacity(
+                rows_if(StandardColumn::Qname),
+                bytes_if(StandardColumn::Qname, rows * 24),
+            ),
+            flag: PrimitiveColumn::with_capacity(rows_if(StandardColumn::Flag)),
+            rname: ReferenceColumn::with_capacity(rows_if(StandardColumn::Rname)),
+            pos: PrimitiveColumn::with_capacity(rows_if(StandardColumn::Pos)),
+            mapq: PrimitiveColumn::with_capacity(rows_if(StandardColumn::Mapq)),
+            cigar: TextColumn::with_capacity(
+                rows_if(StandardColumn::Cigar),
+                bytes_if(StandardColumn::Cigar, rows * 8),
+            ),
+            rnext: ReferenceColumn::with_capacity(rows_if(StandardColumn::Rnext)),
+            pnext: PrimitiveColumn::with_capacity(rows_if(StandardColumn::Pnext)),
+            tlen: PrimitiveColumn::with_capacity(rows_if(StandardColumn::Tlen)),
+            seq: TextColumn::with_capacity(
+                rows_if(StandardColumn::Seq),
+                bytes_if(StandardColumn::Seq, raw / 2),
+            ),
+            qual: TextColumn::with_capacity(
+                rows_if(StandardColumn::Qual),
+                bytes_if(StandardColumn::Qual, raw / 2),
+            ),
+            end: PrimitiveColumn::with_capacity(rows_if(StandardColumn::End)),
+            tags: TextColumn::with_capacity(
+                rows_if(StandardColumn::Tags),
+                bytes_if(StandardColumn::Tags, raw / 4),
+            ),
+            promoted: schema
+                .promoted
+                .iter()
+                .map(|p| PromotedColumn::new(p.ty, rows))
+                .collect(),
+            promoted_set: Vec::with_capacity(schema.promoted.len()),
+        }
+    }
+
+    fn finish(
+        mut self,
+        schema: &OutputSchema,
+        reference_names: &ArrayRef,
+    ) -> Result<RecordBatch, DecodeError> {
+        let mut arrays = Vec::with_capacity(schema.columns.len());
+        for column in &schema.columns {
+            let array = match *column {
+                Column::Standard(c) => self.finish_standard(c, reference_names),
+                Column::Promoted(i) => {
+                    let ty = schema.promoted[i].ty;
+                    std::mem::replace(&mut self.promoted[i], PromotedColumn::new(ty, 0)).finish()
+                }
+            };
+            arrays.push(array.map_err(DecodeError::Arrow)?);
+        }
+        RecordBatch::try_new(Arc::clone(schema.arrow()), arrays).map_err(DecodeError::Arrow)
+    }
+
+    /// Moves one standard column's buffers out into an array (each column is written once).
+    fn finish_standard(
+        &mut self,
+        column: StandardColumn,
+        names: &ArrayRef,
+    ) -> Result<ArrayRef, ArrowError> {
+        use std::mem::take;
+        match column {
+            StandardColumn::Qname => take(&mut self.qname).finish(),
+            StandardColumn::Flag => Ok(take(&mut self.flag).finish()),
+            StandardColumn::Rname => take(&mut self.rname).finish(names),
+            StandardColumn::Pos => Ok(take(&mut self.pos).finish()),
+            StandardColumn::Mapq => Ok(take(&mut self.mapq).finish()),
+            StandardColumn::Cigar => take(&mut self.cigar).finish(),
+            StandardColumn::Rnext => take(&mut self.rnext).finish(names),
+            StandardColumn::Pnext => Ok(take(&mut self.pnext).finish()),
+            StandardColumn::Tlen => Ok(take(&mut self.tlen).finish()),
+            StandardColumn::Seq => take(&mut self.seq).finish(),
+            StandardColumn::Qual => take(&mut self.qual).finish(),
+            StandardColumn::End => Ok(take(&mut self.end).finish()),
+            StandardColumn::Tags => take(&mut self.tags).finish(),
+        }
+    }
+}

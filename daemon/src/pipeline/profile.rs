@@ -1,0 +1,296 @@
+//! Profile: the header and a sample of records → what the file looks like and how to batch it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bamflow_plugin_api::{RecordView, TagValue};
+use rayon::ThreadPool;
+use serde::Serialize;
+
+use super::bgzf::{BgzfStream, BlockReader};
+use super::header::{self, BamHeader, HeaderLimits};
+use super::source::{BatchLimits, RecordSource};
+use super::{ConvertError, RawBatch, Stage};
+
+/// Records read for the profile; enough for stable percentiles, cheap on any file.
+const SAMPLE_RECORDS: usize = 10_000;
+/// Raw bytes read for the profile at most, so a long-read file is sampled quickly too.
+const SAMPLE_BYTES: usize = 32 << 20;
+
+/// Decoded data is held in this many batch-sized pieces at once across the pipeline: batches
+/// queued and being framed, being decoded, and decoded batches queued and being written, with
+/// Arrow arrays taking about 1.5× their raw bytes.
+const IN_FLIGHT_BATCHES_PER_WORKER: usize = 7;
+const MIN_BATCH_BYTES: usize = 64 << 10;
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// Mean, median and 99th percentile of a sampled quantity.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Distribution {
+    pub mean: f64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Distribution {
+    fn of(mut values: Vec<u64>) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        values.sort_unstable();
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        let mean = values.iter().sum::<u64>() as f64 / values.len() as f64;
+        Self {
+            mean,
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+/// A BAM index found beside the file.
+#[derive(Clone, Debug, Serialize)]
+pub struct IndexInfo {
+    pub kind: &'static str,
+    pub path: PathBuf,
+}
+
+/// How records are batched: sized so everything in flight fits `batch_memory_mb`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct BatchPlan {
+    /// Batches decoded in parallel at once.
+    pub window: usize,
+    /// Raw record bytes after which a batch closes.
+    pub max_bytes: usize,
+    /// Records after which a batch closes, from the sampled mean record size.
+    pub max_records: usize,
+}
+
+impl BatchPlan {
+    /// Sizes batches for `memory_mb` of in-flight data on `threads` workers.
+    pub fn new(memory_mb: usize, threads: usize, mean_record_bytes: f64) -> Self {
+        let window = threads.max(1);
+        let budget = memory_mb.saturating_mul(1 << 20);
+        let max_bytes = (budget / (IN_FLIGHT_BATCHES_PER_WORKER * window))
+            .clamp(MIN_BATCH_BYTES, MAX_BATCH_BYTES);
+        let max_records = (max_bytes as f64 / mean_record_bytes.max(36.0)).ceil() as usize;
+        Self {
+            window,
+            max_bytes,
+            max_records: max_records.max(1),
+        }
+    }
+
+    pub fn limits(&self, part_records: u64) -> BatchLimits {
+        BatchLimits {
+            max_records: self.max_records,
+            max_bytes: self.max_bytes,
+            part_records,
+        }
+    }
+}
+
+/// What `bamflow profile` prints and `convert` plans with.
+#[derive(Clone, Debug, Serialize)]
+pub struct Profile {
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    pub header_text_bytes: usize,
+    pub references: usize,
+    /// `SO` of the `@HD` line, e.g. `coordinate`; `unknown` when absent.
+    pub sort_order: String,
+    pub index: Option<IndexInfo>,
+    pub records_sampled: usize,
+    /// Whether the sample is the whole file.
+    pub sampled_whole_file: bool,
+    pub record_bytes: Distribution,
+    pub read_length: Distribution,
+    pub unmapped_fraction: f64,
+    /// Tags seen in the sample, with the SAM types they had (e.g. `i`, `Z`, `B:C`).
+    pub tags: BTreeMap<String, BTreeSet<String>>,
+    pub batch: BatchPlan,
+}
+
+/// Settings the profile needs.
+#[derive(Clone, Copy, Debug)]
+pub struct ProfileOptions {
+    pub header_limits: HeaderLimits,
+    pub max_record_bytes: usize,
+    pub batch_memory_mb: usize,
+    pub threads: usize,
+}
+
+/// Reads the header and a sample of records from the start of `path`.
+///
+/// # Errors
+///
+/// Returns a [`ConvertError`] naming the stage when the file cannot be read.
+pub fn profile(
+    path: &Path,
+    options: &ProfileOptions,
+    pool: &Arc<ThreadPool>,
+) -> Result<(Profile, BamHeader), ConvertError> {
+    let fail = |stage, source| ConvertError::new(path, stage, source);
+    let file = File::open(path).map_err(|e| fail(Stage::Open, e.into()))?;
+    let file_bytes = file
+        .metadata()
+        .map_err(|e| fail(Stage::Open, e.into()))?
+        .len();
+
+    let mut stream = BgzfStream::new(BlockReader::new(BufReader::new(file), 0, Arc::clone(pool)));
+    let header = header::read_header(&mut stream, options.header_limits)
+        .map_err(|e| fail(Stage::Header, e.into()))?;
+    let mut source = RecordSource::new(stream, 0, options.max_record_bytes);
+
+    let mut batch = RawBatch::default();
+    let limits = BatchLimits {
+        max_records: SAMPLE_RECORDS,
+        max_bytes: SAMPLE_BYTES,
+        part_records: u64::MAX,
+    };
+    source
+        .read_batch(&mut batch, limits)
+        .map_err(|e| ConvertError::from_source(path, e))?;
+    let more = source
+        .read_batch(
+            &mut RawBatch::default(),
+            BatchLimits {
+                max_records: 1,
+                ..limits
+            },
+        )
+        .map_err(|e| ConvertError::from_source(path, e))?;
+    let sampled_whole_file = !more;
+
+    let sample = Sample::of(&batch);
+    let mean_record_bytes = sample.record_bytes.mean + 4.0;
+    let profile = Profile {
+        path: path.to_owned(),
+        file_bytes,
+        header_text_bytes: header.text.len(),
+        references: header.reference_names.len(),
+        sort_order: sort_order(&header.text),
+        index: find_index(path),
+        records_sampled: batch.len(),
+        sampled_whole_file,
+        record_bytes: sample.record_bytes,
+        read_length: sample.read_length,
+        unmapped_fraction: sample.unmapped as f64 / batch.len().max(1) as f64,
+        tags: sample.tags,
+        batch: BatchPlan::new(options.batch_memory_mb, options.threads, mean_record_bytes),
+    };
+    Ok((profile, header))
+}
+
+struct Sample {
+    record_bytes: Distribution,
+    read_length: Distribution,
+    unmapped: usize,
+    tags: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Sample {
+    fn of(batch: &RawBatch) -> Self {
+        let mut sizes = Vec::with_capacity(batch.len());
+        let mut lengths = Vec::with_capacity(batch.len());
+        let mut unmapped = 0;
+        let mut tags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+
+        // Malformed records are the decoder's to report, with their record number; the profile
+        // just describes the ones it can read.
+        for view in batch
+            .records()
+            .filter_map(|bytes| RecordView::new(bytes).ok())
+        {
+            sizes.push(view.as_bytes().len() as u64);
+            lengths.push(view.sequence_len() as u64);
+            unmapped += usize::from(view.is_unmapped());
+            for tag in view.tags().map_while(Result::ok) {
+                let name = String::from_utf8_lossy(&tag.name).into_owned();
+                tags.entry(name).or_default().insert(type_name(&tag.value));
+            }
+        }
+        Self {
+            record_bytes: Distribution::of(sizes),
+            read_length: Distribution::of(lengths),
+            unmapped,
+            tags,
+        }
+    }
+}
+
+fn type_name(value: &TagValue<'_>) -> String {
+    match value {
+        TagValue::Integer { code, .. } => format!("i ({})", char::from(*code)),
+        TagValue::Array(array) => format!("B:{}", char::from(array.subtype())),
+        other => char::from(other.sam_type()).to_string(),
+    }
+}
+
+fn sort_order(text: &str) -> String {
+    text.lines()
+        .find(|line| line.starts_with("@HD\t"))
+        .and_then(|hd| hd.split('\t').find_map(|field| field.strip_prefix("SO:")))
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// Looks for `x.bam.bai`, `x.bai` and `x.bam.csi`, as samtools does.
+fn find_index(path: &Path) -> Option<IndexInfo> {
+    let with_suffix = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [
+        ("bai", with_suffix(".bai")),
+        ("bai", path.with_extension("bai")),
+        ("csi", with_suffix(".csi")),
+    ]
+    .into_iter()
+    .find(|(_, p)| p.is_file())
+    .map(|(kind, path)| IndexInfo { kind, path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_plan_fits_the_memory_budget() {
+        let plan = BatchPlan::new(64, 2, 400.0);
+        assert_eq!(plan.window, 2);
+        assert!(plan.max_bytes * IN_FLIGHT_BATCHES_PER_WORKER * plan.window <= 64 << 20);
+        assert_eq!(
+            plan.max_records,
+            (plan.max_bytes as f64 / 400.0).ceil() as usize
+        );
+
+        let long_reads = BatchPlan::new(64, 2, 2_000_000.0);
+        assert_eq!(
+            long_reads.max_records, 3,
+            "a batch still holds a few long reads"
+        );
+    }
+
+    #[test]
+    fn reads_sort_order_from_hd() {
+        assert_eq!(
+            sort_order("@HD\tVN:1.6\tSO:coordinate\n@SQ\tSN:a\tLN:1\n"),
+            "coordinate"
+        );
+        assert_eq!(sort_order("@CO\tSO:x\n"), "unknown");
+    }
+
+    #[test]
+    fn distribution_percentiles() {
+        let d = Distribution::of((1..=100).collect());
+        assert_eq!((d.p50, d.p99, d.max), (51, 99, 100));
+        assert_eq!(d.mean, 50.5);
+    }
+}

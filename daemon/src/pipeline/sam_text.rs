@@ -1,0 +1,233 @@
+//! Field values as `samtools view` prints them (htslib `sam_format1`), appended to byte buffers.
+//!
+//! Everything here appends to a caller-owned `Vec<u8>`, so formatting a record allocates nothing
+//! once the column buffers have grown to size.
+
+use std::io::Write;
+
+use bamflow_plugin_api::{TagArray, TagValue};
+
+/// CIGAR operation characters by op code (htslib's `BAM_CIGAR_STR`, padded for codes 10–15).
+const CIGAR_OPS: &[u8; 16] = b"MIDNSHP=XB??????";
+
+/// Base characters by 4-bit code (SAMv1 §4.2.3).
+const BASES: &[u8; 16] = b"=ACMGRSVTWYHKDBN";
+
+/// Both bases of a packed byte, so decoding takes one lookup per two bases.
+static BASE_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [BASES[i >> 4], BASES[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
+/// Whether a CIGAR op consumes the reference (M, D, N, =, X).
+pub fn consumes_reference(op: u8) -> bool {
+    matches!(op, 0 | 2 | 3 | 7 | 8)
+}
+
+/// Appends a CIGAR as text, e.g. `5S70M1I74M`.
+pub fn push_cigar(out: &mut Vec<u8>, ops: impl Iterator<Item = (u8, u32)>) {
+    let mut digits = itoa::Buffer::new();
+    for (op, len) in ops {
+        out.extend_from_slice(digits.format(len).as_bytes());
+        out.push(CIGAR_OPS[usize::from(op & 0xf)]);
+    }
+}
+
+/// Appends `len` bases from 4-bit packed `packed`.
+pub fn push_sequence(out: &mut Vec<u8>, packed: &[u8], len: usize) {
+    out.reserve(len + 1);
+    for &byte in packed {
+        out.extend_from_slice(&BASE_PAIRS[usize::from(byte)]);
+    }
+    // An odd length leaves a padding base in the last byte's low nibble.
+    out.truncate(out.len() - (packed.len() * 2 - len));
+}
+
+/// Appends Phred qualities as Phred+33 text. The caller has checked each score is below 94,
+/// which keeps the text ASCII.
+pub fn push_quality(out: &mut Vec<u8>, scores: &[u8]) {
+    out.extend(scores.iter().map(|&q| q + 33));
+}
+
+/// Appends one optional field as `TG:T:value`.
+pub fn push_tag(out: &mut Vec<u8>, name: [u8; 2], value: &TagValue<'_>) {
+    out.extend_from_slice(&name);
+    out.push(b':');
+    let mut digits = itoa::Buffer::new();
+    match *value {
+        TagValue::Character(c) => {
+            out.extend_from_slice(b"A:");
+            out.push(c);
+        }
+        TagValue::Integer { value, .. } => {
+            out.extend_from_slice(b"i:");
+            out.extend_from_slice(digits.format(value).as_bytes());
+        }
+        TagValue::Float(value) => {
+            out.extend_from_slice(b"f:");
+            push_float(out, value);
+        }
+        TagValue::String(s) => {
+            out.extend_from_slice(b"Z:");
+            out.extend_from_slice(s);
+        }
+        TagValue::Hex(s) => {
+            out.extend_from_slice(b"H:");
+            out.extend_from_slice(s);
+        }
+        TagValue::Array(array) => push_array(out, &array),
+    }
+}
+
+fn push_array(out: &mut Vec<u8>, array: &TagArray<'_>) {
+    out.extend_from_slice(b"B:");
+    out.push(array.subtype());
+    if array.is_float() {
+        for value in array.floats() {
+            out.push(b',');
+            push_float(out, value);
+        }
+    } else {
+        let mut digits = itoa::Buffer::new();
+        for value in array.integers() {
+            out.push(b',');
+            out.extend_from_slice(digits.format(value).as_bytes());
+        }
+    }
+}
+
+/// Appends a float as C's `printf("%g")` does (six significant digits, trailing zeros removed,
+/// exponent form outside 1e-4..1e6), which is what samtools prints for `f` values.
+pub fn push_float(out: &mut Vec<u8>, value: f32) {
+    let value = f64::from(value);
+    if value.is_nan() {
+        out.extend_from_slice(if value.is_sign_negative() {
+            b"-nan"
+        } else {
+            b"nan"
+        });
+        return;
+    }
+    if value.is_infinite() {
+        out.extend_from_slice(if value < 0.0 { b"-inf" } else { b"inf" });
+        return;
+    }
+    if value == 0.0 {
+        out.extend_from_slice(if value.is_sign_negative() {
+            b"-0"
+        } else {
+            b"0"
+        });
+        return;
+    }
+
+    // Round to six significant digits first: the exponent after rounding decides the form.
+    let mut scientific = [0u8; 32];
+    let len = format_into(&mut scientific, format_args!("{value:.5e}"));
+    let scientific = &scientific[..len];
+    let e = scientific.iter().position(|&b| b == b'e').unwrap_or(len);
+    let exponent: i32 = std::str::from_utf8(&scientific[e + 1..])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+
+    if (-4..6).contains(&exponent) {
+        let precision = (5 - exponent) as usize;
+        let start = out.len();
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{value:.precision$}");
+        trim_fraction(out, start);
+    } else {
+        let start = out.len();
+        out.extend_from_slice(&scientific[..e]);
+        trim_fraction(out, start);
+        out.push(b'e');
+        out.push(if exponent < 0 { b'-' } else { b'+' });
+        let magnitude = exponent.unsigned_abs();
+        if magnitude < 10 {
+            out.push(b'0');
+        }
+        out.extend_from_slice(itoa::Buffer::new().format(magnitude).as_bytes());
+    }
+}
+
+/// Removes trailing zeros after a decimal point, and the point itself if nothing follows.
+fn trim_fraction(out: &mut Vec<u8>, start: usize) {
+    if !out[start..].contains(&b'.') {
+        return;
+    }
+    while out.last() == Some(&b'0') {
+        out.pop();
+    }
+    if out.last() == Some(&b'.') {
+        out.pop();
+    }
+}
+
+fn format_into(buf: &mut [u8], args: std::fmt::Arguments<'_>) -> usize {
+    let capacity = buf.len();
+    let mut cursor = &mut buf[..];
+    // 32 bytes hold any `{:.5e}` of an f64; a failure would only shorten the output.
+    let _ = cursor.write_fmt(args);
+    capacity - cursor.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_like_printf_g() {
+        let t = |value: f32, expected: &str| {
+            let mut out = Vec::new();
+            push_float(&mut out, value);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{value:e}");
+        };
+        // Expected values are C's printf("%g", (double)value).
+        t(1.0, "1");
+        t(-2.5, "-2.5");
+        t(0.1, "0.1");
+        t(1.0 / 3.0, "0.333333");
+        t(123456.0, "123456");
+        t(1234567.0, "1.23457e+06");
+        t(999999.5, "1e+06");
+        t(0.0001, "0.0001");
+        t(0.00001234, "1.234e-05");
+        t(3.4028235e38, "3.40282e+38");
+        t(1e-40, "9.99995e-41");
+        t(100.0, "100");
+        t(0.0, "0");
+        t(-0.0, "-0");
+        t(f32::INFINITY, "inf");
+        t(f32::NEG_INFINITY, "-inf");
+        t(f32::NAN, "nan");
+    }
+
+    #[test]
+    fn sequences_decode_both_nibbles() {
+        let t = |packed: &[u8], len, expected: &str| {
+            let mut out = b">".to_vec();
+            push_sequence(&mut out, packed, len);
+            assert_eq!(out, format!(">{expected}").as_bytes());
+        };
+        t(&[0x12, 0x48], 4, "ACGT");
+        t(&[0x12, 0x40], 3, "ACG");
+        t(&[0x0f, 0x35], 4, "=NMR");
+        t(&[], 0, "");
+    }
+
+    #[test]
+    fn cigar_ops_print_as_samtools() {
+        let mut out = Vec::new();
+        push_cigar(
+            &mut out,
+            [(4, 5), (0, 70), (1, 1), (7, 3), (8, 1), (9, 2)].into_iter(),
+        );
+        assert_eq!(out, b"5S70M1I3=1X2B");
+    }
+}

@@ -1,0 +1,348 @@
+//! The Arrow schema of a dataset (DESIGN.md §3, schema version 1), defined once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+/// Version of the column layout, stored in every part as `bamflow:schema_version`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A standard column, in schema order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StandardColumn {
+    Qname,
+    Flag,
+    Rname,
+    Pos,
+    Mapq,
+    Cigar,
+    Rnext,
+    Pnext,
+    Tlen,
+    Seq,
+    Qual,
+    End,
+    Tags,
+}
+
+impl StandardColumn {
+    pub const ALL: [Self; 13] = [
+        Self::Qname,
+        Self::Flag,
+        Self::Rname,
+        Self::Pos,
+        Self::Mapq,
+        Self::Cigar,
+        Self::Rnext,
+        Self::Pnext,
+        Self::Tlen,
+        Self::Seq,
+        Self::Qual,
+        Self::End,
+        Self::Tags,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Qname => "qname",
+            Self::Flag => "flag",
+            Self::Rname => "rname",
+            Self::Pos => "pos",
+            Self::Mapq => "mapq",
+            Self::Cigar => "cigar",
+            Self::Rnext => "rnext",
+            Self::Pnext => "pnext",
+            Self::Tlen => "tlen",
+            Self::Seq => "seq",
+            Self::Qual => "qual",
+            Self::End => "end",
+            Self::Tags => "tags",
+        }
+    }
+
+    fn data_type(self) -> DataType {
+        let dictionary =
+            || DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        match self {
+            Self::Qname | Self::Cigar | Self::Seq | Self::Qual | Self::Tags => DataType::Utf8,
+            Self::Flag => DataType::UInt16,
+            Self::Rname | Self::Rnext => dictionary(),
+            Self::Pos | Self::Pnext | Self::Tlen | Self::End => DataType::Int32,
+            Self::Mapq => DataType::UInt8,
+        }
+    }
+
+    fn nullable(self) -> bool {
+        !matches!(self, Self::Flag | Self::Tlen)
+    }
+}
+
+/// The SAM type a promoted tag's column holds; values of any other type stay in `tags`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromotedType {
+    /// `i`: c/C/s/S/i/I → Int64.
+    Integer,
+    /// `f` → Float32.
+    Float,
+    /// `Z` → Utf8.
+    String,
+    /// `H` → Utf8.
+    Hex,
+    /// `A` → Utf8.
+    Character,
+    /// `B:i`: arrays of any integer subtype → List(Int64).
+    IntegerArray,
+    /// `B:f` → List(Float32).
+    FloatArray,
+}
+
+impl PromotedType {
+    fn data_type(self) -> DataType {
+        match self {
+            Self::Integer => DataType::Int64,
+            Self::Float => DataType::Float32,
+            Self::String | Self::Hex | Self::Character => DataType::Utf8,
+            Self::IntegerArray => {
+                DataType::List(Arc::new(Field::new_list_field(DataType::Int64, false)))
+            }
+            Self::FloatArray => {
+                DataType::List(Arc::new(Field::new_list_field(DataType::Float32, false)))
+            }
+        }
+    }
+}
+
+/// A tag configured to get its own column, e.g. `NM:i`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromotedTag {
+    pub name: [u8; 2],
+    pub ty: PromotedType,
+}
+
+impl PromotedTag {
+    pub fn column_name(&self) -> String {
+        String::from_utf8_lossy(&self.name).into_owned()
+    }
+}
+
+impl std::str::FromStr for PromotedTag {
+    type Err = SchemaError;
+
+    /// Parses `NM:i`, `CB:Z`, `ML:B:i`, `XF:B:f`, ….
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || SchemaError::InvalidTagSpec(s.to_owned());
+        let (name, ty) = s.split_once(':').ok_or_else(invalid)?;
+        let name: [u8; 2] = name.as_bytes().try_into().map_err(|_| invalid())?;
+        let valid_name = name[0].is_ascii_alphabetic() && name[1].is_ascii_alphanumeric();
+        if !valid_name {
+            return Err(invalid());
+        }
+        let ty = match ty {
+            "i" => PromotedType::Integer,
+            "f" => PromotedType::Float,
+            "Z" => PromotedType::String,
+            "H" => PromotedType::Hex,
+            "A" => PromotedType::Character,
+            "B:i" => PromotedType::IntegerArray,
+            "B:f" => PromotedType::FloatArray,
+            _ => return Err(invalid()),
+        };
+        Ok(Self { name, ty })
+    }
+}
+
+impl fmt::Display for PromotedTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ty = match self.ty {
+            PromotedType::Integer => "i",
+            PromotedType::Float => "f",
+            PromotedType::String => "Z",
+            PromotedType::Hex => "H",
+            PromotedType::Character => "A",
+            PromotedType::IntegerArray => "B:i",
+            PromotedType::FloatArray => "B:f",
+        };
+        write!(f, "{}:{ty}", self.column_name())
+    }
+}
+
+/// One output column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    Standard(StandardColumn),
+    /// Index into [`OutputSchema::promoted`].
+    Promoted(usize),
+}
+
+/// Why a column selection or tag list is invalid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchemaError {
+    #[error(
+        "invalid tag {0:?}: expected TAG:TYPE with TYPE one of i, f, Z, H, A, B:i, B:f (e.g. NM:i)"
+    )]
+    InvalidTagSpec(String),
+    #[error("tag {0} is listed twice in tags")]
+    DuplicateTag(String),
+    #[error("unknown column {0:?}: columns are qname, flag, rname, pos, mapq, cigar, rnext, pnext, tlen, seq, qual, end, tags, and the promoted tags")]
+    UnknownColumn(String),
+    #[error("column {0:?} is selected twice")]
+    DuplicateColumn(String),
+}
+
+/// The columns a conversion writes, and which promoted tags leave `tags`.
+#[derive(Clone, Debug)]
+pub struct OutputSchema {
+    pub columns: Vec<Column>,
+    pub promoted: Vec<PromotedTag>,
+    arrow: SchemaRef,
+}
+
+impl OutputSchema {
+    /// Builds the schema from a column selection (empty = all) and promoted tags.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`SchemaError`] for unknown or duplicate names.
+    pub fn new(selection: &[String], promoted: &[PromotedTag]) -> Result<Self, SchemaError> {
+        let mut by_name: HashMap<String, Column> = StandardColumn::ALL
+            .iter()
+            .map(|&c| (c.name().to_owned(), Column::Standard(c)))
+            .collect();
+        for (i, tag) in promoted.iter().enumerate() {
+            let name = tag.column_name();
+            // Tag names have two characters and standard names more, so only tags can clash.
+            if by_name.insert(name.clone(), Column::Promoted(i)).is_some() {
+                return Err(SchemaError::DuplicateTag(name));
+            }
+        }
+
+        let columns = if selection.is_empty() {
+            let standard = StandardColumn::ALL.iter().map(|&c| Column::Standard(c));
+            standard
+                .chain((0..promoted.len()).map(Column::Promoted))
+                .collect()
+        } else {
+            let mut columns = Vec::with_capacity(selection.len());
+            for name in selection {
+                let column = *by_name
+                    .get(name)
+                    .ok_or_else(|| SchemaError::UnknownColumn(name.clone()))?;
+                if columns.contains(&column) {
+                    return Err(SchemaError::DuplicateColumn(name.clone()));
+                }
+                columns.push(column);
+            }
+            columns
+        };
+
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|column| match *column {
+                Column::Standard(c) => Field::new(c.name(), c.data_type(), c.nullable()),
+                Column::Promoted(i) => {
+                    Field::new(promoted[i].column_name(), promoted[i].ty.data_type(), true)
+                }
+            })
+            .collect();
+
+        Ok(Self {
+            columns,
+            promoted: promoted.to_vec(),
+            arrow: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// The Arrow schema of the written columns.
+    pub fn arrow(&self) -> &SchemaRef {
+        &self.arrow
+    }
+
+    /// Whether a standard column is written.
+    pub fn has(&self, column: StandardColumn) -> bool {
+        self.columns.contains(&Column::Standard(column))
+    }
+
+    /// Names of the written columns, in order.
+    pub fn column_names(&self) -> Vec<String> {
+        self.arrow
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(specs: &[&str]) -> Vec<PromotedTag> {
+        specs.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn default_schema_is_the_design_table() {
+        let schema = OutputSchema::new(&[], &tags(&["NM:i", "ML:B:i"])).unwrap();
+        let rendered: Vec<String> = schema
+            .arrow()
+            .fields()
+            .iter()
+            .map(|f| format!("{} {} {}", f.name(), f.data_type(), f.is_nullable()))
+            .collect();
+        assert_eq!(
+            rendered,
+            [
+                "qname Utf8 true",
+                "flag UInt16 false",
+                "rname Dictionary(Int32, Utf8) true",
+                "pos Int32 true",
+                "mapq UInt8 true",
+                "cigar Utf8 true",
+                "rnext Dictionary(Int32, Utf8) true",
+                "pnext Int32 true",
+                "tlen Int32 false",
+                "seq Utf8 true",
+                "qual Utf8 true",
+                "end Int32 true",
+                "tags Utf8 true",
+                "NM Int64 true",
+                "ML List(non-null Int64) true",
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_tag_specs() {
+        let t = |s: &str, ty| assert_eq!(s.parse::<PromotedTag>().unwrap().ty, ty);
+        t("NM:i", PromotedType::Integer);
+        t("XF:B:f", PromotedType::FloatArray);
+        t("CB:Z", PromotedType::String);
+        for bad in ["NM", "NMi", "N:i", "1M:i", "NM:q", "NM:B:c", "NMX:i"] {
+            assert!(bad.parse::<PromotedTag>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn selection_keeps_order_and_refuses_mistakes() {
+        let promoted = tags(&["NM:i"]);
+        let names = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let schema = OutputSchema::new(&names(&["NM", "pos", "qname"]), &promoted).unwrap();
+        assert_eq!(schema.column_names(), ["NM", "pos", "qname"]);
+
+        let err = |s: &[&str], p: &[PromotedTag]| OutputSchema::new(&names(s), p).unwrap_err();
+        assert_eq!(
+            err(&["nope"], &promoted),
+            SchemaError::UnknownColumn("nope".into())
+        );
+        assert_eq!(
+            err(&["pos", "pos"], &promoted),
+            SchemaError::DuplicateColumn("pos".into())
+        );
+        assert_eq!(
+            err(&[], &tags(&["NM:i", "NM:f"])),
+            SchemaError::DuplicateTag("NM".into())
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! Record framing: inflated BGZF data → [`RawBatch`]es of whole BAM records.
+//!
+//! This is the one sequential step between parallel inflate and parallel decode. It only reads
+//! each record's `block_size` and copies the record into the batch buffer, so it stays cheap
+//! however records straddle blocks (long reads span many).
+
+use std::io::Read;
+
+use noodles_bgzf::VirtualPosition;
+
+use super::bgzf::{BgzfError, BgzfStream};
+use super::RawBatch;
+
+/// Why records could not be framed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Bgzf(#[from] BgzfError),
+    #[error("record {record} (BGZF block at byte {offset}) is truncated: file may be truncated")]
+    TruncatedRecord { record: u64, offset: u64 },
+    #[error(
+        "record {record} (BGZF block at byte {offset}) claims {size} bytes, over the limit of \
+         {limit} (max_record_bytes)"
+    )]
+    RecordTooLarge {
+        record: u64,
+        offset: u64,
+        size: u32,
+        limit: usize,
+    },
+    #[error("record {record} (BGZF block at byte {offset}) claims {size} bytes, under the 32 of its fixed fields")]
+    RecordTooSmall { record: u64, offset: u64, size: u32 },
+}
+
+impl SourceError {
+    /// The compressed byte offset the error refers to.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            Self::Bgzf(_) => None,
+            Self::TruncatedRecord { offset, .. }
+            | Self::RecordTooLarge { offset, .. }
+            | Self::RecordTooSmall { offset, .. } => Some(*offset),
+        }
+    }
+}
+
+/// When a batch is closed.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// Most records in one batch.
+    pub max_records: usize,
+    /// Record bytes after which a batch is closed (a single larger record still fits alone).
+    pub max_bytes: usize,
+    /// Batches never straddle a multiple of this record count, so parts cover exact ranges.
+    pub part_records: u64,
+}
+
+/// Frames records from a BGZF stream positioned at the first record.
+pub struct RecordSource<R> {
+    stream: BgzfStream<R>,
+    next_record: u64,
+    next_seq: u64,
+    max_record_bytes: usize,
+}
+
+impl<R: Read> RecordSource<R> {
+    /// Frames records from `stream`, numbering them from `first_record`.
+    pub fn new(stream: BgzfStream<R>, first_record: u64, max_record_bytes: usize) -> Self {
+        Self {
+            stream,
+            next_record: first_record,
+            next_seq: 0,
+            max_record_bytes,
+        }
+    }
+
+    /// Index of the next record to be read (0-based), i.e. records read so far.
+    pub fn next_record(&self) -> u64 {
+        self.next_record
+    }
+
+    /// Reads up to a batch of records into `batch`, reusing its buffers; `Ok(false)` at the end
+    /// of the records.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`SourceError`] naming the record and block when the data is bad.
+    pub fn read_batch(
+        &mut self,
+        batch: &mut RawBatch,
+        limits: BatchLimits,
+    ) -> Result<bool, SourceError> {
+        batch.clear();
+        batch.seq = self.next_seq;
+        batch.first_record = self.next_record;
+        batch.start = self.stream.virtual_position()?;
+
+        while batch.len() < limits.max_records && batch.data.len() < limits.max_bytes {
+            if !self.read_record(&mut batch.data)? {
+                break;
+            }
+            batch.offsets.push(batch.data.len() as u32);
+            self.next_record += 1;
+            if self.next_record % limits.part_records == 0 {
+                break;
+            }
+        }
+
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        self.next_seq += 1;
+        Ok(true)
+    }
+
+    /// Appends the next record (without its `block_size`) to `data`; `Ok(false)` at the end.
+    fn read_record(&mut self, data: &mut Vec<u8>) -> Result<bool, SourceError> {
+        let record = self.next_record;
+        let offset = self.stream.compressed_offset();
+        let mut size = [0; 4];
+        match self.stream.read_exact(&mut size)? {
+            Ok(()) => {}
+            Err(0) => return Ok(false),
+            Err(_) => return Err(SourceError::TruncatedRecord { record, offset }),
+        }
+
+        let size = u32::from_le_bytes(size);
+        if size < 32 {
+            return Err(SourceError::RecordTooSmall {
+                record,
+                offset,
+                size,
+            });
+        }
+        if size as usize > self.max_record_bytes {
+            let limit = self.max_record_bytes;
+            return Err(SourceError::RecordTooLarge {
+                record,
+                offset,
+                size,
+                limit,
+            });
+        }
+        self.stream
+            .read_into(data, size as usize)?
+            .map_err(|_| SourceError::TruncatedRecord { record, offset })?;
+        Ok(true)
+    }
+
+    /// Virtual position of the next record.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`BgzfError`] when the next block cannot be read.
+    pub fn virtual_position(&mut self) -> Result<VirtualPosition, BgzfError> {
+        self.stream.virtual_position()
+    }
+}
