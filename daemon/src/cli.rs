@@ -52,6 +52,9 @@ pub struct ConvertArgs {
     /// Memory for batches in flight, in MiB (default 64).
     #[arg(long)]
     pub batch_memory_mb: Option<usize>,
+    /// Records per batch; 0 (default) sizes batches from the profile and batch_memory_mb.
+    #[arg(long)]
+    pub batch_records: Option<usize>,
     /// Convert a file that lacks the BGZF EOF block (it may be truncated).
     #[arg(long)]
     pub allow_missing_eof: bool,

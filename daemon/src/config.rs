@@ -92,6 +92,7 @@ pub struct RawConvert {
     pub zstd_level: Option<i32>,
     pub part_records: Option<u64>,
     pub batch_memory_mb: Option<usize>,
+    pub batch_records: Option<usize>,
     pub max_record_bytes: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub row_group_rows: Option<usize>,
@@ -177,6 +178,7 @@ pub struct ConvertOverrides {
     pub threads: Option<usize>,
     pub part_records: Option<u64>,
     pub batch_memory_mb: Option<usize>,
+    pub batch_records: Option<usize>,
     pub allow_missing_eof: bool,
 }
 
@@ -189,6 +191,7 @@ impl RawConvert {
             zstd_level: over.zstd_level.or(self.zstd_level),
             part_records: over.part_records.or(self.part_records),
             batch_memory_mb: over.batch_memory_mb.or(self.batch_memory_mb),
+            batch_records: over.batch_records.or(self.batch_records),
             max_record_bytes: over.max_record_bytes.or(self.max_record_bytes),
             max_header_bytes: over.max_header_bytes.or(self.max_header_bytes),
             row_group_rows: over.row_group_rows.or(self.row_group_rows),
@@ -270,6 +273,7 @@ impl RawConvert {
             zstd_level,
             part_records,
             batch_memory_mb,
+            batch_records: self.batch_records.filter(|&n| n > 0),
             max_record_bytes,
             max_header_bytes,
             row_group_rows,
@@ -317,12 +321,43 @@ pub fn convert_options(
         zstd_level: flags.zstd_level,
         part_records: flags.part_records,
         batch_memory_mb: flags.batch_memory_mb,
+        batch_records: flags.batch_records,
         ..RawConvert::default()
     };
+    refuse_unsupported(&raw, &path)?;
     let threads = flags.threads.or(raw.daemon.threads).unwrap_or(0);
     let mut options = raw.convert.merged(&over).resolve(&path, threads)?;
     options.allow_missing_eof = flags.allow_missing_eof;
     Ok(options)
+}
+
+/// Refuses settings this build parses but cannot honour yet, so that a filter is never silently
+/// skipped: writing records an operator asked to drop would be worse than stopping.
+fn refuse_unsupported(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
+    let unsupported = |key: &str| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        message: "not supported by this version of bamflow yet".to_owned(),
+    };
+    let filters = std::iter::once(&raw.filter).chain(raw.watch.iter().filter_map(|w| w.filter.as_ref()));
+    for filter in filters {
+        if filter.min_mapq.unwrap_or(0) != 0 {
+            return Err(unsupported("filter.min_mapq"));
+        }
+        if filter.include_flags.unwrap_or(0) != 0 {
+            return Err(unsupported("filter.include_flags"));
+        }
+        if filter.exclude_flags.unwrap_or(0) != 0 {
+            return Err(unsupported("filter.exclude_flags"));
+        }
+        if filter.regions.as_ref().is_some_and(|r| !r.is_empty()) {
+            return Err(unsupported("filter.regions"));
+        }
+    }
+    if !raw.plugin.is_empty() {
+        return Err(unsupported("plugin"));
+    }
+    Ok(())
 }
 
 /// Checks a whole config file: parse, unknown keys, and every value the engine uses.
@@ -332,6 +367,7 @@ pub fn convert_options(
 /// Returns the first [`ConfigError`] found.
 pub fn check(path: &Path) -> Result<RawConfig, ConfigError> {
     let raw = RawConfig::load(path)?;
+    refuse_unsupported(&raw, path)?;
     let threads = raw.daemon.threads.unwrap_or(0);
     raw.convert.resolve(path, threads)?;
     for watch in &raw.watch {
@@ -397,6 +433,15 @@ mod tests {
         );
         t("[convert]\ntags = [\"NM\"]\n", "convert.tags");
         t("[convert]\ncolumns = [\"nope\"]\n", "convert.columns");
+    }
+
+    #[test]
+    fn filters_are_refused_until_supported_rather_than_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "[filter]\nmin_mapq = 20\n").unwrap();
+        let err = convert_options(Some(&path), &ConvertOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("filter.min_mapq"), "{err}");
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         threads: args.threads,
         part_records: args.part_records,
         batch_memory_mb: args.batch_memory_mb,
+        batch_records: args.batch_records,
         allow_missing_eof: args.allow_missing_eof,
     };
     let options = config::convert_options(args.config.as_deref(), &flags)?;
@@ -96,6 +97,7 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         },
         max_record_bytes: options.max_record_bytes,
         batch_memory_mb: options.batch_memory_mb,
+        batch_records: options.batch_records,
         threads: options.threads,
     };
     let (profile, _) = profile::profile(&args.input, &profile_options, &pool)?;

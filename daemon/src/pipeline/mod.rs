@@ -95,6 +95,8 @@ pub struct ConvertOptions {
     pub zstd_level: i32,
     pub part_records: u64,
     pub batch_memory_mb: usize,
+    /// Fixed records per batch; `None` lets the profile choose from `batch_memory_mb`.
+    pub batch_records: Option<usize>,
     pub max_record_bytes: usize,
     pub max_header_bytes: usize,
     pub row_group_rows: usize,
@@ -108,6 +110,7 @@ impl ConvertOptions {
             header_limits: self.header_limits(),
             max_record_bytes: self.max_record_bytes,
             batch_memory_mb: self.batch_memory_mb,
+            batch_records: self.batch_records,
             threads: self.threads,
         }
     }
@@ -217,7 +220,8 @@ impl ConvertError {
         Self::new(path, stage, error.into())
     }
 
-    fn from_header(path: &Path, error: HeaderError) -> Self {
+    /// Attributes a header error to reading, inflating or the header itself.
+    pub fn from_header(path: &Path, error: HeaderError) -> Self {
         match error {
             HeaderError::Bgzf(e) => Self::from_bgzf(path, e),
             other => Self::new(path, Stage::Header, other.into()),

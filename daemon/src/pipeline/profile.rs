@@ -86,6 +86,14 @@ impl BatchPlan {
         }
     }
 
+    /// Fixes the records per batch, when given.
+    pub fn with_max_records(self, max_records: Option<usize>) -> Self {
+        Self {
+            max_records: max_records.unwrap_or(self.max_records),
+            ..self
+        }
+    }
+
     pub fn limits(&self, part_records: u64) -> BatchLimits {
         BatchLimits {
             max_records: self.max_records,
@@ -122,6 +130,8 @@ pub struct ProfileOptions {
     pub header_limits: HeaderLimits,
     pub max_record_bytes: usize,
     pub batch_memory_mb: usize,
+    /// Overrides the records per batch the profile would choose.
+    pub batch_records: Option<usize>,
     pub threads: usize,
 }
 
@@ -144,7 +154,7 @@ pub fn profile(
 
     let mut stream = BgzfStream::new(BlockReader::new(BufReader::new(file), 0, Arc::clone(pool)));
     let header = header::read_header(&mut stream, options.header_limits)
-        .map_err(|e| fail(Stage::Header, e.into()))?;
+        .map_err(|e| ConvertError::from_header(path, e))?;
     let mut source = RecordSource::new(stream, 0, options.max_record_bytes);
 
     let mut batch = RawBatch::default();
@@ -182,7 +192,8 @@ pub fn profile(
         read_length: sample.read_length,
         unmapped_fraction: sample.unmapped as f64 / batch.len().max(1) as f64,
         tags: sample.tags,
-        batch: BatchPlan::new(options.batch_memory_mb, options.threads, mean_record_bytes),
+        batch: BatchPlan::new(options.batch_memory_mb, options.threads, mean_record_bytes)
+            .with_max_records(options.batch_records),
     };
     Ok((profile, header))
 }

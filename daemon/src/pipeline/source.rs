@@ -11,7 +11,7 @@ use noodles_bgzf::VirtualPosition;
 use super::bgzf::{BgzfError, BgzfStream};
 use super::RawBatch;
 
-/// Why records could not be framed.
+/// Why records could not be framed. Record numbers count from 1 in file order.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error(transparent)]
@@ -115,7 +115,8 @@ impl<R: Read> RecordSource<R> {
 
     /// Appends the next record (without its `block_size`) to `data`; `Ok(false)` at the end.
     fn read_record(&mut self, data: &mut Vec<u8>) -> Result<bool, SourceError> {
-        let record = self.next_record;
+        // Errors count records from 1, as people do.
+        let record = self.next_record + 1;
         let offset = self.stream.compressed_offset();
         let mut size = [0; 4];
         match self.stream.read_exact(&mut size)? {

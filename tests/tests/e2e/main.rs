@@ -1,0 +1,9 @@
+//! End-to-end tests: the built `bamflow` binary against real BAM files, checked with samtools.
+//!
+//! Build the workspace first (`cargo test --workspace` does), so `target/<profile>/bamflow`
+//! exists.
+
+mod bad_input;
+mod fidelity;
+mod options;
+mod support;

@@ -1,0 +1,292 @@
+//! Column subsets, promoted tags, configuration, the profile command, and output that does not
+//! depend on threads or batch sizes.
+
+use bamflow_tests::generator::DataKind;
+use bamflow_tests::sam_text::{self, Cell, TagOrder};
+use bamflow_tests::{bamflow, samtools_view};
+use serde_json::Value;
+
+use crate::support::{convert_ok, TestDir};
+
+/// samtools' record lines (header removed).
+fn records(bam: &std::path::Path) -> Vec<String> {
+    samtools_view(bam, &[])
+        .unwrap()
+        .into_iter()
+        .filter(|l| !l.starts_with('@'))
+        .collect()
+}
+
+#[test]
+fn column_subset_holds_exactly_those_columns_in_that_order() {
+    let dir = TestDir::new();
+    for bam in [
+        dir.bam_from_data("cigars.sam"),
+        dir.bam_from_data("star_fields.sam"),
+        dir.generated(DataKind::Short, 3_000, 2),
+    ] {
+        for columns in [
+            &["end", "qname", "pos"][..],
+            &["seq"],
+            &["tags", "rnext", "flag", "qual", "cigar"],
+            &["rname", "mapq", "pnext", "tlen"],
+        ] {
+            let out = dir.path(&format!(
+                "{}-{}",
+                bam.file_stem().unwrap().to_string_lossy(),
+                columns.join("_")
+            ));
+            let dataset = convert_ok(&bam, &out, &["--columns", &columns.join(",")]);
+            assert_eq!(dataset.columns, columns);
+            let expected: Vec<_> = records(&bam)
+                .iter()
+                .map(|l| sam_text::samtools_columns(l, columns))
+                .collect();
+            let actual: Vec<_> = dataset
+                .rows
+                .iter()
+                .map(|r| sam_text::row_strings(r))
+                .collect();
+            assert_eq!(actual, expected, "columns {columns:?} of {}", bam.display());
+        }
+    }
+}
+
+#[test]
+fn promoted_tags_get_typed_columns_and_leave_tags() {
+    let dir = TestDir::new();
+    let bam = dir.bam_from_data("tag_types.sam");
+    let specs = [
+        "Xc:i", "XI:i", "Xf:f", "XZ:Z", "XH:H", "XA:A", "Bc:B:i", "BI:B:i", "Bf:B:f", "NM:i",
+        "XY:Z",
+    ];
+    let dataset = convert_ok(&bam, &dir.path("out"), &["--tags", &specs.join(",")]);
+
+    let types: Vec<String> = dataset.types.iter().map(|t| t.to_string()).collect();
+    assert_eq!(
+        &types[13..],
+        [
+            "Int64",
+            "Int64",
+            "Float32",
+            "Utf8",
+            "Utf8",
+            "Utf8",
+            "List(non-null Int64)",
+            "List(non-null Int64)",
+            "List(non-null Float32)",
+            "Int64",
+            "Utf8"
+        ]
+    );
+    let theirs = samtools_view(&bam, &[]).unwrap();
+    let ours = dataset.to_sam(&specs).unwrap();
+    sam_text::compare(&ours, &theirs, TagOrder::Unordered).unwrap();
+
+    let col = |name: &str| dataset.columns.iter().position(|c| c == name).unwrap();
+    let scalars = &dataset.rows[0];
+    assert_eq!(scalars[col("XI")], Cell::Int(4_294_967_295));
+    assert_eq!(scalars[col("Xf")], Cell::Float(0.1));
+    assert_eq!(
+        scalars[col("XY")],
+        Cell::Text(String::new()),
+        "empty Z is a value, not null"
+    );
+    let Cell::Text(tags) = &scalars[col("tags")] else {
+        panic!("tags")
+    };
+    assert!(
+        !tags.contains("XI:") && !tags.contains("Xf:") && tags.contains("Xs:i:-32768"),
+        "{tags}"
+    );
+
+    let arrays = &dataset.rows[1];
+    assert_eq!(arrays[col("Bc")], Cell::IntList(vec![-128, 0, 127]));
+    assert_eq!(arrays[col("BI")], Cell::IntList(vec![0, 4_294_967_295]));
+    assert_eq!(arrays[col("Xc")], Cell::Null);
+
+    // Only the first NM fits the column; the second stays in tags, in its place.
+    let duplicated = &dataset.rows[3];
+    assert_eq!(duplicated[col("NM")], Cell::Int(0));
+    assert_eq!(
+        duplicated[col("tags")],
+        Cell::Text("MD:Z:5\tAS:i:5\tNM:i:1\tRG:Z:x\tZZ:A:!".into())
+    );
+}
+
+#[test]
+fn a_value_of_another_type_stays_in_tags() {
+    let dir = TestDir::new();
+    let bam = dir.bam_from_data("tag_types.sam");
+    // XZ is a string and Bf a float array: neither fits an integer column.
+    let dataset = convert_ok(&bam, &dir.path("out"), &["--tags", "XZ:i,Bf:B:i"]);
+    let col = |name: &str| dataset.columns.iter().position(|c| c == name).unwrap();
+    assert!(dataset
+        .rows
+        .iter()
+        .all(|r| r[col("XZ")] == Cell::Null && r[col("Bf")] == Cell::Null));
+    let theirs = samtools_view(&bam, &[]).unwrap();
+    sam_text::compare(&dataset.to_sam(&[]).unwrap(), &theirs, TagOrder::Exact).unwrap();
+}
+
+#[test]
+fn promoted_tag_not_selected_stays_in_tags() {
+    let dir = TestDir::new();
+    let bam = dir.bam_from_data("tag_types.sam");
+    let dataset = convert_ok(
+        &bam,
+        &dir.path("out"),
+        &["--tags", "Xc:i", "--columns", "qname,tags"],
+    );
+    assert_eq!(dataset.columns, ["qname", "tags"]);
+    let Cell::Text(tags) = &dataset.rows[0][1] else {
+        panic!()
+    };
+    assert!(tags.contains("Xc:i:-128"), "{tags}");
+}
+
+#[test]
+fn output_is_identical_for_every_thread_count_and_batch_size() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 6_000, 13);
+    let reference = convert_ok(&bam, &dir.path("reference"), &["--threads", "1"]);
+    for threads in ["1", "2", "4"] {
+        for batch in ["1", "7", "0"] {
+            let out = dir.path(&format!("t{threads}-b{batch}"));
+            let dataset = convert_ok(
+                &bam,
+                &out,
+                &[
+                    "--threads",
+                    threads,
+                    "--batch-records",
+                    batch,
+                    "--part-records",
+                    "2500",
+                ],
+            );
+            assert_eq!(
+                dataset.rows, reference.rows,
+                "threads {threads}, batch {batch}"
+            );
+        }
+    }
+}
+
+#[test]
+fn config_file_sets_defaults_and_flags_win() {
+    let dir = TestDir::new();
+    let bam = dir.bam_from_data("tag_types.sam");
+    let config = dir.path("bamflow.toml");
+    std::fs::write(
+        &config,
+        "[convert]\ncolumns = [\"qname\", \"NM\"]\ntags = [\"NM:i\"]\nzstd_level = 19\n",
+    )
+    .unwrap();
+
+    let from_file = convert_ok(
+        &bam,
+        &dir.path("a"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(from_file.columns, ["qname", "NM"]);
+
+    let flags_win = convert_ok(
+        &bam,
+        &dir.path("b"),
+        &["--config", config.to_str().unwrap(), "--columns", "flag"],
+    );
+    assert_eq!(flags_win.columns, ["flag"]);
+}
+
+#[test]
+fn usage_and_config_errors_exit_2() {
+    let dir = TestDir::new();
+    let bam = dir.bam_from_data("tag_types.sam");
+    let config = dir.path("bad.toml");
+    std::fs::write(&config, "[convert]\nzstd_level = 3\ncolums = []\n").unwrap();
+
+    let t = |args: &[&str], expected: &str| {
+        let output = bamflow(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    };
+    let (b, o) = (bam.to_str().unwrap(), dir.path("out"));
+    let o = o.to_str().unwrap();
+    t(
+        &["convert", b, o, "--config", config.to_str().unwrap()],
+        "bad.toml:3:1",
+    );
+    t(
+        &["convert", b, o, "--columns", "qname,nope"],
+        "unknown column \"nope\"",
+    );
+    t(&["convert", b, o, "--tags", "NM"], "invalid tag \"NM\"");
+    t(
+        &["convert", b, o, "--zstd-level", "40"],
+        "convert.zstd_level",
+    );
+    t(&["convert", b], "OUTPUT");
+    t(
+        &["check-config", config.to_str().unwrap()],
+        "unknown field `colums`",
+    );
+    assert!(!dir.path("out").exists());
+}
+
+#[test]
+fn check_config_accepts_the_sample_config() {
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/bamflow.toml");
+    let output = bamflow(&["check-config", sample.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn profile_prints_sizes_tags_sort_order_and_batch_plan() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 4_000, 21);
+    let output = bamflow(&["profile", bam.to_str().unwrap(), "--threads", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let records: u64 = samtools_view(&bam, &["-c"]).unwrap()[0].parse().unwrap();
+    assert_eq!(profile["records_sampled"], records);
+    assert_eq!(profile["sampled_whole_file"], true);
+    assert_eq!(profile["sort_order"], "coordinate");
+    assert_eq!(profile["index"], Value::Null);
+    assert_eq!(profile["read_length"]["p50"], 150);
+    assert!(profile["record_bytes"]["mean"].as_f64().unwrap() > 300.0);
+    assert!(profile["tags"]["NM"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t.as_str().unwrap().starts_with('i')));
+    assert_eq!(profile["tags"]["MD"], serde_json::json!(["Z"]));
+    assert_eq!(profile["batch"]["window"], 2);
+    assert!(profile["batch"]["max_records"].as_u64().unwrap() > 1000);
+
+    let status = std::process::Command::new("samtools")
+        .arg("index")
+        .arg(&bam)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = bamflow(&["profile", bam.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let profile: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(profile["index"]["kind"], "bai");
+}

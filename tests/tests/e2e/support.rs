@@ -1,0 +1,84 @@
+//! Shared helpers for the end-to-end tests.
+
+use std::path::{Path, PathBuf};
+
+use bamflow_tests::generator::{self, DataKind, Spec};
+use bamflow_tests::sam_text::{self, Dataset, TagOrder};
+use bamflow_tests::{convert, sam_to_bam, samtools_view};
+
+/// A temporary folder that lives as long as the test.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A BAM built by samtools from a SAM file of `tests/data`.
+    pub fn bam_from_data(&self, name: &str) -> PathBuf {
+        let sam = std::fs::read_to_string(data_file(name)).expect("test data");
+        self.bam_from_sam(name, &sam)
+    }
+
+    /// A BAM built by samtools from SAM text.
+    pub fn bam_from_sam(&self, name: &str, sam: &str) -> PathBuf {
+        let bam = self.path(&format!("{name}.bam"));
+        sam_to_bam(sam, &bam).expect("samtools view -b");
+        bam
+    }
+
+    /// A BAM from the deterministic generator.
+    pub fn generated(&self, kind: DataKind, records: usize, seed: u64) -> PathBuf {
+        self.generated_spec(&Spec::new(kind, records, seed))
+    }
+
+    pub fn generated_spec(&self, spec: &Spec) -> PathBuf {
+        let bam = self.path(&format!(
+            "{:?}-{}-{}.bam",
+            spec.kind, spec.records, spec.seed
+        ));
+        generator::write_bam(&bam, spec).expect("generator writes");
+        bam
+    }
+}
+
+pub fn data_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(name)
+}
+
+/// Converts and panics with bamflow's stderr when it fails.
+pub fn convert_ok(input: &Path, output: &Path, extra: &[&str]) -> Dataset {
+    let result = convert(input, output, extra);
+    assert!(
+        result.status.success(),
+        "bamflow convert failed ({}): {}",
+        result.status,
+        String::from_utf8_lossy(&result.stderr)
+    );
+    sam_text::read_dataset(output).expect("dataset reads back")
+}
+
+/// Converts `bam` with all columns and checks every line against `samtools view -h --no-PG`.
+pub fn assert_matches_samtools(bam: &Path, out: &Path, extra: &[&str]) -> Dataset {
+    let dataset = convert_ok(bam, out, extra);
+    let ours = dataset.to_sam(&[]).expect("all columns present");
+    let theirs = samtools_view(bam, &[]).expect("samtools view");
+    if let Err(e) = sam_text::compare(&ours, &theirs, TagOrder::Exact) {
+        panic!("{} does not match samtools: {e:#}", bam.display());
+    }
+    dataset
+}
