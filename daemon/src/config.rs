@@ -339,7 +339,8 @@ fn refuse_unsupported(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
         key: key.to_owned(),
         message: "not supported by this version of bamflow yet".to_owned(),
     };
-    let filters = std::iter::once(&raw.filter).chain(raw.watch.iter().filter_map(|w| w.filter.as_ref()));
+    let filters =
+        std::iter::once(&raw.filter).chain(raw.watch.iter().filter_map(|w| w.filter.as_ref()));
     for filter in filters {
         if filter.min_mapq.unwrap_or(0) != 0 {
             return Err(unsupported("filter.min_mapq"));
