@@ -292,8 +292,14 @@ pub fn convert(
 
     let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
     let schema = options.schema.arrow().clone();
-    let sink = ParquetSink::new(staging.path(), schema, &options.write_options(), metadata)
-        .map_err(|e| fail(Stage::Write, e.into()))?;
+    let sink = ParquetSink::new(
+        staging.path(),
+        schema,
+        &options.write_options(),
+        metadata,
+        Arc::clone(&pool),
+    )
+    .map_err(|e| fail(Stage::Write, e.into()))?;
 
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let run = Run {
@@ -567,11 +573,12 @@ impl Run<'_> {
     ) -> Result<(ParquetSink, u64), ConvertError> {
         let mut rows = 0;
         for window in windows {
-            for (batch, records) in window {
-                sink.accept(&batch, records)
-                    .map_err(|e| ConvertError::new(self.input, Stage::Write, e.into()))?;
-                rows += batch.num_rows() as u64;
-            }
+            sink.accept(&window)
+                .map_err(|e| ConvertError::new(self.input, Stage::Write, e.into()))?;
+            rows += window
+                .iter()
+                .map(|(batch, _)| batch.num_rows() as u64)
+                .sum::<u64>();
         }
         Ok((sink, rows))
     }
