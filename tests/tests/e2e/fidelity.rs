@@ -287,6 +287,12 @@ types = {f.name: str(f.type) for f in table.schema}
 assert types["rname"] == "dictionary<values=string, indices=int32, ordered=0>", types["rname"]
 assert types["flag"] == "uint16" and types["mapq"] == "uint8" and types["NM"] == "int64", types
 assert list(types)[:13] == ["qname","flag","rname","pos","mapq","cigar","rnext","pnext","tlen","seq","qual","end","tags"]
+import pyarrow.parquet as pq
+meta = pq.ParquetFile(f"{path}/part-00000.parquet").metadata
+pos = meta.row_group(0).column(3)
+assert pos.path_in_schema == "pos" and pos.has_column_index and pos.has_offset_index, "page index"
+assert pos.statistics.has_min_max and pos.statistics.min >= 1
+assert meta.row_group(0).column(0).compression == "ZSTD"
 con = duckdb.connect()
 n, mapped = con.execute(f"select count(*), count(rname) from read_parquet('{path}/*.parquet')").fetchone()
 assert n == expected, (n, expected)
