@@ -17,6 +17,7 @@
 pub mod bgzf;
 pub mod columns;
 pub mod decode;
+pub mod encode;
 pub mod header;
 pub mod profile;
 pub mod sam_text;

@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde::Serialize;
 
+use super::encode::ColumnEncoders;
 use crate::durable::{self, DurableError};
 
 /// Encodings chosen per column, measured on 2 M generated short reads (output 0.90 → 0.845 ×
@@ -102,8 +103,8 @@ struct OpenPart {
     schema: SchemaRef,
     pool: Arc<ThreadPool>,
     limits: RowGroupLimits,
-    /// Column writers of the open row group, one per leaf column, in schema order.
-    row_group: Option<Vec<ArrowColumnWriter>>,
+    /// Encoders of the open row group, one per leaf column, in schema order.
+    row_group: Option<ColumnEncoders>,
     row_group_rows: usize,
     rows: u64,
     records: u64,
@@ -323,23 +324,17 @@ impl OpenPart {
                 source,
             };
             let leaves = leaves_by_column(&self.schema, &take).map_err(parquet)?;
-            let writers = match &mut self.row_group {
-                Some(writers) => writers,
-                None => self.row_group.insert(
-                    self.factory
-                        .create_column_writers(self.file.flushed_row_groups().len())
-                        .map_err(parquet)?,
-                ),
+            let encoders = match &mut self.row_group {
+                Some(encoders) => encoders,
+                None => {
+                    let index = self.file.flushed_row_groups().len();
+                    let writers = self.factory.create_column_writers(index).map_err(parquet)?;
+                    self.row_group
+                        .insert(ColumnEncoders::new(writers, Arc::clone(&self.pool)))
+                }
             };
-            self.pool
-                .install(|| {
-                    writers
-                        .par_iter_mut()
-                        .zip(leaves)
-                        .try_for_each(|(writer, leaves)| {
-                            leaves.iter().try_for_each(|leaf| writer.write(leaf))
-                        })
-                })
+            encoders
+                .submit(leaves)
                 .map_err(|source| WriteError::Parquet {
                     path: self.path.clone(),
                     source,
@@ -347,10 +342,7 @@ impl OpenPart {
             self.row_group_rows += taken;
             self.rows += taken as u64;
 
-            let bytes: usize = writers
-                .iter()
-                .map(ArrowColumnWriter::get_estimated_total_bytes)
-                .sum();
+            let bytes = encoders.estimated_bytes();
             if self.row_group_rows >= self.limits.rows || bytes >= self.limits.bytes {
                 self.flush_row_group()?;
             }
@@ -361,7 +353,7 @@ impl OpenPart {
     /// Closes the open row group's column writers (in parallel: closing compresses the last
     /// pages) and appends their chunks to the file in schema order.
     fn flush_row_group(&mut self) -> Result<(), WriteError> {
-        let Some(writers) = self.row_group.take() else {
+        let Some(encoders) = self.row_group.take() else {
             return Ok(());
         };
         self.row_group_rows = 0;
@@ -369,6 +361,7 @@ impl OpenPart {
             path: self.path.clone(),
             source,
         };
+        let writers = encoders.finish().map_err(parquet)?;
         let chunks = self
             .pool
             .install(|| {
@@ -447,6 +440,26 @@ mod tests {
         )
     }
 
+    fn read_values(path: &Path) -> Vec<i32> {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::Int32Type;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            File::open(path).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        reader
+            .flat_map(|b| {
+                b.unwrap()
+                    .column(0)
+                    .as_primitive::<Int32Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
     fn row_groups(path: &Path) -> Vec<i64> {
         let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
         reader
@@ -486,6 +499,28 @@ mod tests {
             [120, 80]
         );
         assert!(!dir.path().join("part-00000.parquet.partial").exists());
+
+        let values: Vec<i32> = parts
+            .iter()
+            .flat_map(|p| read_values(&dir.path().join(&p.file)))
+            .collect();
+        assert_eq!(
+            values,
+            (0..700).collect::<Vec<_>>(),
+            "rows in order, each once"
+        );
+    }
+
+    #[test]
+    fn many_small_windows_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = sink(dir.path(), 1_000_000, 1_000);
+        for i in 0..300 {
+            sink.accept(&[batch(i * 37, 37)]).unwrap();
+        }
+        let parts = sink.finish().unwrap();
+        let values = read_values(&dir.path().join(&parts[0].file));
+        assert_eq!(values, (0..300 * 37).collect::<Vec<_>>());
     }
 
     #[test]
