@@ -25,7 +25,7 @@ BIN=target/release
 # name kind records extra-args
 inputs=(
   "short short $((2000000 * SCALE))"
-  "long long $((2000 * SCALE)) --max-read-length 300000"
+  "long long $((20000 * SCALE)) --max-read-length 300000"
   "unaligned unaligned $((2000000 * SCALE))"
 )
 

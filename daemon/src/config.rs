@@ -262,7 +262,7 @@ impl RawConvert {
             &invalid,
         )?;
         let row_group_mb = positive(
-            self.row_group_mb.unwrap_or(128),
+            self.row_group_mb.unwrap_or(64),
             "convert.row_group_mb",
             &invalid,
         )?;

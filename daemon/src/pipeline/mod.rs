@@ -346,7 +346,7 @@ fn check_complete(input: &Path, allow_missing_eof: bool) -> Result<(), ConvertEr
         let mut stream = BgzfStream::new(BlockReader::new(
             BufReader::new(file),
             0,
-            single_thread_pool()?,
+            single_thread_pool(input)?,
         ));
         stream
             .at_end()
@@ -356,10 +356,10 @@ fn check_complete(input: &Path, allow_missing_eof: bool) -> Result<(), ConvertEr
     Ok(())
 }
 
-fn single_thread_pool() -> Result<Arc<ThreadPool>, ConvertError> {
+fn single_thread_pool(input: &Path) -> Result<Arc<ThreadPool>, ConvertError> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
     pool.map(Arc::new)
-        .map_err(|e| ConvertError::new(Path::new(""), Stage::Open, e.into()))
+        .map_err(|e| ConvertError::new(input, Stage::Open, e.into()))
 }
 
 /// Key/value metadata stored in every part's footer.
