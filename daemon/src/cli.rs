@@ -14,6 +14,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Watch folders and convert every finished BAM (no --config: ./inbox → ./outbox).
+    Daemon {
+        /// The TOML config file; without it, the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Convert one BAM file into a Parquet dataset folder.
     Convert(ConvertArgs),
     /// Print the profile of a BAM file as JSON: sizes, tags, sort order, index, batch plan.

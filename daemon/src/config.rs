@@ -4,6 +4,7 @@
 //! a silently ignored setting. Every key has a default; `config/bamflow.toml` documents them.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -361,6 +362,186 @@ fn refuse_unsupported(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The configuration `bamflow daemon` runs without `--config`: drop BAMs into `./inbox`, find
+/// datasets in `./outbox`, state in `./.bamflow` (DESIGN.md §5).
+pub const EMBEDDED_DEFAULT: &str = r#"
+[daemon]
+state_dir = "./.bamflow"
+metrics_listen = "127.0.0.1:9860"
+
+[[watch]]
+name = "inbox"
+path = "./inbox"
+settle_seconds = 5
+output = "./outbox/{stem}"
+"#;
+
+/// What happens to an input file after its conversion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Move into this folder (relative paths are relative to the watched folder).
+    Move(PathBuf),
+    Delete,
+    Keep,
+}
+
+/// One watched folder, resolved.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub pattern: glob::Pattern,
+    pub settle: Duration,
+    /// Sentinel file name, `{name}` standing for the BAM's file name.
+    pub sentinel: Option<String>,
+    /// Output template with `{watch}`, `{stem}` and `{sample}`.
+    pub output: String,
+    pub on_success: Disposition,
+    pub on_failure: Disposition,
+    pub convert: ConvertOptions,
+}
+
+/// The daemon's configuration, resolved.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    pub scan_interval: Duration,
+    pub watches: Vec<WatchConfig>,
+}
+
+impl RawConfig {
+    /// Resolves and checks everything the daemon uses. Folders are not checked for existence
+    /// here (the daemon does that when it starts), so a config can be validated elsewhere.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first [`ConfigError::Invalid`], naming the key.
+    pub fn resolve_daemon(&self, path: &Path) -> Result<DaemonConfig, ConfigError> {
+        refuse_unsupported(self, path)?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let threads = self.daemon.threads.unwrap_or(0);
+        if self.watch.is_empty() {
+            return Err(invalid(
+                "watch",
+                "at least one [[watch]] is needed".to_owned(),
+            ));
+        }
+        let mut watches = Vec::with_capacity(self.watch.len());
+        for (i, raw) in self.watch.iter().enumerate() {
+            let key = |k: &str| format!("watch[{i}].{k}");
+            if raw.name.is_empty()
+                || !raw
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(
+                    &key("name"),
+                    format!(
+                        "{:?} must be non-empty letters, digits, '-', '_' or '.'",
+                        raw.name
+                    ),
+                ));
+            }
+            if watches.iter().any(|w: &WatchConfig| w.name == raw.name) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is used twice", raw.name),
+                ));
+            }
+            let pattern_text = raw.pattern.as_deref().unwrap_or("*.bam");
+            let pattern = glob::Pattern::new(pattern_text)
+                .map_err(|e| invalid(&key("pattern"), e.to_string()))?;
+            let output = raw
+                .output
+                .clone()
+                .unwrap_or_else(|| "./outbox/{watch}/{stem}".to_owned());
+            check_template(&output).map_err(|m| invalid(&key("output"), m))?;
+            let on_success = disposition(raw.on_success.as_deref().unwrap_or("move:done"))
+                .map_err(|m| invalid(&key("on_success"), m))?;
+            let on_failure = disposition(raw.on_failure.as_deref().unwrap_or("move:failed"))
+                .map_err(|m| invalid(&key("on_failure"), m))?;
+            if on_failure == Disposition::Delete {
+                return Err(invalid(
+                    &key("on_failure"),
+                    "an input is never deleted on failure; use move:<dir> or keep".to_owned(),
+                ));
+            }
+            let convert = match &raw.convert {
+                Some(over) => self.convert.merged(over),
+                None => self.convert.clone(),
+            };
+            watches.push(WatchConfig {
+                name: raw.name.clone(),
+                path: raw.path.clone(),
+                pattern,
+                settle: Duration::from_secs(raw.settle_seconds.unwrap_or(30)),
+                sentinel: raw.require_sentinel.clone().filter(|s| !s.is_empty()),
+                output,
+                on_success,
+                on_failure,
+                convert: convert.resolve(path, threads)?,
+            });
+        }
+        let scan_interval = self.daemon.scan_interval_seconds.unwrap_or(10);
+        if scan_interval == 0 {
+            return Err(invalid(
+                "daemon.scan_interval_seconds",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        Ok(DaemonConfig {
+            state_dir: self
+                .daemon
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/lib/bamflow")),
+            scan_interval: Duration::from_secs(scan_interval),
+            watches,
+        })
+    }
+}
+
+/// `move:<dir>`, `delete` or `keep`.
+fn disposition(text: &str) -> Result<Disposition, String> {
+    match text {
+        "delete" => Ok(Disposition::Delete),
+        "keep" => Ok(Disposition::Keep),
+        _ => match text.strip_prefix("move:") {
+            Some(dir) if !dir.is_empty() => Ok(Disposition::Move(PathBuf::from(dir))),
+            _ => Err(format!("{text:?} is not move:<dir>, delete or keep")),
+        },
+    }
+}
+
+/// Output templates may use `{watch}`, `{stem}` and `{sample}`, and must name each file apart.
+fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed {{ in {template:?}"))?
+            + start;
+        let name = &rest[start + 1..end];
+        if !matches!(name, "watch" | "stem" | "sample") {
+            return Err(format!(
+                "unknown placeholder {{{name}}}: use {{watch}}, {{stem}} or {{sample}}"
+            ));
+        }
+        rest = &rest[end + 1..];
+    }
+    if !template.contains("{stem}") {
+        return Err(
+            "must contain {stem}, or every file of a watch would get the same output".to_owned(),
+        );
+    }
+    Ok(())
+}
+
 /// Checks a whole config file: parse, unknown keys, and every value the engine uses.
 ///
 /// # Errors
@@ -369,12 +550,9 @@ fn refuse_unsupported(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
 pub fn check(path: &Path) -> Result<RawConfig, ConfigError> {
     let raw = RawConfig::load(path)?;
     refuse_unsupported(&raw, path)?;
-    let threads = raw.daemon.threads.unwrap_or(0);
-    raw.convert.resolve(path, threads)?;
-    for watch in &raw.watch {
-        if let Some(over) = &watch.convert {
-            raw.convert.merged(over).resolve(path, threads)?;
-        }
+    raw.convert.resolve(path, raw.daemon.threads.unwrap_or(0))?;
+    if !raw.watch.is_empty() {
+        raw.resolve_daemon(path)?;
     }
     Ok(raw)
 }
@@ -443,6 +621,34 @@ mod tests {
         std::fs::write(&path, "[filter]\nmin_mapq = 20\n").unwrap();
         let err = convert_options(Some(&path), &ConvertOverrides::default()).unwrap_err();
         assert!(err.to_string().contains("filter.min_mapq"), "{err}");
+    }
+
+    #[test]
+    fn embedded_default_resolves() {
+        let raw = RawConfig::parse(Path::new("embedded"), EMBEDDED_DEFAULT).unwrap();
+        let config = raw.resolve_daemon(Path::new("embedded")).unwrap();
+        assert_eq!(config.state_dir, PathBuf::from("./.bamflow"));
+        assert_eq!(config.watches[0].path, PathBuf::from("./inbox"));
+        assert_eq!(config.watches[0].settle, Duration::from_secs(5));
+        assert_eq!(
+            config.watches[0].on_success,
+            Disposition::Move("done".into())
+        );
+    }
+
+    #[test]
+    fn watch_values_are_checked() {
+        let t = |watch: &str, key: &str| {
+            let text = format!("[[watch]]\nname = \"w\"\npath = \"/x\"\n{watch}\n");
+            let raw = RawConfig::parse(Path::new("x.toml"), &text).unwrap();
+            let err = raw.resolve_daemon(Path::new("x.toml")).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        };
+        t("on_failure = \"delete\"", "watch[0].on_failure");
+        t("on_success = \"toss\"", "watch[0].on_success");
+        t("output = \"/lake/{nope}\"", "watch[0].output");
+        t("output = \"/lake/all\"", "watch[0].output");
+        t("pattern = \"[\"", "watch[0].pattern");
     }
 
     #[test]

@@ -13,9 +13,12 @@
 //! 5. the **dataset** folder, built under a staging name, gets `_manifest.json` and `_SUCCESS`
 //!    and appears at its output path with one rename.
 //!
-//! The same engine serves `bamflow convert` and the daemon.
+//! The same engine serves `bamflow convert` and the daemon ([`app`]), which finds finished
+//! files in watched folders ([`watch`]), claims, converts and files them away.
 
+pub mod app;
 pub mod config;
 pub mod dataset;
 pub mod durable;
 pub mod pipeline;
+pub mod watch;

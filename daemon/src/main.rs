@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bamflow::config::{self, ConfigError, ConvertOverrides};
+use std::path::Path;
+
+use bamflow::app::{self, Shutdown};
+use bamflow::config::{self, ConfigError, ConvertOverrides, RawConfig};
 use bamflow::pipeline::{self, profile, ConvertSummary, Observer, Progress};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -21,9 +24,15 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    // The daemon reports each file it takes; one-shot commands speak only when asked.
+    init_tracing(if matches!(cli.command, Command::Daemon { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
+        Command::Daemon { config } => daemon(config.as_deref()),
         Command::Convert(args) => convert(args),
         Command::Profile(args) => profile(args),
         Command::CheckConfig { file } => check_config(&file),
@@ -38,13 +47,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BAMFLOW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colour only on a terminal: journald and log files get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn daemon(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let raw = match config_path {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::parse(Path::new("embedded default"), config::EMBEDDED_DEFAULT)?,
+    };
+    let name = config_path.unwrap_or(Path::new("embedded default"));
+    let config = raw.resolve_daemon(name)?;
+    for watch in &config.watches {
+        if config_path.is_none() {
+            // The embedded default makes its own drop folder, so it works on a fresh checkout.
+            std::fs::create_dir_all(&watch.path)
+                .with_context(|| format!("cannot create {}", watch.path.display()))?;
+        } else if !watch.path.is_dir() {
+            return Err(ConfigError::Invalid {
+                path: name.to_owned(),
+                key: format!("watch {}", watch.name),
+                message: format!("folder {} does not exist", watch.path.display()),
+            }
+            .into());
+        }
+    }
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .context("cannot install signal handlers")?;
+    app::run(&config, &shutdown)
 }
 
 fn convert(args: ConvertArgs) -> anyhow::Result<()> {

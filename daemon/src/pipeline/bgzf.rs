@@ -60,6 +60,21 @@ pub enum BgzfError {
 }
 
 impl BgzfError {
+    /// The compressed byte offset the error refers to, if any.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            Self::NotGzip { offset, .. }
+            | Self::NotBgzf { offset }
+            | Self::InvalidBlockSize { offset, .. }
+            | Self::TruncatedBlock { offset }
+            | Self::Corrupt { offset, .. }
+            | Self::ChecksumMismatch { offset }
+            | Self::Io { offset, .. } => Some(*offset),
+            Self::Empty => Some(0),
+            Self::MissingEof => None,
+        }
+    }
+
     /// Whether this error comes from inflating (rather than reading) a block.
     pub fn is_inflate(&self) -> bool {
         matches!(self, Self::Corrupt { .. } | Self::ChecksumMismatch { .. })

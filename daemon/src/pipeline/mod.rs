@@ -230,6 +230,35 @@ impl ConvertError {
     }
 }
 
+/// Where in the input a failure happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Location {
+    /// Compressed byte offset (of the BGZF block).
+    Byte(u64),
+    /// Record number, counting from 1.
+    Record(u64),
+}
+
+impl ConvertError {
+    /// The byte offset or record the failure refers to, when it has one.
+    pub fn location(&self) -> Option<Location> {
+        match &self.source {
+            StageError::Bgzf(e)
+            | StageError::Header(HeaderError::Bgzf(e))
+            | StageError::Source(SourceError::Bgzf(e)) => e.offset().map(Location::Byte),
+            StageError::Source(e) => e.offset().map(Location::Byte),
+            StageError::Decode(e) => e.record().map(Location::Record),
+            _ => None,
+        }
+    }
+
+    /// Whether the conversion was stopped on purpose rather than failing.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.source, StageError::Cancelled)
+    }
+}
+
 /// Progress of a running conversion.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Progress {
@@ -327,6 +356,20 @@ pub fn convert(
         .publish(&manifest)
         .map_err(|e| fail(Stage::Publish, e.into()))?;
     Ok(ConvertSummary { output, manifest })
+}
+
+/// Reads just the SAM header text of a BAM file (e.g. for `{sample}` in output templates).
+///
+/// # Errors
+///
+/// Returns a [`ConvertError`] when the header cannot be read.
+pub fn read_header_text(input: &Path, options: &ConvertOptions) -> Result<String, ConvertError> {
+    let file = File::open(input).map_err(|e| ConvertError::new(input, Stage::Open, e.into()))?;
+    let reader = BlockReader::new(BufReader::new(file), 0, single_thread_pool(input)?);
+    let mut stream = BgzfStream::new(reader);
+    let header = header::read_header(&mut stream, options.header_limits())
+        .map_err(|e| ConvertError::from_header(input, e))?;
+    Ok(header.text)
 }
 
 /// Refuses a file that does not end with the BGZF EOF block, unless allowed.

@@ -4,6 +4,7 @@
 //! exists.
 
 mod bad_input;
+mod daemon;
 mod fidelity;
 mod options;
 mod support;

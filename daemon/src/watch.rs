@@ -1,0 +1,225 @@
+//! Discovery, readiness and claims: which files in a watched folder are finished and ours.
+//!
+//! A full rescan is the truth (network filesystems deliver no events). A file is ready when its
+//! (size, mtime, inode) have not changed for the settle window, it ends with the BGZF EOF block,
+//! and its sentinel exists when one is configured. "New" is decided per file, never from an
+//! mtime high-water mark, so a file copied in with an old mtime is still taken.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use crate::config::WatchConfig;
+use crate::pipeline::bgzf;
+
+/// What identifies one version of a file: a changed one is a new file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub inode: u64,
+}
+
+impl Fingerprint {
+    fn of(metadata: &fs::Metadata) -> Self {
+        Self {
+            size: metadata.len(),
+            mtime: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            inode: metadata.ino(),
+        }
+    }
+}
+
+/// A file that is ready to convert.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub path: PathBuf,
+    pub fingerprint: Fingerprint,
+}
+
+/// Whether a name is a temporary or hidden file that must never be taken: `.*` (including
+/// rsync's `.name.XXXXXX`), `*.tmp`, `*.part`.
+pub fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
+}
+
+/// Tracks the files of one watched folder between scans.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    /// Each candidate's fingerprint and since when it has not changed.
+    seen: HashMap<PathBuf, (Fingerprint, Instant)>,
+}
+
+impl Tracker {
+    /// Lists the folder (a full rescan) and returns the files that are ready, oldest-stable
+    /// first.
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of listing the folder.
+    pub fn scan(&mut self, watch: &WatchConfig, now: Instant) -> io::Result<Vec<Ready>> {
+        let mut candidates = Vec::new();
+        for entry in fs::read_dir(&watch.path)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !is_ignored_name(name) && watch.pattern.matches(name) {
+                candidates.push(entry.path());
+            }
+        }
+        Ok(self.update(watch, candidates, now))
+    }
+
+    /// Re-checks only the files already seen, without listing the folder: cheap enough to run
+    /// every second, so a file is taken soon after it settles, between full rescans.
+    pub fn recheck(&mut self, watch: &WatchConfig, now: Instant) -> Vec<Ready> {
+        let candidates = self.seen.keys().cloned().collect();
+        self.update(watch, candidates, now)
+    }
+
+    fn update(
+        &mut self,
+        watch: &WatchConfig,
+        candidates: Vec<PathBuf>,
+        now: Instant,
+    ) -> Vec<Ready> {
+        let mut present = HashMap::new();
+        for path in candidates {
+            // Symlinks are not followed: symlink_metadata describes the link itself.
+            let Ok(metadata) = path.symlink_metadata() else {
+                continue;
+            };
+            if metadata.file_type().is_file() {
+                present.insert(path, Fingerprint::of(&metadata));
+            }
+        }
+
+        self.seen.retain(|path, _| present.contains_key(path));
+        let mut ready = Vec::new();
+        for (path, fingerprint) in present {
+            let since = match self.seen.get(&path) {
+                Some((previous, since)) if *previous == fingerprint => *since,
+                _ => now,
+            };
+            self.seen.insert(path.clone(), (fingerprint, since));
+            if now.duration_since(since) >= watch.settle
+                && is_complete(&path)
+                && sentinel_present(watch, &path)
+            {
+                ready.push((since, Ready { path, fingerprint }));
+            }
+        }
+        ready.sort_by_key(|(since, r)| (*since, r.path.clone()));
+        ready.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Files seen but not yet ready.
+    pub fn pending(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Forgets a file, e.g. once it has been moved away.
+    pub fn forget(&mut self, path: &Path) {
+        self.seen.remove(path);
+    }
+}
+
+fn is_complete(path: &Path) -> bool {
+    File::open(path)
+        .and_then(|f| bgzf::has_eof_block(&f))
+        .unwrap_or(false)
+}
+
+fn sentinel_present(watch: &WatchConfig, path: &Path) -> bool {
+    let Some(template) = &watch.sentinel else {
+        return true;
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    watch.path.join(template.replace("{name}", name)).exists()
+}
+
+/// An exclusive claim on one input file, held as a file under `state_dir/claims`.
+///
+/// The claim is created with `O_EXCL`, so two daemons sharing a state folder never convert the
+/// same file at once. It is removed on drop.
+#[derive(Debug)]
+pub struct Claim {
+    path: PathBuf,
+}
+
+impl Claim {
+    /// Claims `input`; `Ok(None)` when another process holds it.
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of creating the claim file.
+    pub fn acquire(state_dir: &Path, input: &Path) -> io::Result<Option<Self>> {
+        let dir = state_dir.join("claims");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{:016x}.claim", path_hash(input)));
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                writeln!(file, "{}\n{}", std::process::id(), input.display())?;
+                file.sync_all()?;
+                Ok(Some(Self { path }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Err(error) = fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "Could not release claim.");
+        }
+    }
+}
+
+/// FNV-1a of the path bytes: a stable claim name for any path.
+fn path_hash(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_and_hidden_names_are_ignored() {
+        for name in [
+            ".x.bam",
+            ".x.bam.AbC123",
+            "x.bam.tmp",
+            "x.bam.part",
+            ".hidden",
+        ] {
+            assert!(is_ignored_name(name), "{name}");
+        }
+        assert!(!is_ignored_name("sample.bam"));
+    }
+
+    #[test]
+    fn a_claim_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = Path::new("/drop/a.bam");
+        let first = Claim::acquire(dir.path(), input).unwrap();
+        assert!(first.is_some());
+        assert!(Claim::acquire(dir.path(), input).unwrap().is_none());
+        drop(first);
+        assert!(Claim::acquire(dir.path(), input).unwrap().is_some());
+    }
+}

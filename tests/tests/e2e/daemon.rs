@@ -1,0 +1,285 @@
+//! The daemon, driven as an operator would: real folders, real files, signals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bamflow_tests::generator::DataKind;
+use bamflow_tests::sam_text::{self, TagOrder};
+use bamflow_tests::{bamflow_bin, samtools_view};
+use serde_json::Value;
+
+use crate::support::TestDir;
+
+/// A running `bamflow daemon`, stopped (SIGTERM) on drop.
+struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(dir: &Path, config: Option<&Path>) -> Self {
+        let mut command = Command::new(bamflow_bin());
+        command
+            .arg("daemon")
+            .current_dir(dir)
+            .env("BAMFLOW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        Self {
+            child: Some(command.spawn().expect("daemon starts")),
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit code and how long the exit took.
+    fn terminate(mut self) -> (Option<i32>, Duration, String) {
+        let child = self.child.take().expect("running");
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code(),
+            started.elapsed(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `done` holds, for at most `limit`.
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A config with fast settling and rescans, for tests.
+fn config(dir: &TestDir, inbox: &Path, extra_watch: &str) -> PathBuf {
+    let text = format!(
+        "[daemon]\nstate_dir = \"{state}\"\nscan_interval_seconds = 1\n\n[[watch]]\nname = \"test\"\npath = \"{inbox}\"\nsettle_seconds = 1\noutput = \"{out}/{{watch}}/{{stem}}\"\n{extra_watch}\n",
+        state = dir.path("state").display(),
+        inbox = inbox.display(),
+        out = dir.path("lake").display(),
+    );
+    let path = dir.path("bamflow.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn converts_good_files_quarantines_bad_ones_and_stops_on_sigterm() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    // A file present before the daemon starts is taken too.
+    let early = dir.generated(DataKind::Short, 2_000, 31);
+    std::fs::copy(&early, inbox.join("early.bam")).unwrap();
+    let config = config(&dir, &inbox, "");
+    let daemon = Daemon::start(dir.root(), Some(&config));
+
+    // A corrupt block inside an otherwise complete file, and text that merely ends like BGZF.
+    let mut corrupt = std::fs::read(&early).unwrap();
+    for b in &mut corrupt[3000..3010] {
+        *b ^= 0x55;
+    }
+    std::fs::write(inbox.join("corrupt.bam"), &corrupt).unwrap();
+    let mut text = b"this is not a BAM file\n".to_vec();
+    text.extend_from_slice(&corrupt[corrupt.len() - 28..]);
+    std::fs::write(inbox.join("text.bam"), &text).unwrap();
+    std::fs::write(inbox.join(".hidden.bam"), &corrupt).unwrap();
+    std::fs::write(inbox.join("copy.bam.tmp"), &corrupt).unwrap();
+    // A good file dropped after the bad ones is still converted.
+    let late = dir.generated(DataKind::Unaligned, 1_000, 32);
+    std::fs::copy(&late, inbox.join("late.bam")).unwrap();
+
+    let lake = dir.path("lake/test");
+    wait_for(
+        Duration::from_secs(60),
+        "all four files to be filed away",
+        || {
+            [
+                "done/early.bam",
+                "done/late.bam",
+                "failed/corrupt.bam.error.json",
+                "failed/text.bam.error.json",
+            ]
+            .iter()
+            .all(|p| inbox.join(p).exists())
+        },
+    );
+
+    for (name, source) in [("early", &early), ("late", &late)] {
+        let dataset = sam_text::read_dataset(&lake.join(name)).unwrap();
+        let theirs = samtools_view(source, &[]).unwrap();
+        sam_text::compare(&dataset.to_sam(&[]).unwrap(), &theirs, TagOrder::Exact).unwrap();
+    }
+    assert!(
+        !lake.join("corrupt").exists() && !lake.join("text").exists(),
+        "no output for failures"
+    );
+    assert!(
+        inbox.join(".hidden.bam").exists() && inbox.join("copy.bam.tmp").exists(),
+        "ignored names stay"
+    );
+
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(inbox.join("failed/corrupt.bam.error.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["stage"], "inflate");
+    assert!(report["location"]["byte"].is_u64(), "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("BGZF block at byte"),
+        "{report}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(inbox.join("failed/text.bam.error.json")).unwrap())
+            .unwrap();
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a BGZF file"),
+        "{report}"
+    );
+    assert!(
+        inbox.join("failed/text.bam").exists(),
+        "a failed input is moved, never deleted"
+    );
+
+    let (code, took, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        log.contains("Converted file.")
+            && log.contains("records=")
+            && log.contains("outcome=\"failure\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_file_is_taken_only_once_complete_and_settled() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let config = config(&dir, &inbox, "require_sentinel = \"{name}.done\"");
+    let daemon = Daemon::start(dir.root(), Some(&config));
+
+    // Written in pieces: first without the EOF block, then complete but without its sentinel.
+    let bam = dir.generated(DataKind::Short, 2_000, 33);
+    let bytes = std::fs::read(&bam).unwrap();
+    let target = inbox.join("slow.bam");
+    std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        target.exists() && !dir.path("lake/test/slow").exists(),
+        "taken before complete"
+    );
+
+    std::fs::write(&target, &bytes).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        target.exists() && !dir.path("lake/test/slow").exists(),
+        "taken before its sentinel"
+    );
+
+    std::fs::write(inbox.join("slow.bam.done"), b"").unwrap();
+    wait_for(Duration::from_secs(30), "the completed file", || {
+        dir.path("lake/test/slow/_SUCCESS").exists()
+    });
+    assert!(inbox.join("done/slow.bam").exists());
+
+    // Renamed into place with an old mtime: still new, still taken.
+    let staged = inbox.join(".renamed.bam.partial-copy");
+    std::fs::write(&staged, &bytes).unwrap();
+    let old = std::fs::File::options().write(true).open(&staged).unwrap();
+    old.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+        .unwrap();
+    drop(old);
+    std::fs::write(inbox.join("renamed.bam.done"), b"").unwrap();
+    std::fs::rename(&staged, inbox.join("renamed.bam")).unwrap();
+    wait_for(Duration::from_secs(30), "the renamed file", || {
+        dir.path("lake/test/renamed/_SUCCESS").exists()
+    });
+
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn embedded_default_watches_inbox_and_writes_outbox() {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(dir.root(), None);
+    wait_for(Duration::from_secs(10), "./inbox to be created", || {
+        dir.path("inbox").is_dir()
+    });
+    let bam = dir.generated(DataKind::Short, 1_000, 34);
+    std::fs::copy(&bam, dir.path("inbox/sample.bam")).unwrap();
+    // Default settle is 5 s and rescans every 10 s.
+    wait_for(Duration::from_secs(40), "./outbox/sample", || {
+        dir.path("outbox/sample/_SUCCESS").exists()
+    });
+    assert!(dir.path("inbox/done/sample.bam").exists());
+    assert!(dir.path(".bamflow/claims").is_dir());
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn sigterm_mid_file_publishes_nothing_and_keeps_the_input() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    // Tiny batches and parts make the conversion slow enough to interrupt.
+    let config = config(
+        &dir,
+        &inbox,
+        "[watch.convert]\nbatch_records = 1\npart_records = 50\n",
+    );
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    let bam = dir.generated(DataKind::Short, 20_000, 35);
+    std::fs::copy(&bam, inbox.join("big.bam")).unwrap();
+    wait_for(Duration::from_secs(30), "the conversion to start", || {
+        std::fs::read_dir(dir.path("lake/test"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    });
+
+    let (code, took, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(log.contains("Conversion stopped by shutdown"), "{log}");
+    assert!(
+        inbox.join("big.bam").exists(),
+        "the input stays where it was"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path("lake/test")).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "nothing half-published: {leftovers:?}"
+    );
+}
