@@ -4,7 +4,8 @@
 //! every `scan_interval_seconds` find ready files, each is claimed, converted and moved to
 //! `done/` (or `failed/` with an `error.json`). A shutdown request stops the loop between
 //! files and cancels a running conversion cleanly: nothing half-published, the input stays
-//! where it was.
+//! where it was. A reload request re-reads the configuration between files; an invalid one
+//! keeps the current configuration.
 
 use std::collections::HashSet;
 use std::fs;
@@ -17,47 +18,57 @@ use anyhow::Context;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::config::{DaemonConfig, Disposition, WatchConfig};
+use crate::config::{ConfigError, DaemonConfig, Disposition, WatchConfig};
 use crate::dataset;
 use crate::pipeline::{self, ConvertError, Location, Observer};
+use crate::service::Notifier;
 use crate::watch::{Claim, Fingerprint, Ready, Tracker};
 
 /// How often files already seen are re-checked for readiness between full rescans.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A shutdown request, set by SIGTERM/SIGINT or by a test.
+/// Requests from signals (or tests): stop, and reload the configuration.
 #[derive(Clone, Debug, Default)]
-pub struct Shutdown(Arc<AtomicBool>);
+pub struct Control {
+    shutdown: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
 
-impl Shutdown {
+impl Control {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Sets the flag on SIGTERM and SIGINT.
+    /// SIGTERM and SIGINT request shutdown; SIGHUP requests a reload.
     ///
     /// # Errors
     ///
     /// Returns the error of registering the handlers.
     pub fn on_signals(&self) -> std::io::Result<()> {
         for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register(signal, Arc::clone(&self.0))?;
+            signal_hook::flag::register(signal, Arc::clone(&self.shutdown))?;
         }
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&self.reload))?;
         Ok(())
     }
 
-    pub fn request(&self) {
-        self.0.store(true, Ordering::Relaxed);
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
     }
 
-    pub fn requested(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
     }
 
-    /// Sleeps up to `duration`, waking early on a shutdown request.
+    /// Whether a reload was requested since the last call.
+    fn take_reload(&self) -> bool {
+        self.reload.swap(false, Ordering::Relaxed)
+    }
+
+    /// Sleeps up to `duration`, waking early on a shutdown or reload request.
     fn sleep(&self, duration: Duration) {
         let until = Instant::now() + duration;
-        while !self.requested() {
+        while !self.shutdown_requested() && !self.reload.load(Ordering::Relaxed) {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -67,9 +78,19 @@ impl Shutdown {
     }
 }
 
-impl Observer for Shutdown {
+/// What a running conversion reports to: shutdown cancels it, progress feeds the watchdog.
+struct JobObserver<'a> {
+    control: &'a Control,
+    notifier: &'a Notifier,
+}
+
+impl Observer for JobObserver<'_> {
+    fn progress(&self, _progress: pipeline::Progress) {
+        self.notifier.watchdog();
+    }
+
     fn cancelled(&self) -> bool {
-        self.requested()
+        self.control.shutdown_requested()
     }
 }
 
@@ -84,21 +105,47 @@ enum Outcome {
     Cancelled,
 }
 
-/// Runs the daemon until `shutdown` is requested.
+/// Runs the daemon until shutdown is requested. `load` reads and checks the configuration;
+/// it is called again on every reload request.
 ///
 /// # Errors
 ///
-/// Fails when the state folder cannot be created; a failing file never stops the daemon.
-pub fn run(config: &DaemonConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
+/// Fails when the first configuration is invalid or the state folder cannot be created; a
+/// failing file, or an invalid configuration on reload, never stops the daemon.
+pub fn run(
+    load: &dyn Fn() -> Result<DaemonConfig, ConfigError>,
+    control: &Control,
+    notifier: &Notifier,
+) -> anyhow::Result<()> {
+    let mut config = load()?;
     fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
     let mut trackers: Vec<Tracker> = config.watches.iter().map(|_| Tracker::default()).collect();
     // Files kept in place (`on_success = "keep"`) are not converted again in this run.
     let mut kept: HashSet<(PathBuf, Fingerprint)> = HashSet::new();
     info!(watches = config.watches.len(), state_dir = %config.state_dir.display(), "Daemon started.");
+    notifier.ready("Watching.");
 
     let mut next_rescan = Instant::now();
-    while !shutdown.requested() {
+    while !control.shutdown_requested() {
+        if control.take_reload() {
+            notifier.reloading();
+            match load() {
+                Ok(new) => {
+                    trackers = new.watches.iter().map(|_| Tracker::default()).collect();
+                    config = new;
+                    next_rescan = Instant::now();
+                    info!(watches = config.watches.len(), "Reloaded configuration.");
+                }
+                Err(error) => warn!(
+                    error = chain(&error),
+                    "Invalid configuration; keeping the current one."
+                ),
+            }
+            notifier.ready("Watching.");
+        }
+        notifier.watchdog();
+
         let now = Instant::now();
         let full = now >= next_rescan;
         if full {
@@ -117,13 +164,15 @@ pub fn run(config: &DaemonConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
                 tracker.recheck(watch, now)
             };
             for file in ready {
-                if shutdown.requested() {
+                if control.shutdown_requested() {
                     break;
                 }
                 if kept.contains(&(file.path.clone(), file.fingerprint)) {
                     continue;
                 }
-                let outcome = process(watch, &file, &config.state_dir, shutdown);
+                notifier.status(&format!("Converting {}.", file.path.display()));
+                let observer = JobObserver { control, notifier };
+                let outcome = process(watch, &file, &config.state_dir, &observer);
                 if outcome == Outcome::Success && watch.on_success == Disposition::Keep {
                     kept.insert((file.path.clone(), file.fingerprint));
                 }
@@ -132,14 +181,22 @@ pub fn run(config: &DaemonConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
                 }
             }
         }
-        shutdown.sleep(RECHECK_INTERVAL.min(config.scan_interval));
+        let pending: usize = trackers.iter().map(Tracker::pending).sum();
+        notifier.status(&format!("Watching; {pending} files waiting to settle."));
+        control.sleep(RECHECK_INTERVAL.min(config.scan_interval));
     }
+    notifier.stopping();
     info!("Daemon stopped.");
     Ok(())
 }
 
 /// Claims, converts and files away one ready file.
-fn process(watch: &WatchConfig, file: &Ready, state_dir: &Path, shutdown: &Shutdown) -> Outcome {
+fn process(
+    watch: &WatchConfig,
+    file: &Ready,
+    state_dir: &Path,
+    observer: &JobObserver<'_>,
+) -> Outcome {
     let claim = match Claim::acquire(state_dir, &file.path) {
         Ok(Some(claim)) => claim,
         Ok(None) => return Outcome::Skipped,
@@ -155,7 +212,7 @@ fn process(watch: &WatchConfig, file: &Ready, state_dir: &Path, shutdown: &Shutd
 
     let output = render_output(watch, &file.path);
     info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), "Converting file.");
-    let outcome = match pipeline::convert(&file.path, &output, &watch.convert, shutdown) {
+    let outcome = match pipeline::convert(&file.path, &output, &watch.convert, observer) {
         Ok(summary) => {
             let m = &summary.manifest;
             info!(

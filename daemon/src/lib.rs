@@ -21,4 +21,5 @@ pub mod config;
 pub mod dataset;
 pub mod durable;
 pub mod pipeline;
+pub mod service;
 pub mod watch;

@@ -10,9 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use std::path::Path;
 
-use bamflow::app::{self, Shutdown};
-use bamflow::config::{self, ConfigError, ConvertOverrides, RawConfig};
+use bamflow::app::{self, Control};
+use bamflow::config::{self, ConfigError, ConvertOverrides, DaemonConfig, RawConfig};
 use bamflow::pipeline::{self, profile, ConvertSummary, Observer, Progress};
+use bamflow::service::Notifier;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -59,31 +60,41 @@ fn init_tracing(default_level: &str) {
 }
 
 fn daemon(config_path: Option<&Path>) -> anyhow::Result<()> {
-    let raw = match config_path {
-        Some(path) => RawConfig::load(path)?,
-        None => RawConfig::parse(Path::new("embedded default"), config::EMBEDDED_DEFAULT)?,
-    };
-    let name = config_path.unwrap_or(Path::new("embedded default"));
-    let config = raw.resolve_daemon(name)?;
-    for watch in &config.watches {
-        if config_path.is_none() {
-            // The embedded default makes its own drop folder, so it works on a fresh checkout.
-            std::fs::create_dir_all(&watch.path)
-                .with_context(|| format!("cannot create {}", watch.path.display()))?;
-        } else if !watch.path.is_dir() {
-            return Err(ConfigError::Invalid {
-                path: name.to_owned(),
-                key: format!("watch {}", watch.name),
-                message: format!("folder {} does not exist", watch.path.display()),
-            }
-            .into());
-        }
-    }
-    let shutdown = Shutdown::new();
-    shutdown
+    let control = Control::new();
+    control
         .on_signals()
         .context("cannot install signal handlers")?;
-    app::run(&config, &shutdown)
+    let notifier = Notifier::from_env();
+    let load = || load_daemon_config(config_path);
+    app::run(&load, &control, &notifier)
+}
+
+/// Reads, resolves and checks the daemon's configuration, including that watched folders
+/// exist (the embedded default creates its own).
+fn load_daemon_config(config_path: Option<&Path>) -> Result<DaemonConfig, ConfigError> {
+    let name = config_path.unwrap_or(Path::new("embedded default"));
+    let raw = match config_path {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::parse(name, config::EMBEDDED_DEFAULT)?,
+    };
+    let config = raw.resolve_daemon(name)?;
+    for watch in &config.watches {
+        let missing = |message: String| ConfigError::Invalid {
+            path: name.to_owned(),
+            key: format!("watch {}", watch.name),
+            message,
+        };
+        if config_path.is_none() {
+            std::fs::create_dir_all(&watch.path)
+                .map_err(|e| missing(format!("cannot create {}: {e}", watch.path.display())))?;
+        } else if !watch.path.is_dir() {
+            return Err(missing(format!(
+                "folder {} does not exist",
+                watch.path.display()
+            )));
+        }
+    }
+    Ok(config)
 }
 
 fn convert(args: ConvertArgs) -> anyhow::Result<()> {

@@ -33,7 +33,9 @@ pub fn bamflow_bin() -> PathBuf {
             .to_owned();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "bamflow", "--bin", "bamflow"]);
+        // `--workspace` resolves features as `cargo test --workspace` does; `-p bamflow` alone
+        // would resolve them differently and rebuild parquet and the binary.
+        build.args(["build", "--quiet", "--workspace", "--bins"]);
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }

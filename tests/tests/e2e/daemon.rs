@@ -33,6 +33,22 @@ impl Daemon {
         }
     }
 
+    /// Waits for a daemon that was already signalled to stop.
+    fn terminate_after_signal(mut self) -> (Option<i32>, Duration, String) {
+        let started = Instant::now();
+        let output = self
+            .child
+            .take()
+            .expect("running")
+            .wait_with_output()
+            .unwrap();
+        (
+            output.status.code(),
+            started.elapsed(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// Sends SIGTERM and returns the exit code and how long the exit took.
     fn terminate(mut self) -> (Option<i32>, Duration, String) {
         let child = self.child.take().expect("running");
@@ -282,4 +298,142 @@ fn sigterm_mid_file_publishes_nothing_and_keeps_the_input() {
         leftovers.is_empty(),
         "nothing half-published: {leftovers:?}"
     );
+}
+
+/// Receives sd_notify datagrams until one contains `wanted`; returns everything received.
+fn receive_until(socket: &std::os::unix::net::UnixDatagram, wanted: &str, log: &mut Vec<String>) {
+    let mut buf = vec![0; 4096];
+    let started = Instant::now();
+    while !log.iter().any(|m| m.contains(wanted)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no {wanted} in {log:?}"
+        );
+        if let Ok(n) = socket.recv(&mut buf) {
+            log.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+#[test]
+fn notifies_systemd_and_keeps_the_old_config_on_a_bad_reload() {
+    use std::os::unix::net::UnixDatagram;
+
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let config = config(&dir, &inbox, "");
+    let socket_path = dir.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+
+    let child = Command::new(bamflow_bin())
+        .arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("BAMFLOW_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon { child: Some(child) };
+    let pid = daemon.child.as_ref().unwrap().id().to_string();
+    let mut log = Vec::new();
+    receive_until(&socket, "READY=1", &mut log);
+    assert!(log.iter().any(|m| m.contains("STATUS=")), "{log:?}");
+
+    // Break the config, then reload: the daemon says so and goes on with the old one.
+    std::fs::write(&config, "[daemon]\nstate_dir = [\n").unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    receive_until(&socket, "RELOADING=1", &mut log);
+    let reloading = log.iter().find(|m| m.contains("RELOADING=1")).unwrap();
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    let mut after_reload =
+        log.split_off(log.iter().position(|m| m.contains("RELOADING=1")).unwrap() + 1);
+    receive_until(&socket, "READY=1", &mut after_reload);
+    log.extend(after_reload);
+
+    let bam = dir.generated(DataKind::Short, 1_000, 36);
+    std::fs::copy(&bam, inbox.join("after.bam")).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "conversion with the old config",
+        || dir.path("lake/test/after/_SUCCESS").exists(),
+    );
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    receive_until(&socket, "STOPPING=1", &mut log);
+    let order: Vec<usize> = ["READY=1", "RELOADING=1", "STOPPING=1"]
+        .iter()
+        .map(|w| log.iter().position(|m| m.contains(w)).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{log:?}");
+    let (code, _, stderr) = daemon.terminate_after_signal();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("Invalid configuration; keeping the current one."),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/bamflow.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    for line in [
+        "Type=notify",
+        "ExecStartPre=/usr/bin/bamflow check-config",
+        "StateDirectory=bamflow",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+        "MemoryDenyWriteExecute=yes",
+        "ReadWritePaths=",
+    ] {
+        assert!(text.contains(line), "unit lacks {line:?}");
+    }
+    // verify needs the binaries to exist: point the copy at the one just built.
+    let dir = TestDir::new();
+    let copy = dir.path("bamflow.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/bin/bamflow", bamflow_bin().to_str().unwrap()),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (apt-get install systemd)");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=25", "--no-pager"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&security.stdout);
+    assert!(security.status.success(), "exposure above 2.5:\n{report}");
+    assert!(report.contains("Overall exposure level"), "{report}");
 }
