@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, DaemonConfig, Disposition, WatchConfig};
 use crate::dataset;
+use crate::ledger::{self, Entry, FileState, Ledger};
 use crate::pipeline::{self, ConvertError, Location, Observer};
 use crate::service::Notifier;
 use crate::watch::{Claim, Fingerprint, Ready, Tracker};
@@ -101,6 +102,10 @@ enum Outcome {
     Failure,
     /// Another daemon holds it, or it vanished.
     Skipped,
+    /// The same content was converted before.
+    Duplicate,
+    /// This very file was converted before and kept in place.
+    AlreadyDone,
     /// Shutdown stopped the conversion; the input stays for the next start.
     Cancelled,
 }
@@ -120,6 +125,7 @@ pub fn run(
     let mut config = load()?;
     fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let mut ledger = Ledger::open(&config.state_dir)?;
     let mut trackers: Vec<Tracker> = config.watches.iter().map(|_| Tracker::default()).collect();
     // Files kept in place (`on_success = "keep"`) are not converted again in this run.
     let mut kept: HashSet<(PathBuf, Fingerprint)> = HashSet::new();
@@ -172,8 +178,12 @@ pub fn run(
                 }
                 notifier.status(&format!("Converting {}.", file.path.display()));
                 let observer = JobObserver { control, notifier };
-                let outcome = process(watch, &file, &config.state_dir, &observer);
-                if outcome == Outcome::Success && watch.on_success == Disposition::Keep {
+                let outcome = process(watch, &file, &config.state_dir, &mut ledger, &observer);
+                let done = matches!(
+                    outcome,
+                    Outcome::Success | Outcome::Duplicate | Outcome::AlreadyDone
+                );
+                if done && watch.on_success == Disposition::Keep {
                     kept.insert((file.path.clone(), file.fingerprint));
                 }
                 if outcome != Outcome::Cancelled {
@@ -195,6 +205,7 @@ fn process(
     watch: &WatchConfig,
     file: &Ready,
     state_dir: &Path,
+    ledger: &mut Ledger,
     observer: &JobObserver<'_>,
 ) -> Outcome {
     let claim = match Claim::acquire(state_dir, &file.path) {
@@ -210,11 +221,63 @@ fn process(
         return Outcome::Skipped;
     }
 
+    let hash = match ledger::content_hash(&file.path) {
+        Ok(hash) => hash,
+        Err(error) => {
+            warn!(path = %file.path.display(), %error, "Cannot read file to hash it.");
+            return Outcome::Skipped;
+        }
+    };
+    let entry = |state| Entry::new(&watch.name, &file.path, file.fingerprint.size, &hash, state);
+    let record = |ledger: &mut Ledger, entry: Entry| {
+        if let Err(error) = ledger.append(entry) {
+            warn!(error = chain(&error), "Cannot record in the ledger.");
+        }
+    };
+
+    if let Some(previous) = ledger.converted(&hash) {
+        if previous.path == file.path {
+            return Outcome::AlreadyDone;
+        }
+        let original = previous.path.clone();
+        info!(watch = %watch.name, path = %file.path.display(), duplicate_of = %original.display(), outcome = "duplicate", "Same content was converted before; not converting it again.");
+        record(
+            ledger,
+            Entry {
+                duplicate_of: Some(original),
+                ..entry(FileState::Duplicate)
+            },
+        );
+        if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
+            warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away duplicate input.");
+        }
+        return Outcome::Duplicate;
+    }
+
+    let attempts = ledger.attempts(&file.path) + 1;
     let output = render_output(watch, &file.path);
-    info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), "Converting file.");
+    record(
+        ledger,
+        Entry {
+            attempts,
+            output: Some(output.clone()),
+            ..entry(FileState::Converting)
+        },
+    );
+    info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, "Converting file.");
     let outcome = match pipeline::convert(&file.path, &output, &watch.convert, observer) {
         Ok(summary) => {
             let m = &summary.manifest;
+            record(
+                ledger,
+                Entry {
+                    attempts,
+                    records_read: Some(m.counts.read),
+                    records_written: Some(m.counts.written),
+                    output: Some(output.clone()),
+                    ..entry(FileState::Success)
+                },
+            );
             info!(
                 watch = %watch.name,
                 path = %file.path.display(),
@@ -231,11 +294,20 @@ fn process(
             Outcome::Success
         }
         Err(error) if error.is_cancelled() => {
+            // The Converting entry stays the latest: the attempt is counted, the file retried.
             info!(path = %file.path.display(), "Conversion stopped by shutdown; the input stays.");
             Outcome::Cancelled
         }
         Err(error) => {
             warn!(watch = %watch.name, path = %file.path.display(), error = chain(&error), outcome = "failure", "Conversion failed.");
+            record(
+                ledger,
+                Entry {
+                    attempts,
+                    error: Some(chain(&error)),
+                    ..entry(FileState::Failure)
+                },
+            );
             quarantine(watch, &file.path, &error);
             Outcome::Failure
         }

@@ -20,6 +20,15 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the ledger's most recent files and the files waiting in watched folders.
+    Status {
+        /// The TOML config file; without it, the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How many recent files to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Convert one BAM file into a Parquet dataset folder.
     Convert(ConvertArgs),
     /// Print the profile of a BAM file as JSON: sizes, tags, sort order, index, batch plan.

@@ -20,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod dataset;
 pub mod durable;
+pub mod ledger;
 pub mod pipeline;
 pub mod service;
 pub mod watch;

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use bamflow::app::{self, Control};
 use bamflow::config::{self, ConfigError, ConvertOverrides, DaemonConfig, RawConfig};
+use bamflow::ledger;
 use bamflow::pipeline::{self, profile, ConvertSummary, Observer, Progress};
 use bamflow::service::Notifier;
 use clap::Parser;
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Daemon { config } => daemon(config.as_deref()),
+        Command::Status { config, limit } => status(config.as_deref(), limit),
         Command::Convert(args) => convert(args),
         Command::Profile(args) => profile(args),
         Command::CheckConfig { file } => check_config(&file),
@@ -95,6 +97,55 @@ fn load_daemon_config(config_path: Option<&Path>) -> Result<DaemonConfig, Config
         }
     }
     Ok(config)
+}
+
+fn status(config_path: Option<&Path>, limit: usize) -> anyhow::Result<()> {
+    let name = config_path.unwrap_or(Path::new("embedded default"));
+    let raw = match config_path {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::parse(name, config::EMBEDDED_DEFAULT)?,
+    };
+    let config = raw.resolve_daemon(name)?;
+    println!(
+        "recent files ({}):",
+        config.state_dir.join("ledger.jsonl").display()
+    );
+    for entry in ledger::recent_entries(&config.state_dir, limit)? {
+        let records = entry
+            .records_written
+            .map(|n| format!("{n} rows"))
+            .unwrap_or_default();
+        let detail = match (&entry.error, &entry.duplicate_of, &entry.output) {
+            (Some(error), _, _) => format!("  {error}"),
+            (_, Some(original), _) => format!("  same content as {}", original.display()),
+            (_, _, Some(output)) => format!("  → {}", output.display()),
+            _ => String::new(),
+        };
+        let state = format!("{:?}", entry.state).to_lowercase();
+        println!(
+            "  {}  {state:<10}  attempt {}  {records:>12}  {}{detail}",
+            entry.time,
+            entry.attempts,
+            entry.path.display()
+        );
+    }
+    println!("waiting in watched folders:");
+    for watch in &config.watches {
+        let Ok(entries) = std::fs::read_dir(&watch.path) else {
+            println!("  [{}] cannot read {}", watch.name, watch.path.display());
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !bamflow::watch::is_ignored_name(&name)
+                && watch.pattern.matches(&name)
+                && entry.path().is_file()
+            {
+                println!("  [{}] {}", watch.name, entry.path().display());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn convert(args: ConvertArgs) -> anyhow::Result<()> {

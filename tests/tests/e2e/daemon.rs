@@ -229,9 +229,11 @@ fn a_file_is_taken_only_once_complete_and_settled() {
     });
     assert!(inbox.join("done/slow.bam").exists());
 
-    // Renamed into place with an old mtime: still new, still taken.
+    // Renamed into place with an old mtime: still new, still taken. (Other content: the same
+    // bytes again would rightly be recorded as a duplicate.)
+    let other = std::fs::read(dir.generated(DataKind::Short, 2_000, 38)).unwrap();
     let staged = inbox.join(".renamed.bam.partial-copy");
-    std::fs::write(&staged, &bytes).unwrap();
+    std::fs::write(&staged, &other).unwrap();
     let old = std::fs::File::options().write(true).open(&staged).unwrap();
     old.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
         .unwrap();
@@ -436,4 +438,58 @@ fn systemd_unit_verifies_and_is_hardened() {
     let report = String::from_utf8_lossy(&security.stdout);
     assert!(security.status.success(), "exposure above 2.5:\n{report}");
     assert!(report.contains("Overall exposure level"), "{report}");
+}
+
+#[test]
+fn the_same_content_twice_gives_one_dataset_and_status_shows_it() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let config = config(&dir, &inbox, "");
+    let daemon = Daemon::start(dir.root(), Some(&config));
+
+    let bam = dir.generated(DataKind::Short, 1_000, 37);
+    std::fs::copy(&bam, inbox.join("first.bam")).unwrap();
+    wait_for(Duration::from_secs(30), "the first copy", || {
+        inbox.join("done/first.bam").exists()
+    });
+    std::fs::copy(&bam, inbox.join("again.bam")).unwrap();
+    wait_for(Duration::from_secs(30), "the second copy", || {
+        inbox.join("done/again.bam").exists()
+    });
+    assert!(dir.path("lake/test/first/_SUCCESS").exists());
+    assert!(
+        !dir.path("lake/test/again").exists(),
+        "the same content is not converted twice"
+    );
+
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("outcome=\"duplicate\""), "{log}");
+
+    let ledger = std::fs::read_to_string(dir.path("state/ledger.jsonl")).unwrap();
+    let states: Vec<String> = ledger
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(states, ["converting", "success", "duplicate"]);
+
+    let output = bamflow_tests::bamflow(&["status", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("success") && text.contains("duplicate") && text.contains("same content as"),
+        "{text}"
+    );
 }

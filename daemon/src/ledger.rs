@@ -1,0 +1,284 @@
+//! The ledger: every file the daemon has seen, and what became of it.
+//!
+//! An append-only JSON Lines file in `state_dir`: one entry per event (converting, success,
+//! failure, duplicate), each fsynced, so a crash loses at most the line being written — and a
+//! torn last line is skipped on load. The latest entry per path is its state. The same content
+//! dropped again (under any name) is found by its content hash and not converted twice.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::dataset;
+
+/// Bytes hashed from each end of a file, and from each of the samples between.
+const EDGE_BYTES: u64 = 1 << 20;
+const SAMPLE_BYTES: u64 = 64 << 10;
+const SAMPLES: u64 = 16;
+
+/// Why the ledger could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot open the ledger {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot append to the ledger {}", path.display())]
+    Append {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What became of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileState {
+    Converting,
+    Success,
+    Failure,
+    Duplicate,
+}
+
+/// One ledger line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub time: String,
+    pub watch: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub content_hash: String,
+    pub state: FileState,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_read: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_written: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
+    /// For a duplicate: the file whose conversion it repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Entry {
+    /// A new entry for `path` in `state`, stamped now.
+    pub fn new(watch: &str, path: &Path, size: u64, content_hash: &str, state: FileState) -> Self {
+        Self {
+            time: dataset::timestamp(SystemTime::now()),
+            watch: watch.to_owned(),
+            path: path.to_owned(),
+            size,
+            content_hash: content_hash.to_owned(),
+            state,
+            attempts: 0,
+            records_read: None,
+            records_written: None,
+            output: None,
+            duplicate_of: None,
+            error: None,
+        }
+    }
+}
+
+/// The ledger file and its entries.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    file: File,
+    entries: Vec<Entry>,
+    /// Content hash → index of the successful entry that converted it.
+    converted: HashMap<String, usize>,
+    /// Path → index of its latest entry.
+    latest: HashMap<PathBuf, usize>,
+}
+
+impl Ledger {
+    /// Opens (or creates) `state_dir/ledger.jsonl` and loads it.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`LedgerError::Open`] when the file cannot be opened or read.
+    pub fn open(state_dir: &Path) -> Result<Self, LedgerError> {
+        let path = state_dir.join("ledger.jsonl");
+        let open = |source| LedgerError::Open {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(open)?;
+        let mut ledger = Self {
+            path: path.clone(),
+            file,
+            entries: Vec::new(),
+            converted: HashMap::new(),
+            latest: HashMap::new(),
+        };
+        let reader = BufReader::new(File::open(&path).map_err(open)?);
+        for (number, line) in reader.lines().enumerate() {
+            let line = line.map_err(open)?;
+            match serde_json::from_str::<Entry>(&line) {
+                Ok(entry) => ledger.index(entry),
+                // A crash can tear the last line; anything else unreadable is reported too.
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), line = number + 1, %error, "Skipping unreadable ledger line.")
+                }
+            }
+        }
+        Ok(ledger)
+    }
+
+    fn index(&mut self, entry: Entry) {
+        let i = self.entries.len();
+        if entry.state == FileState::Success {
+            self.converted.insert(entry.content_hash.clone(), i);
+        }
+        self.latest.insert(entry.path.clone(), i);
+        self.entries.push(entry);
+    }
+
+    /// Appends an entry durably (write, fsync).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`LedgerError::Append`] when it cannot be written.
+    pub fn append(&mut self, entry: Entry) -> Result<(), LedgerError> {
+        let append = |source| LedgerError::Append {
+            path: self.path.clone(),
+            source,
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(|e| append(e.into()))?;
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(append)?;
+        self.file.sync_data().map_err(append)?;
+        self.index(entry);
+        Ok(())
+    }
+
+    /// The successful conversion of the same content, if any.
+    pub fn converted(&self, content_hash: &str) -> Option<&Entry> {
+        self.converted.get(content_hash).map(|&i| &self.entries[i])
+    }
+
+    /// Attempts recorded so far for a path.
+    pub fn attempts(&self, path: &Path) -> u32 {
+        self.latest
+            .get(path)
+            .map_or(0, |&i| self.entries[i].attempts)
+    }
+
+    /// The latest entries, newest last.
+    pub fn recent(&self, n: usize) -> &[Entry] {
+        &self.entries[self.entries.len().saturating_sub(n)..]
+    }
+}
+
+/// SHA-256 over the size and samples of a file: both ends (1 MiB each) and 16 slices of
+/// 64 KiB between. Reading whole files twice would double the I/O of a 100 GB BAM; BGZF
+/// compression makes any content change ripple through the compressed bytes and the size, so
+/// the samples tell different files apart.
+///
+/// # Errors
+///
+/// Returns the I/O error of reading the file.
+pub fn content_hash(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut hasher = Sha256::new();
+    hasher.update(size.to_le_bytes());
+    let mut buf = Vec::new();
+    let mut take = |file: &mut File, offset: u64, len: u64| -> io::Result<()> {
+        let len = len.min(size.saturating_sub(offset));
+        file.seek(SeekFrom::Start(offset))?;
+        buf.clear();
+        Read::by_ref(file).take(len).read_to_end(&mut buf)?;
+        hasher.update(&buf);
+        Ok(())
+    };
+    if size <= 2 * EDGE_BYTES + SAMPLES * SAMPLE_BYTES {
+        take(&mut file, 0, size)?;
+    } else {
+        take(&mut file, 0, EDGE_BYTES)?;
+        let stride = (size - 2 * EDGE_BYTES) / (SAMPLES + 1);
+        for i in 1..=SAMPLES {
+            take(&mut file, EDGE_BYTES + i * stride, SAMPLE_BYTES)?;
+        }
+        take(&mut file, size - EDGE_BYTES, EDGE_BYTES)?;
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The latest entries of the ledger in `state_dir` (none when there is no ledger yet), for
+/// `bamflow status`.
+///
+/// # Errors
+///
+/// Returns [`LedgerError::Open`] when the ledger cannot be read.
+pub fn recent_entries(state_dir: &Path, n: usize) -> Result<Vec<Entry>, LedgerError> {
+    if !state_dir.join("ledger.jsonl").exists() {
+        return Ok(Vec::new());
+    }
+    Ok(Ledger::open(state_dir)?.recent(n).to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopening_and_a_torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let mut done = Entry::new("w", Path::new("/in/a.bam"), 10, "h1", FileState::Success);
+        done.attempts = 1;
+        ledger.append(done.clone()).unwrap();
+        drop(ledger);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("ledger.jsonl"))
+            .unwrap();
+        file.write_all(b"{\"time\":\"2026").unwrap();
+
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.recent(10), [done]);
+        assert_eq!(ledger.converted("h1").unwrap().path, Path::new("/in/a.bam"));
+        assert!(ledger.converted("h2").is_none());
+        assert_eq!(ledger.attempts(Path::new("/in/a.bam")), 1);
+    }
+
+    #[test]
+    fn content_hash_follows_content_not_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(dir.path().join("a"), &big).unwrap();
+        fs::write(dir.path().join("b"), &big).unwrap();
+        let mut changed = big.clone();
+        changed[4_999_999] ^= 1;
+        fs::write(dir.path().join("c"), &changed).unwrap();
+        let h = |n: &str| content_hash(&dir.path().join(n)).unwrap();
+        assert_eq!(h("a"), h("b"));
+        assert_ne!(h("a"), h("c"));
+        fs::write(dir.path().join("small"), b"x").unwrap();
+        assert_eq!(h("small").len(), 64);
+    }
+}
