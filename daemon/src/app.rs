@@ -23,9 +23,10 @@ use crate::dataset;
 use crate::ledger::{self, Entry, FileState, Ledger};
 use crate::pipeline::{self, ConvertError, Location, Observer};
 use crate::service::Notifier;
-use crate::watch::{Claim, Fingerprint, Ready, Tracker};
+use crate::watch::{Claim, Events, Fingerprint, Ready, Tracker};
 
-/// How often files already seen are re-checked for readiness between full rescans.
+/// How often files already seen are re-checked for readiness between full rescans (and how
+/// long the loop waits for filesystem events).
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Requests from signals (or tests): stop, and reload the configuration.
@@ -66,16 +67,8 @@ impl Control {
         self.reload.swap(false, Ordering::Relaxed)
     }
 
-    /// Sleeps up to `duration`, waking early on a shutdown or reload request.
-    fn sleep(&self, duration: Duration) {
-        let until = Instant::now() + duration;
-        while !self.shutdown_requested() && !self.reload.load(Ordering::Relaxed) {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
-        }
+    fn reload_pending(&self) -> bool {
+        self.reload.load(Ordering::Relaxed)
     }
 }
 
@@ -129,6 +122,7 @@ pub fn run(
     let mut trackers: Vec<Tracker> = config.watches.iter().map(|_| Tracker::default()).collect();
     // Files kept in place (`on_success = "keep"`) are not converted again in this run.
     let mut kept: HashSet<(PathBuf, Fingerprint)> = HashSet::new();
+    let mut events = Events::watch(config.watches.iter().map(|w| w.path.as_path()));
     info!(watches = config.watches.len(), state_dir = %config.state_dir.display(), "Daemon started.");
     notifier.ready("Watching.");
 
@@ -139,6 +133,7 @@ pub fn run(
             match load() {
                 Ok(new) => {
                     trackers = new.watches.iter().map(|_| Tracker::default()).collect();
+                    events = Events::watch(new.watches.iter().map(|w| w.path.as_path()));
                     config = new;
                     next_rescan = Instant::now();
                     info!(watches = config.watches.len(), "Reloaded configuration.");
@@ -193,7 +188,10 @@ pub fn run(
         }
         let pending: usize = trackers.iter().map(Tracker::pending).sum();
         notifier.status(&format!("Watching; {pending} files waiting to settle."));
-        control.sleep(RECHECK_INTERVAL.min(config.scan_interval));
+        let stop = || control.shutdown_requested() || control.reload_pending();
+        if events.wait(RECHECK_INTERVAL.min(config.scan_interval), stop) {
+            next_rescan = Instant::now();
+        }
     }
     notifier.stopping();
     info!("Daemon stopped.");

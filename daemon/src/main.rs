@@ -18,7 +18,7 @@ use bamflow::service::Notifier;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{Cli, Command, ConvertArgs, ProfileArgs};
+use crate::cli::{Cli, Command, ConvertArgs, LogFormat, ProfileArgs};
 
 /// Exit status for a failed input or output (the message names file, stage and offset).
 const EXIT_FAILURE: u8 = 1;
@@ -28,11 +28,12 @@ const EXIT_USAGE: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon reports each file it takes; one-shot commands speak only when asked.
-    init_tracing(if matches!(cli.command, Command::Daemon { .. }) {
+    let default_level = if matches!(cli.command, Command::Daemon { .. }) {
         "info"
     } else {
         "warn"
-    });
+    };
+    init_tracing(default_level, cli.log_format);
     let result = match cli.command {
         Command::Daemon { config } => daemon(config.as_deref()),
         Command::Status { config, limit } => status(config.as_deref(), limit),
@@ -50,15 +51,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default_level: &str) {
+fn init_tracing(default_level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BAMFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // Colour only on a terminal: journald and log files get plain text.
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        // Colour only on a terminal: journald and log files get plain text.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn daemon(config_path: Option<&Path>) -> anyhow::Result<()> {

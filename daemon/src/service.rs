@@ -16,6 +16,7 @@ pub struct Notifier {
     /// Half the watchdog interval, when systemd asked for pings.
     watchdog_every: Option<Duration>,
     last_watchdog: Mutex<Option<Instant>>,
+    last_status: Mutex<String>,
 }
 
 impl Notifier {
@@ -30,13 +31,17 @@ impl Notifier {
                 }
                 None => SocketAddr::from_pathname(&name).ok()?,
             };
-            Some((UnixDatagram::unbound().ok()?, address))
+            // Never block: a full notification queue must not stall the ingest.
+            let socket = UnixDatagram::unbound().ok()?;
+            socket.set_nonblocking(true).ok()?;
+            Some((socket, address))
         });
         let watchdog_every = watchdog_interval().map(|interval| interval / 2);
         Self {
             socket,
             watchdog_every,
             last_watchdog: Mutex::new(None),
+            last_status: Mutex::new(String::new()),
         }
     }
 
@@ -45,8 +50,12 @@ impl Notifier {
         let Some((socket, address)) = &self.socket else {
             return;
         };
-        if let Err(error) = socket.send_to_addr(state.as_bytes(), address) {
-            tracing::warn!(%error, "Cannot notify systemd.");
+        match socket.send_to_addr(state.as_bytes(), address) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                tracing::debug!("Notification queue full; dropped a notification.");
+            }
+            Err(error) => tracing::warn!(%error, "Cannot notify systemd."),
         }
     }
 
@@ -54,8 +63,14 @@ impl Notifier {
         self.notify(&format!("READY=1\nSTATUS={status}"));
     }
 
+    /// Sends `STATUS=` when it differs from the last one sent.
     pub fn status(&self, status: &str) {
-        self.notify(&format!("STATUS={status}"));
+        let mut last = self.last_status.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != status {
+            status.clone_into(&mut last);
+            drop(last);
+            self.notify(&format!("STATUS={status}"));
+        }
     }
 
     pub fn reloading(&self) {

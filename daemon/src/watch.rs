@@ -10,7 +10,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
 
 use crate::config::WatchConfig;
 use crate::pipeline::bgzf;
@@ -142,6 +145,66 @@ fn sentinel_present(watch: &WatchConfig, path: &Path) -> bool {
         .and_then(|n| n.to_str())
         .unwrap_or_default();
     watch.path.join(template.replace("{name}", name)).exists()
+}
+
+/// Filesystem events for the watched folders. They only make discovery faster: any event —
+/// including an overflow of the kernel's queue or a watcher error — just triggers a full
+/// rescan, which stays the truth (network filesystems deliver no events at all).
+pub struct Events {
+    _watchers: Vec<notify::RecommendedWatcher>,
+    events: mpsc::Receiver<()>,
+}
+
+impl Events {
+    /// Watches `folders`; a folder that cannot be watched is logged and left to rescans.
+    pub fn watch<'a>(folders: impl IntoIterator<Item = &'a Path>) -> Self {
+        let (sender, events) = mpsc::channel();
+        let mut watchers = Vec::new();
+        for folder in folders {
+            let sender = sender.clone();
+            let watcher =
+                notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+                    let _ = sender.send(());
+                })
+                .and_then(|mut watcher| {
+                    watcher
+                        .watch(folder, RecursiveMode::NonRecursive)
+                        .map(|()| watcher)
+                });
+            match watcher {
+                Ok(watcher) => watchers.push(watcher),
+                Err(error) => {
+                    tracing::warn!(path = %folder.display(), %error, "Cannot watch folder for events; relying on rescans.")
+                }
+            }
+        }
+        Self {
+            _watchers: watchers,
+            events,
+        }
+    }
+
+    /// Waits up to `timeout` for an event, returning early (false) when `stop` says so;
+    /// returns whether anything happened in the watched folders.
+    pub fn wait(&self, timeout: Duration, stop: impl Fn() -> bool) -> bool {
+        let until = Instant::now() + timeout;
+        while !stop() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if self
+                .events
+                .recv_timeout(left.min(Duration::from_millis(100)))
+                .is_ok()
+            {
+                // One rescan covers every event that arrived meanwhile.
+                while self.events.try_recv().is_ok() {}
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// An exclusive claim on one input file, held as a file under `state_dir/claims`.

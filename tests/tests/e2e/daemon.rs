@@ -493,3 +493,27 @@ fn the_same_content_twice_gives_one_dataset_and_status_shows_it() {
         "{text}"
     );
 }
+
+#[test]
+fn filesystem_events_find_a_new_file_long_before_the_next_rescan() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let config = config(&dir, &inbox, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("scan_interval_seconds = 1", "scan_interval_seconds = 120");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    std::thread::sleep(Duration::from_secs(2)); // past the first rescan
+
+    let bam = dir.generated(DataKind::Short, 1_000, 39);
+    std::fs::copy(&bam, inbox.join("evented.bam")).unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the file, well before the 120 s rescan",
+        || dir.path("lake/test/evented/_SUCCESS").exists(),
+    );
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
