@@ -517,3 +517,45 @@ fn filesystem_events_find_a_new_file_long_before_the_next_rescan() {
     let (code, _, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[test]
+fn two_daemons_sharing_a_state_folder_convert_each_file_once() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let config = config(&dir, &inbox, "");
+    let first = Daemon::start(dir.root(), Some(&config));
+    let second = Daemon::start(dir.root(), Some(&config));
+
+    let names: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let bam = dir.generated(DataKind::Unaligned, 500, 40 + i as u64);
+        std::fs::copy(&bam, inbox.join(format!("{name}.bam"))).unwrap();
+    }
+    wait_for(Duration::from_secs(60), "every file in done/", || {
+        names
+            .iter()
+            .all(|n| inbox.join(format!("done/{n}.bam")).exists())
+    });
+    let (c1, _, log1) = first.terminate();
+    let (c2, _, log2) = second.terminate();
+    assert_eq!((c1, c2), (Some(0), Some(0)), "{log1}\n{log2}");
+
+    let converted = |log: &str| log.matches("Converted file.").count();
+    assert_eq!(
+        converted(&log1) + converted(&log2),
+        names.len(),
+        "each file converted exactly once:\n{log1}\n{log2}"
+    );
+    assert!(
+        !log1.contains("outcome=\"failure\"") && !log2.contains("outcome=\"failure\""),
+        "{log1}\n{log2}"
+    );
+    for name in &names {
+        assert!(dir.path(&format!("lake/test/{name}/_SUCCESS")).exists());
+    }
+    assert!(
+        std::fs::read_dir(inbox.join("done")).unwrap().count() == names.len(),
+        "no numbered copies in done/"
+    );
+}
