@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, DaemonConfig, Disposition, WatchConfig};
 use crate::dataset;
 use crate::ledger::{self, Entry, FileState, Ledger};
-use crate::pipeline::{self, ConvertError, Location, Observer};
+use crate::pipeline::{self, ConvertError, Engine, Location, Observer};
 use crate::service::Notifier;
 use crate::watch::{Claim, Events, Fingerprint, Ready, Tracker};
 
@@ -115,44 +115,181 @@ pub fn run(
     control: &Control,
     notifier: &Notifier,
 ) -> anyhow::Result<()> {
-    let mut config = load()?;
+    let config = load()?;
     fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
-    let mut ledger = Ledger::open(&config.state_dir)?;
-    let mut trackers: Vec<Tracker> = config.watches.iter().map(|_| Tracker::default()).collect();
-    // Files kept in place (`on_success = "keep"`) are not converted again in this run.
-    let mut kept: HashSet<(PathBuf, Fingerprint)> = HashSet::new();
-    let mut events = Events::watch(config.watches.iter().map(|w| w.path.as_path()));
-    info!(watches = config.watches.len(), state_dir = %config.state_dir.display(), "Daemon started.");
-    notifier.ready("Watching.");
+    let ledger = Mutex::new(Ledger::open(&config.state_dir)?);
+    let engine = Engine::new(config.threads).context("cannot start the worker pool")?;
+    // A rendezvous channel: a job is handed over only when a worker is idle, so files wait in
+    // their folder, not in a queue, and a later rescan may still see them change.
+    let (jobs, job_queue) = crossbeam_channel::bounded::<Job>(0);
+    let (finished, results) = crossbeam_channel::unbounded::<Finished>();
 
-    let mut next_rescan = Instant::now();
-    while !control.shutdown_requested() {
-        if control.take_reload() {
-            notifier.reloading();
-            match load() {
-                Ok(new) => {
-                    trackers = new.watches.iter().map(|_| Tracker::default()).collect();
-                    events = Events::watch(new.watches.iter().map(|w| w.path.as_path()));
-                    config = new;
-                    next_rescan = Instant::now();
-                    info!(watches = config.watches.len(), "Reloaded configuration.");
-                }
-                Err(error) => warn!(
-                    error = chain(&error),
-                    "Invalid configuration; keeping the current one."
-                ),
+    std::thread::scope(|scope| {
+        for i in 0..config.max_concurrent_files {
+            let (job_queue, finished) = (job_queue.clone(), finished.clone());
+            let worker = Worker {
+                engine: &engine,
+                ledger: &ledger,
+                control,
+                notifier,
+            };
+            std::thread::Builder::new()
+                .name(format!("bamflow-file-{i}"))
+                .spawn_scoped(scope, move || worker.run(&job_queue, &finished))
+                .context("cannot start a file worker")?;
+        }
+        drop(finished);
+        let result = Dispatcher::new(config, load, control, notifier).run(&jobs, &results);
+        // Closing the queue lets idle workers exit; busy ones finish or cancel their file.
+        drop(jobs);
+        result
+    })?;
+    notifier.stopping();
+    info!("Daemon stopped.");
+    Ok(())
+}
+
+/// One file handed to a worker, with the settings of its watch at that moment.
+struct Job {
+    watch: WatchConfig,
+    file: Ready,
+    state_dir: PathBuf,
+}
+
+/// A worker's report on a job.
+struct Finished {
+    path: PathBuf,
+    fingerprint: Fingerprint,
+    outcome: Outcome,
+    keep: bool,
+}
+
+/// Converts the files it is handed, one at a time, on the shared engine.
+struct Worker<'a> {
+    engine: &'a Engine,
+    ledger: &'a Mutex<Ledger>,
+    control: &'a Control,
+    notifier: &'a Notifier,
+}
+
+impl Worker<'_> {
+    fn run(
+        &self,
+        jobs: &crossbeam_channel::Receiver<Job>,
+        finished: &crossbeam_channel::Sender<Finished>,
+    ) {
+        for job in jobs {
+            let observer = JobObserver {
+                control: self.control,
+                notifier: self.notifier,
+            };
+            let outcome = process(
+                &job.watch,
+                &job.file,
+                &job.state_dir,
+                self.ledger,
+                self.engine,
+                &observer,
+            );
+            let report = Finished {
+                path: job.file.path,
+                fingerprint: job.file.fingerprint,
+                outcome,
+                keep: job.watch.on_success == Disposition::Keep,
+            };
+            if finished.send(report).is_err() {
+                break;
             }
-            notifier.ready("Watching.");
         }
-        notifier.watchdog();
+    }
+}
 
-        let now = Instant::now();
-        let full = now >= next_rescan;
-        if full {
-            next_rescan = now + config.scan_interval;
+/// The loop thread: scans, hands ready files to idle workers, and keeps all bookkeeping
+/// (trackers, files in flight, files kept in place) to itself.
+struct Dispatcher<'a> {
+    config: DaemonConfig,
+    load: &'a dyn Fn() -> Result<DaemonConfig, ConfigError>,
+    control: &'a Control,
+    notifier: &'a Notifier,
+    trackers: Vec<Tracker>,
+    events: Events,
+    in_flight: HashSet<PathBuf>,
+    /// Files kept in place (`on_success = "keep"`) are not converted again in this run.
+    kept: HashSet<(PathBuf, Fingerprint)>,
+}
+
+impl<'a> Dispatcher<'a> {
+    fn new(
+        config: DaemonConfig,
+        load: &'a dyn Fn() -> Result<DaemonConfig, ConfigError>,
+        control: &'a Control,
+        notifier: &'a Notifier,
+    ) -> Self {
+        let trackers = config.watches.iter().map(|_| Tracker::default()).collect();
+        let events = Events::watch(config.watches.iter().map(|w| w.path.as_path()));
+        Self {
+            config,
+            load,
+            control,
+            notifier,
+            trackers,
+            events,
+            in_flight: HashSet::new(),
+            kept: HashSet::new(),
         }
-        for (watch, tracker) in config.watches.iter().zip(&mut trackers) {
+    }
+
+    fn run(
+        &mut self,
+        jobs: &crossbeam_channel::Sender<Job>,
+        results: &crossbeam_channel::Receiver<Finished>,
+    ) -> anyhow::Result<()> {
+        info!(
+            watches = self.config.watches.len(),
+            state_dir = %self.config.state_dir.display(),
+            max_concurrent_files = self.config.max_concurrent_files,
+            "Daemon started."
+        );
+        self.notifier.ready("Watching.");
+        let mut next_rescan = Instant::now();
+        while !self.control.shutdown_requested() {
+            if self.control.take_reload() {
+                self.reload();
+                next_rescan = Instant::now();
+            }
+            self.notifier.watchdog();
+            for report in results.try_iter() {
+                self.finish(report);
+            }
+
+            let now = Instant::now();
+            let full = now >= next_rescan;
+            if full {
+                next_rescan = now + self.config.scan_interval;
+            }
+            self.dispatch(jobs, now, full);
+
+            let pending: usize = self.trackers.iter().map(Tracker::pending).sum();
+            self.notifier.status(&format!(
+                "Converting {} files; {} waiting.",
+                self.in_flight.len(),
+                pending.saturating_sub(self.in_flight.len())
+            ));
+            let stop = || self.control.shutdown_requested() || self.control.reload_pending();
+            if self
+                .events
+                .wait(RECHECK_INTERVAL.min(self.config.scan_interval), stop)
+            {
+                next_rescan = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands every ready file not yet in flight to an idle worker, while there is one.
+    fn dispatch(&mut self, jobs: &crossbeam_channel::Sender<Job>, now: Instant, full: bool) {
+        for (watch, tracker) in self.config.watches.iter().zip(&mut self.trackers) {
             let ready = if full {
                 match tracker.scan(watch, now) {
                     Ok(ready) => ready,
@@ -165,37 +302,65 @@ pub fn run(
                 tracker.recheck(watch, now)
             };
             for file in ready {
-                if control.shutdown_requested() {
-                    break;
-                }
-                if kept.contains(&(file.path.clone(), file.fingerprint)) {
+                if self.in_flight.contains(&file.path)
+                    || self.kept.contains(&(file.path.clone(), file.fingerprint))
+                {
                     continue;
                 }
-                notifier.status(&format!("Converting {}.", file.path.display()));
-                let observer = JobObserver { control, notifier };
-                let outcome = process(watch, &file, &config.state_dir, &mut ledger, &observer);
-                let done = matches!(
-                    outcome,
-                    Outcome::Success | Outcome::Duplicate | Outcome::AlreadyDone
-                );
-                if done && watch.on_success == Disposition::Keep {
-                    kept.insert((file.path.clone(), file.fingerprint));
-                }
-                if outcome != Outcome::Cancelled {
-                    tracker.forget(&file.path);
+                let path = file.path.clone();
+                let job = Job {
+                    watch: watch.clone(),
+                    file,
+                    state_dir: self.config.state_dir.clone(),
+                };
+                match jobs.try_send(job) {
+                    Ok(()) => {
+                        self.in_flight.insert(path);
+                    }
+                    // Every worker is busy: the file waits for the next round.
+                    Err(_) => return,
                 }
             }
         }
-        let pending: usize = trackers.iter().map(Tracker::pending).sum();
-        notifier.status(&format!("Watching; {pending} files waiting to settle."));
-        let stop = || control.shutdown_requested() || control.reload_pending();
-        if events.wait(RECHECK_INTERVAL.min(config.scan_interval), stop) {
-            next_rescan = Instant::now();
+    }
+
+    fn finish(&mut self, report: Finished) {
+        self.in_flight.remove(&report.path);
+        let done = matches!(
+            report.outcome,
+            Outcome::Success | Outcome::Duplicate | Outcome::AlreadyDone
+        );
+        if done && report.keep {
+            self.kept.insert((report.path.clone(), report.fingerprint));
+        }
+        if report.outcome != Outcome::Cancelled {
+            for tracker in &mut self.trackers {
+                tracker.forget(&report.path);
+            }
         }
     }
-    notifier.stopping();
-    info!("Daemon stopped.");
-    Ok(())
+
+    /// Re-reads the configuration; an invalid one keeps the current one. Pool size and worker
+    /// count stay as started.
+    fn reload(&mut self) {
+        self.notifier.reloading();
+        match (self.load)() {
+            Ok(new) => {
+                self.trackers = new.watches.iter().map(|_| Tracker::default()).collect();
+                self.events = Events::watch(new.watches.iter().map(|w| w.path.as_path()));
+                self.config = new;
+                info!(
+                    watches = self.config.watches.len(),
+                    "Reloaded configuration."
+                );
+            }
+            Err(error) => warn!(
+                error = chain(&error),
+                "Invalid configuration; keeping the current one."
+            ),
+        }
+        self.notifier.ready("Watching.");
+    }
 }
 
 /// Claims, converts and files away one ready file.
@@ -203,7 +368,8 @@ fn process(
     watch: &WatchConfig,
     file: &Ready,
     state_dir: &Path,
-    ledger: &mut Ledger,
+    ledger: &Mutex<Ledger>,
+    engine: &Engine,
     observer: &JobObserver<'_>,
 ) -> Outcome {
     let claim = match Claim::acquire(state_dir, &file.path) {
@@ -233,37 +399,47 @@ fn process(
         }
     };
 
-    if let Some(previous) = ledger.converted(&hash) {
+    // Check for a duplicate and record the attempt under one lock, so two workers of this
+    // daemon never both see the content as new once it has been converted.
+    let mut book = ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(previous) = book.converted(&hash) {
         if previous.path == file.path {
             return Outcome::AlreadyDone;
         }
         let original = previous.path.clone();
         info!(watch = %watch.name, path = %file.path.display(), duplicate_of = %original.display(), outcome = "duplicate", "Same content was converted before; not converting it again.");
         record(
-            ledger,
+            &mut book,
             Entry {
                 duplicate_of: Some(original),
                 ..entry(FileState::Duplicate)
             },
         );
+        drop(book);
         if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
             warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away duplicate input.");
         }
         return Outcome::Duplicate;
     }
 
-    let attempts = ledger.attempts(&file.path) + 1;
+    let attempts = book.attempts(&file.path) + 1;
     let output = render_output(watch, &file.path);
     record(
-        ledger,
+        &mut book,
         Entry {
             attempts,
             output: Some(output.clone()),
             ..entry(FileState::Converting)
         },
     );
+    drop(book);
+    let record = |ledger: &Mutex<Ledger>, entry: Entry| {
+        record(&mut ledger.lock().unwrap_or_else(|p| p.into_inner()), entry)
+    };
     info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, "Converting file.");
-    let outcome = match pipeline::convert(&file.path, &output, &watch.convert, observer) {
+    let outcome = match engine.convert(&file.path, &output, &watch.convert, observer) {
         Ok(summary) => {
             let m = &summary.manifest;
             record(

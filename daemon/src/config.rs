@@ -406,6 +406,10 @@ pub struct WatchConfig {
 pub struct DaemonConfig {
     pub state_dir: PathBuf,
     pub scan_interval: Duration,
+    /// Worker threads of the one pool all conversions share.
+    pub threads: usize,
+    /// Files converted at once.
+    pub max_concurrent_files: usize,
     pub watches: Vec<WatchConfig>,
 }
 
@@ -494,6 +498,13 @@ impl RawConfig {
                 "must be at least 1".to_owned(),
             ));
         }
+        let max_concurrent_files = self.daemon.max_concurrent_files.unwrap_or(1);
+        if max_concurrent_files == 0 {
+            return Err(invalid(
+                "daemon.max_concurrent_files",
+                "must be at least 1".to_owned(),
+            ));
+        }
         Ok(DaemonConfig {
             state_dir: self
                 .daemon
@@ -501,6 +512,8 @@ impl RawConfig {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("/var/lib/bamflow")),
             scan_interval: Duration::from_secs(scan_interval),
+            threads: resolve_threads(threads),
+            max_concurrent_files,
             watches,
         })
     }

@@ -303,6 +303,58 @@ pub fn convert(
     options: &ConvertOptions,
     observer: &dyn Observer,
 ) -> Result<ConvertSummary, ConvertError> {
+    let engine = Engine::new(options.threads)
+        .map_err(|e| ConvertError::new(input, Stage::Open, e.into()))?;
+    engine.convert(input, output, options, observer)
+}
+
+/// The worker pool conversions run on: one per process, shared by every file converted at
+/// once, so concurrent files divide the cores instead of oversubscribing them.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    pool: Arc<ThreadPool>,
+}
+
+impl Engine {
+    /// Starts a pool of `threads` workers.
+    ///
+    /// # Errors
+    ///
+    /// Returns rayon's error when the threads cannot be started.
+    pub fn new(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("bamflow-worker-{i}"))
+            .build()?;
+        Ok(Self {
+            pool: Arc::new(pool),
+        })
+    }
+
+    /// Converts `input` into the dataset folder `output` on this engine's pool.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConvertError`] naming the file, the stage and (in its source) the offset
+    /// or record. Nothing then exists at `output`.
+    pub fn convert(
+        &self,
+        input: &Path,
+        output: &Path,
+        options: &ConvertOptions,
+        observer: &dyn Observer,
+    ) -> Result<ConvertSummary, ConvertError> {
+        convert_on(&self.pool, input, output, options, observer)
+    }
+}
+
+fn convert_on(
+    pool: &Arc<ThreadPool>,
+    input: &Path,
+    output: &Path,
+    options: &ConvertOptions,
+    observer: &dyn Observer,
+) -> Result<ConvertSummary, ConvertError> {
     let started = SystemTime::now();
     let clock = Instant::now();
     let fail = |stage, source: StageError| ConvertError::new(input, stage, source);
@@ -310,14 +362,7 @@ pub fn convert(
     let source_info = SourceInfo::of(input).map_err(|e| fail(Stage::Open, e.into()))?;
     check_complete(input, options.allow_missing_eof)?;
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.threads)
-        .thread_name(|i| format!("bamflow-worker-{i}"))
-        .build()
-        .map_err(|e| fail(Stage::Open, e.into()))?;
-    let pool = Arc::new(pool);
-
-    let (profile, header) = profile::profile(input, &options.profile_options(), &pool)?;
+    let (profile, header) = profile::profile(input, &options.profile_options(), pool)?;
     let staging = Staging::create(output).map_err(|e| fail(Stage::Publish, e.into()))?;
 
     let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
@@ -327,7 +372,7 @@ pub fn convert(
         schema,
         &options.write_options(),
         metadata,
-        Arc::clone(&pool),
+        Arc::clone(pool),
     )
     .map_err(|e| fail(Stage::Write, e.into()))?;
 
@@ -336,7 +381,7 @@ pub fn convert(
         input,
         options,
         plan: profile.batch,
-        pool: &pool,
+        pool,
         observer,
     };
     let (sink, counts) = run.stages(&decoder, sink)?;

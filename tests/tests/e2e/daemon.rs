@@ -559,3 +559,46 @@ fn two_daemons_sharing_a_state_folder_convert_each_file_once() {
         "no numbered copies in done/"
     );
 }
+
+#[test]
+fn max_concurrent_files_converts_files_side_by_side() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    // Single-record batches make each conversion last long enough to overlap.
+    let config = config(&dir, &inbox, "[watch.convert]\nbatch_records = 1\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[daemon]\n",
+        "[daemon]\nmax_concurrent_files = 2\nthreads = 2\n",
+    );
+    std::fs::write(&config, text).unwrap();
+
+    // Both files are in place before the daemon starts, so both are ready at once.
+    for (name, seed) in [("one", 50), ("two", 51)] {
+        let bam = dir.generated(DataKind::Short, 8_000, seed);
+        std::fs::copy(&bam, inbox.join(format!("{name}.bam"))).unwrap();
+    }
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    wait_for(Duration::from_secs(90), "both files", || {
+        inbox.join("done/one.bam").exists() && inbox.join("done/two.bam").exists()
+    });
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    let lines: Vec<&str> = log.lines().collect();
+    let second_start = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("Converting file."))
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap();
+    let first_end = lines
+        .iter()
+        .position(|l| l.contains("Converted file."))
+        .unwrap();
+    assert!(
+        second_start < first_end,
+        "the second file started only after the first finished:\n{log}"
+    );
+}
