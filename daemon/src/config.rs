@@ -37,6 +37,78 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error("{}:{line}:{column}: {key}: {message}", path.display())]
+    InvalidAt {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Adds the line and column of the offending key, found in the config text.
+    fn located(self, text: &str) -> Self {
+        match self {
+            Self::Invalid { path, key, message } => match locate(text, &key) {
+                Some((line, column)) => Self::InvalidAt {
+                    path,
+                    line,
+                    column,
+                    key,
+                    message,
+                },
+                None => Self::Invalid { path, key, message },
+            },
+            other => other,
+        }
+    }
+}
+
+/// Finds `table.key` or `watch[i].key` in config text: the key's line within its table (the
+/// i-th `[[watch]]` for watches), or the table header when the key is not written there.
+fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    let (table, index, field) = match key.split_once('.') {
+        Some((table, field)) => match table
+            .strip_prefix("watch[")
+            .and_then(|t| t.strip_suffix(']'))
+        {
+            Some(i) => ("[[watch]]", i.parse().ok()?, field),
+            None => (table, 0, field),
+        },
+        None => (key, 0, ""),
+    };
+    let header = if table.starts_with('[') {
+        table.to_owned()
+    } else {
+        format!("[{table}]")
+    };
+    let mut seen = 0;
+    let mut in_table = None;
+    for (number, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            if in_table.is_some() {
+                break;
+            }
+            if trimmed.starts_with(&header) {
+                if seen == index {
+                    in_table = Some(number + 1);
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        let field_here = !field.is_empty()
+            && trimmed
+                .strip_prefix(field)
+                .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if in_table.is_some() && field_here {
+            return Some((number + 1, line.len() - trimmed.len() + 1));
+        }
+    }
+    in_table.map(|line| (line, 1))
 }
 
 /// The config file as written.
@@ -555,19 +627,82 @@ fn check_template(template: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a whole config file: parse, unknown keys, and every value the engine uses.
+/// Checks a whole config file: parse, unknown keys, every value the engine uses, and the
+/// filesystem (watched folders exist; settle windows fit network filesystems). Errors name
+/// the file, line and column.
 ///
 /// # Errors
 ///
 /// Returns the first [`ConfigError`] found.
 pub fn check(path: &Path) -> Result<RawConfig, ConfigError> {
-    let raw = RawConfig::load(path)?;
-    refuse_unsupported(&raw, path)?;
-    raw.convert.resolve(path, raw.daemon.threads.unwrap_or(0))?;
-    if !raw.watch.is_empty() {
-        raw.resolve_daemon(path)?;
-    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let raw = RawConfig::parse(path, &text)?;
+    let checked = (|| {
+        refuse_unsupported(&raw, path)?;
+        raw.convert.resolve(path, raw.daemon.threads.unwrap_or(0))?;
+        if !raw.watch.is_empty() {
+            check_filesystem(&raw.resolve_daemon(path)?, path)?;
+        }
+        Ok(())
+    })();
+    checked.map_err(|e: ConfigError| e.located(&text))?;
     Ok(raw)
+}
+
+/// Loads the daemon's configuration from a file and checks it as `check-config` does.
+///
+/// # Errors
+///
+/// Returns the first [`ConfigError`], with line and column where it can be found.
+pub fn load_daemon(path: &Path) -> Result<DaemonConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let raw = RawConfig::parse(path, &text)?;
+    let config = raw.resolve_daemon(path).map_err(|e| e.located(&text))?;
+    check_filesystem(&config, path).map_err(|e| e.located(&text))?;
+    Ok(config)
+}
+
+/// Filesystem types whose attributes are cached or events missing: NFS, SMB/CIFS, and FUSE
+/// (sshfs and friends). `statfs` f_type magic numbers from linux/magic.h.
+const NETWORK_FILESYSTEMS: [u32; 5] = [0x6969, 0xff53_4d42, 0xfe53_4d42, 0x6573_5546, 0x517b];
+
+/// Whether `path` lives on a network filesystem.
+pub fn is_network_filesystem(path: &Path) -> bool {
+    // f_type is a signed or unsigned word depending on the platform; the magic numbers are
+    // its low 32 bits either way.
+    rustix::fs::statfs(path).is_ok_and(|stat| NETWORK_FILESYSTEMS.contains(&(stat.f_type as u32)))
+}
+
+/// Watched folders must exist, and on a network filesystem a settle window shorter than 65 s
+/// would let attribute caching show a file as unchanged while it is still being written.
+fn check_filesystem(config: &DaemonConfig, path: &Path) -> Result<(), ConfigError> {
+    for (i, watch) in config.watches.iter().enumerate() {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: format!("watch[{i}].{field}"),
+            message,
+        };
+        if !watch.path.is_dir() {
+            return Err(invalid(
+                "path",
+                format!("folder {} does not exist", watch.path.display()),
+            ));
+        }
+        if is_network_filesystem(&watch.path) && watch.settle < Duration::from_secs(65) {
+            let message = format!(
+                "{} s is too short on a network filesystem; use at least 65",
+                watch.settle.as_secs()
+            );
+            return Err(invalid("settle_seconds", message));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -662,6 +797,41 @@ mod tests {
         t("output = \"/lake/{nope}\"", "watch[0].output");
         t("output = \"/lake/all\"", "watch[0].output");
         t("pattern = \"[\"", "watch[0].pattern");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_their_line() {
+        let text = "[convert]\nzstd_level = 40\n\n[[watch]]\nname = \"a\"\npath = \"/\"\n\n[[watch]]\nname = \"b\"\npath = \"/\"\n  on_failure = \"delete\"\n";
+        assert_eq!(locate(text, "convert.zstd_level"), Some((2, 1)));
+        assert_eq!(locate(text, "watch[1].on_failure"), Some((11, 3)));
+        assert_eq!(
+            locate(text, "watch[0].on_failure"),
+            Some((4, 1)),
+            "absent key: its table"
+        );
+        assert_eq!(locate(text, "daemon.threads"), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let err = check(&path).unwrap_err().to_string();
+        assert!(err.contains("c.toml:2:1: convert.zstd_level"), "{err}");
+    }
+
+    #[test]
+    fn check_reports_missing_watch_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[watch]]\nname = \"a\"\npath = \"/nonexistent/drop\"\n",
+        )
+        .unwrap();
+        let err = check(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:3:1: watch[0].path: folder /nonexistent/drop does not exist"),
+            "{err}"
+        );
     }
 
     #[test]

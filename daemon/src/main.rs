@@ -77,27 +77,17 @@ fn daemon(config_path: Option<&Path>) -> anyhow::Result<()> {
 /// Reads, resolves and checks the daemon's configuration, including that watched folders
 /// exist (the embedded default creates its own).
 fn load_daemon_config(config_path: Option<&Path>) -> Result<DaemonConfig, ConfigError> {
-    let name = config_path.unwrap_or(Path::new("embedded default"));
-    let raw = match config_path {
-        Some(path) => RawConfig::load(path)?,
-        None => RawConfig::parse(name, config::EMBEDDED_DEFAULT)?,
-    };
-    let config = raw.resolve_daemon(name)?;
+    if let Some(path) = config_path {
+        return config::load_daemon(path);
+    }
+    let name = Path::new("embedded default");
+    let config = RawConfig::parse(name, config::EMBEDDED_DEFAULT)?.resolve_daemon(name)?;
     for watch in &config.watches {
-        let missing = |message: String| ConfigError::Invalid {
+        std::fs::create_dir_all(&watch.path).map_err(|e| ConfigError::Invalid {
             path: name.to_owned(),
             key: format!("watch {}", watch.name),
-            message,
-        };
-        if config_path.is_none() {
-            std::fs::create_dir_all(&watch.path)
-                .map_err(|e| missing(format!("cannot create {}: {e}", watch.path.display())))?;
-        } else if !watch.path.is_dir() {
-            return Err(missing(format!(
-                "folder {} does not exist",
-                watch.path.display()
-            )));
-        }
+            message: format!("cannot create {}: {e}", watch.path.display()),
+        })?;
     }
     Ok(config)
 }

@@ -228,8 +228,10 @@ impl Claim {
         let path = dir.join(format!("{:016x}.claim", path_hash(input)));
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {
+                // Not fsynced on purpose: a claim guards against daemons that are alive, and one
+                // that vanishes in a crash is what a dead holder's claim should do. An fsync here
+                // also waits behind every dirty page of the filesystem's journal.
                 writeln!(file, "{}\n{}", std::process::id(), input.display())?;
-                file.sync_all()?;
                 Ok(Some(Self { path }))
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),

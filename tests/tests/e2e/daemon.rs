@@ -14,57 +14,80 @@ use crate::support::TestDir;
 /// A running `bamflow daemon`, stopped (SIGTERM) on drop.
 struct Daemon {
     child: Option<Child>,
+    log: PathBuf,
 }
 
 impl Daemon {
     fn start(dir: &Path, config: Option<&Path>) -> Self {
+        Self::start_with(dir, config, &[])
+    }
+
+    /// Starts a daemon with extra environment; its log goes to a file in `dir`, so a test that
+    /// times out can show what the daemon was doing.
+    fn start_with(dir: &Path, config: Option<&Path>, env: &[(&str, &Path)]) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("daemon-{n}.log"));
         let mut command = Command::new(bamflow_bin());
         command
             .arg("daemon")
             .current_dir(dir)
             .env("BAMFLOW_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(std::fs::File::create(&log).unwrap());
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
+        for (key, value) in env {
+            command.env(key, value);
+        }
         Self {
             child: Some(command.spawn().expect("daemon starts")),
+            log,
         }
     }
 
-    /// Waits for a daemon that was already signalled to stop.
-    fn terminate_after_signal(mut self) -> (Option<i32>, Duration, String) {
+    fn pid(&self) -> String {
+        self.child.as_ref().expect("running").id().to_string()
+    }
+
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until `done` holds; on timeout, fails with the daemon's log.
+    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
         let started = Instant::now();
-        let output = self
-            .child
-            .take()
-            .expect("running")
-            .wait_with_output()
-            .unwrap();
-        (
-            output.status.code(),
-            started.elapsed(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        while !done() {
+            assert!(
+                started.elapsed() < LIMIT,
+                "timed out after {LIMIT:?} waiting for {what}; daemon log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn terminate_after_signal_since(mut self, started: Instant) -> (Option<i32>, Duration, String) {
+        let status = self.child.take().expect("running").wait().unwrap();
+        (status.code(), started.elapsed(), self.log())
+    }
+
+    /// Waits for a daemon that was already signalled to stop.
+    fn terminate_after_signal(self) -> (Option<i32>, Duration, String) {
+        self.terminate_after_signal_since(Instant::now())
     }
 
     /// Sends SIGTERM and returns the exit code and how long the exit took.
-    fn terminate(mut self) -> (Option<i32>, Duration, String) {
-        let child = self.child.take().expect("running");
+    fn terminate(self) -> (Option<i32>, Duration, String) {
         let started = Instant::now();
         let status = Command::new("kill")
             .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg(self.pid())
             .status()
             .unwrap();
         assert!(status.success());
-        let output = child.wait_with_output().unwrap();
-        (
-            output.status.code(),
-            started.elapsed(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        self.terminate_after_signal_since(started)
     }
 }
 
@@ -77,17 +100,11 @@ impl Drop for Daemon {
     }
 }
 
-/// Waits until `done` holds, for at most `limit`.
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How long a test waits for the daemon: generous, because CI runs two tests at once on two
+/// cores in a debug build; a passing run never waits this long.
+const LIMIT: Duration = Duration::from_secs(120);
+// The events test must finish well before its 300 s rescan, and LIMIT is 120 s.
+const _: () = assert!(LIMIT.as_secs() < 300);
 
 /// A config with fast settling and rescans, for tests.
 fn config(dir: &TestDir, inbox: &Path, extra_watch: &str) -> PathBuf {
@@ -129,20 +146,16 @@ fn converts_good_files_quarantines_bad_ones_and_stops_on_sigterm() {
     std::fs::copy(&late, inbox.join("late.bam")).unwrap();
 
     let lake = dir.path("lake/test");
-    wait_for(
-        Duration::from_secs(60),
-        "all four files to be filed away",
-        || {
-            [
-                "done/early.bam",
-                "done/late.bam",
-                "failed/corrupt.bam.error.json",
-                "failed/text.bam.error.json",
-            ]
-            .iter()
-            .all(|p| inbox.join(p).exists())
-        },
-    );
+    daemon.wait_for("all four files to be filed away", || {
+        [
+            "done/early.bam",
+            "done/late.bam",
+            "failed/corrupt.bam.error.json",
+            "failed/text.bam.error.json",
+        ]
+        .iter()
+        .all(|p| inbox.join(p).exists())
+    });
 
     for (name, source) in [("early", &early), ("late", &late)] {
         let dataset = sam_text::read_dataset(&lake.join(name)).unwrap();
@@ -224,7 +237,7 @@ fn a_file_is_taken_only_once_complete_and_settled() {
     );
 
     std::fs::write(inbox.join("slow.bam.done"), b"").unwrap();
-    wait_for(Duration::from_secs(30), "the completed file", || {
+    daemon.wait_for("the completed file", || {
         dir.path("lake/test/slow/_SUCCESS").exists()
     });
     assert!(inbox.join("done/slow.bam").exists());
@@ -240,7 +253,7 @@ fn a_file_is_taken_only_once_complete_and_settled() {
     drop(old);
     std::fs::write(inbox.join("renamed.bam.done"), b"").unwrap();
     std::fs::rename(&staged, inbox.join("renamed.bam")).unwrap();
-    wait_for(Duration::from_secs(30), "the renamed file", || {
+    daemon.wait_for("the renamed file", || {
         dir.path("lake/test/renamed/_SUCCESS").exists()
     });
 
@@ -252,13 +265,11 @@ fn a_file_is_taken_only_once_complete_and_settled() {
 fn embedded_default_watches_inbox_and_writes_outbox() {
     let dir = TestDir::new();
     let daemon = Daemon::start(dir.root(), None);
-    wait_for(Duration::from_secs(10), "./inbox to be created", || {
-        dir.path("inbox").is_dir()
-    });
+    daemon.wait_for("./inbox to be created", || dir.path("inbox").is_dir());
     let bam = dir.generated(DataKind::Short, 1_000, 34);
     std::fs::copy(&bam, dir.path("inbox/sample.bam")).unwrap();
     // Default settle is 5 s and rescans every 10 s.
-    wait_for(Duration::from_secs(40), "./outbox/sample", || {
+    daemon.wait_for("./outbox/sample", || {
         dir.path("outbox/sample/_SUCCESS").exists()
     });
     assert!(dir.path("inbox/done/sample.bam").exists());
@@ -276,12 +287,12 @@ fn sigterm_mid_file_publishes_nothing_and_keeps_the_input() {
     let config = config(
         &dir,
         &inbox,
-        "[watch.convert]\nbatch_records = 1\npart_records = 50\n",
+        "[watch.convert]\nbatch_records = 1\npart_records = 2000\n",
     );
     let daemon = Daemon::start(dir.root(), Some(&config));
     let bam = dir.generated(DataKind::Short, 20_000, 35);
     std::fs::copy(&bam, inbox.join("big.bam")).unwrap();
-    wait_for(Duration::from_secs(30), "the conversion to start", || {
+    daemon.wait_for("the conversion to start", || {
         std::fs::read_dir(dir.path("lake/test"))
             .map(|mut d| d.next().is_some())
             .unwrap_or(false)
@@ -331,17 +342,12 @@ fn notifies_systemd_and_keeps_the_old_config_on_a_bad_reload() {
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
 
-    let child = Command::new(bamflow_bin())
-        .arg("daemon")
-        .arg("--config")
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("BAMFLOW_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon { child: Some(child) };
-    let pid = daemon.child.as_ref().unwrap().id().to_string();
+    let daemon = Daemon::start_with(
+        dir.root(),
+        Some(&config),
+        &[("NOTIFY_SOCKET", &socket_path)],
+    );
+    let pid = daemon.pid();
     let mut log = Vec::new();
     receive_until(&socket, "READY=1", &mut log);
     assert!(log.iter().any(|m| m.contains("STATUS=")), "{log:?}");
@@ -369,11 +375,9 @@ fn notifies_systemd_and_keeps_the_old_config_on_a_bad_reload() {
 
     let bam = dir.generated(DataKind::Short, 1_000, 36);
     std::fs::copy(&bam, inbox.join("after.bam")).unwrap();
-    wait_for(
-        Duration::from_secs(30),
-        "conversion with the old config",
-        || dir.path("lake/test/after/_SUCCESS").exists(),
-    );
+    daemon.wait_for("conversion with the old config", || {
+        dir.path("lake/test/after/_SUCCESS").exists()
+    });
 
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -450,13 +454,9 @@ fn the_same_content_twice_gives_one_dataset_and_status_shows_it() {
 
     let bam = dir.generated(DataKind::Short, 1_000, 37);
     std::fs::copy(&bam, inbox.join("first.bam")).unwrap();
-    wait_for(Duration::from_secs(30), "the first copy", || {
-        inbox.join("done/first.bam").exists()
-    });
+    daemon.wait_for("the first copy", || inbox.join("done/first.bam").exists());
     std::fs::copy(&bam, inbox.join("again.bam")).unwrap();
-    wait_for(Duration::from_secs(30), "the second copy", || {
-        inbox.join("done/again.bam").exists()
-    });
+    daemon.wait_for("the second copy", || inbox.join("done/again.bam").exists());
     assert!(dir.path("lake/test/first/_SUCCESS").exists());
     assert!(
         !dir.path("lake/test/again").exists(),
@@ -502,18 +502,16 @@ fn filesystem_events_find_a_new_file_long_before_the_next_rescan() {
     let config = config(&dir, &inbox, "");
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("scan_interval_seconds = 1", "scan_interval_seconds = 120");
+        .replace("scan_interval_seconds = 1", "scan_interval_seconds = 300");
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(dir.root(), Some(&config));
     std::thread::sleep(Duration::from_secs(2)); // past the first rescan
 
     let bam = dir.generated(DataKind::Short, 1_000, 39);
     std::fs::copy(&bam, inbox.join("evented.bam")).unwrap();
-    wait_for(
-        Duration::from_secs(20),
-        "the file, well before the 120 s rescan",
-        || dir.path("lake/test/evented/_SUCCESS").exists(),
-    );
+    daemon.wait_for("the file, well before the 300 s rescan", || {
+        dir.path("lake/test/evented/_SUCCESS").exists()
+    });
     let (code, _, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
 }
@@ -532,7 +530,7 @@ fn two_daemons_sharing_a_state_folder_convert_each_file_once() {
         let bam = dir.generated(DataKind::Unaligned, 500, 40 + i as u64);
         std::fs::copy(&bam, inbox.join(format!("{name}.bam"))).unwrap();
     }
-    wait_for(Duration::from_secs(60), "every file in done/", || {
+    first.wait_for("every file in done/", || {
         names
             .iter()
             .all(|n| inbox.join(format!("done/{n}.bam")).exists())
@@ -579,7 +577,7 @@ fn max_concurrent_files_converts_files_side_by_side() {
         std::fs::copy(&bam, inbox.join(format!("{name}.bam"))).unwrap();
     }
     let daemon = Daemon::start(dir.root(), Some(&config));
-    wait_for(Duration::from_secs(90), "both files", || {
+    daemon.wait_for("both files", || {
         inbox.join("done/one.bam").exists() && inbox.join("done/two.bam").exists()
     });
     let (code, _, log) = daemon.terminate();
