@@ -226,17 +226,34 @@ impl Claim {
         let dir = state_dir.join("claims");
         fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{:016x}.claim", path_hash(input)));
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut file) => {
-                // Not fsynced on purpose: a claim guards against daemons that are alive, and one
-                // that vanishes in a crash is what a dead holder's claim should do. An fsync here
-                // also waits behind every dirty page of the filesystem's journal.
-                writeln!(file, "{}\n{}", std::process::id(), input.display())?;
-                Ok(Some(Self { path }))
+        for _ in 0..2 {
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut file) => {
+                    // Not fsynced on purpose: a claim guards against daemons that are alive, and
+                    // one that vanishes in a crash is what a dead holder's claim should do. An
+                    // fsync here also waits behind every dirty page of the filesystem's journal.
+                    writeln!(file, "{}\n{}", std::process::id(), input.display())?;
+                    return Ok(Some(Self { path }));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if !holder_is_dead(&path) {
+                        return Ok(None);
+                    }
+                    // The holder was killed (kill -9, OOM) before it could release the claim:
+                    // take it over, once. state_dir is local, so the PID is of this host.
+                    tracing::warn!(claim = %path.display(), input = %input.display(), "Taking over the claim of a process that no longer exists.");
+                    fs::remove_file(&path).or_else(|e| {
+                        if e.kind() == io::ErrorKind::NotFound {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })?;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(e),
         }
+        Ok(None)
     }
 }
 
@@ -246,6 +263,22 @@ impl Drop for Claim {
             tracing::warn!(path = %self.path.display(), %error, "Could not release claim.");
         }
     }
+}
+
+/// Whether a claim file names a process that no longer runs. A claim being written (no PID
+/// yet) or unreadable counts as alive.
+fn holder_is_dead(claim: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(claim) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// FNV-1a of the path bytes: a stable claim name for any path.
@@ -275,6 +308,17 @@ mod tests {
             assert!(is_ignored_name(name), "{name}");
         }
         assert!(!is_ignored_name("sample.bam"));
+    }
+
+    #[test]
+    fn a_dead_holders_claim_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = Path::new("/drop/b.bam");
+        let claim = Claim::acquire(dir.path(), input).unwrap().unwrap();
+        // Rewrite it as if held by a process that has exited (PIDs do not reach u32::MAX - 1).
+        fs::write(&claim.path, format!("{}\n/drop/b.bam\n", u32::MAX - 1)).unwrap();
+        std::mem::forget(claim);
+        assert!(Claim::acquire(dir.path(), input).unwrap().is_some());
     }
 
     #[test]
