@@ -1,14 +1,12 @@
 //! Bad input is normal input: exit status 1, one message naming the file, the stage and the
 //! offset or record, and nothing at OUT_DIR.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bamflow_tests::generator::DataKind;
 use bamflow_tests::{convert, sam_to_bam};
-use noodles_bgzf as bgzf;
 
-use crate::support::TestDir;
+use crate::support::{raw_bam_header, TestDir};
 
 const EOF_BLOCK: [u8; 28] = [
     0x1f, 0x8b, 0x08, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0x06, 0x00, 0x42, 0x43, 0x02, 0x00,
@@ -55,28 +53,10 @@ fn write(dir: &TestDir, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
-/// BGZF-compresses an uncompressed BAM stream with noodles' writer (EOF block included).
-fn bgzf_file(dir: &TestDir, name: &str, raw: &[u8]) -> PathBuf {
-    let path = dir.path(name);
-    let mut writer = bgzf::io::Writer::new(std::fs::File::create(&path).unwrap());
-    writer.write_all(raw).unwrap();
-    writer.finish().unwrap();
-    path
-}
-
 fn header(text_len: i32, references: &[(&str, u32)]) -> Vec<u8> {
     let text = b"@HD\tVN:1.6\n";
-    let mut raw = b"BAM\x01".to_vec();
-    raw.extend_from_slice(&text_len.to_le_bytes());
-    raw.extend_from_slice(&text[..(text_len.max(0) as usize).min(text.len())]);
-    raw.extend_from_slice(&(references.len() as i32).to_le_bytes());
-    for (name, len) in references {
-        raw.extend_from_slice(&(name.len() as i32 + 1).to_le_bytes());
-        raw.extend_from_slice(name.as_bytes());
-        raw.push(0);
-        raw.extend_from_slice(&len.to_le_bytes());
-    }
-    raw
+    let written = &text[..(text_len.max(0) as usize).min(text.len())];
+    raw_bam_header(written, text_len, references)
 }
 
 fn good_header() -> Vec<u8> {
@@ -234,14 +214,14 @@ fn corrupt_block_fails_its_crc_or_inflate() {
 #[test]
 fn bgzf_that_is_not_bam() {
     let dir = TestDir::new();
-    let input = bgzf_file(&dir, "text.bam", b"chr1\t100\t200\nchr2\t5\t10\n");
+    let input = dir.bgzf_file("text.bam", b"chr1\t100\t200\nchr2\t5\t10\n");
     assert_fails(&dir, &input, &[], "header", &["not a BAM file", "chr1"]);
 }
 
 #[test]
 fn absurd_header_sizes() {
     let dir = TestDir::new();
-    let huge_text = bgzf_file(&dir, "huge_text.bam", &header(i32::MAX, &[]));
+    let huge_text = dir.bgzf_file("huge_text.bam", &header(i32::MAX, &[]));
     assert_fails(
         &dir,
         &huge_text,
@@ -250,7 +230,7 @@ fn absurd_header_sizes() {
         &["text of 2147483647 bytes exceeds", "max_header_bytes"],
     );
 
-    let negative = bgzf_file(&dir, "negative.bam", &header(-5, &[]));
+    let negative = dir.bgzf_file("negative.bam", &header(-5, &[]));
     assert_fails(
         &dir,
         &negative,
@@ -262,7 +242,7 @@ fn absurd_header_sizes() {
     let mut many_refs = header(11, &[]);
     let at = many_refs.len() - 4;
     many_refs[at..].copy_from_slice(&i32::MAX.to_le_bytes());
-    let many_refs = bgzf_file(&dir, "many_refs.bam", &many_refs);
+    let many_refs = dir.bgzf_file("many_refs.bam", &many_refs);
     assert_fails(&dir, &many_refs, &[], "header", &["header is truncated"]);
 }
 
@@ -273,7 +253,7 @@ fn absurd_record_sizes_are_refused_not_allocated() {
     raw.extend_from_slice(&record(b"ok\0", 0, b""));
     raw.extend_from_slice(&(2u32 << 30).to_le_bytes());
     raw.extend_from_slice(&[0; 64]);
-    let input = bgzf_file(&dir, "huge_record.bam", &raw);
+    let input = dir.bgzf_file("huge_record.bam", &raw);
     assert_fails(
         &dir,
         &input,
@@ -285,7 +265,7 @@ fn absurd_record_sizes_are_refused_not_allocated() {
     let mut raw = good_header();
     raw.extend_from_slice(&10u32.to_le_bytes());
     raw.extend_from_slice(&[0; 10]);
-    let input = bgzf_file(&dir, "tiny_record.bam", &raw);
+    let input = dir.bgzf_file("tiny_record.bam", &raw);
     assert_fails(&dir, &input, &[], "frame", &["record 1", "claims 10 bytes"]);
 }
 
@@ -296,7 +276,7 @@ fn malformed_records_name_record_and_field() {
         let mut raw = good_header();
         raw.extend_from_slice(&record(b"fine\0", 0, b"NMC\x01"));
         raw.extend_from_slice(&record_bytes);
-        let input = bgzf_file(&dir, name, &raw);
+        let input = dir.bgzf_file(name, &raw);
         assert_fails(&dir, &input, &[], "decode", expected);
     };
     t(

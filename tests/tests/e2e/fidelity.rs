@@ -1,15 +1,13 @@
 //! Every field of every record: datasets rebuilt as SAM text equal `samtools view -h --no-PG`.
 
-use std::io::Write;
 use std::process::Command;
 
 use bamflow_tests::generator::{DataKind, Spec};
 use bamflow_tests::sam_text::{self, Cell, TagOrder};
 use bamflow_tests::samtools_view;
-use noodles_bgzf as bgzf;
 use serde_json::Value;
 
-use crate::support::{assert_matches_samtools, convert_ok, TestDir};
+use crate::support::{assert_matches_samtools, convert_ok, raw_bam_header, TestDir};
 
 #[test]
 fn sam_corpus_matches_samtools_line_for_line() {
@@ -133,27 +131,6 @@ fn long_header_spanning_blocks_matches_samtools() {
     assert!(dataset.sam_header.len() > 1 << 20);
 }
 
-/// Writes an uncompressed BAM stream through noodles' BGZF writer.
-fn write_raw_bam(path: &std::path::Path, raw: &[u8]) {
-    let mut writer = bgzf::io::Writer::new(std::fs::File::create(path).unwrap());
-    writer.write_all(raw).unwrap();
-    writer.finish().unwrap();
-}
-
-fn raw_header(text: &[u8], references: &[(&str, u32)]) -> Vec<u8> {
-    let mut raw = b"BAM\x01".to_vec();
-    raw.extend_from_slice(&(text.len() as i32).to_le_bytes());
-    raw.extend_from_slice(text);
-    raw.extend_from_slice(&(references.len() as i32).to_le_bytes());
-    for (name, len) in references {
-        raw.extend_from_slice(&(name.len() as i32 + 1).to_le_bytes());
-        raw.extend_from_slice(name.as_bytes());
-        raw.push(0);
-        raw.extend_from_slice(&len.to_le_bytes());
-    }
-    raw
-}
-
 #[test]
 fn header_text_is_stored_as_samtools_prints_it() {
     // NUL padding is dropped, a missing final newline added, and @SQ lines built from the
@@ -168,8 +145,8 @@ fn header_text_is_stored_as_samtools_prints_it() {
         ("empty", b""),
     ];
     for (name, text) in cases {
-        let bam = dir.path(&format!("{name}.bam"));
-        write_raw_bam(&bam, &raw_header(text, &[("chr1", 100), ("chr2", 200)]));
+        let raw = raw_bam_header(text, text.len() as i32, &[("chr1", 100), ("chr2", 200)]);
+        let bam = dir.bgzf_file(&format!("{name}.bam"), &raw);
         assert_matches_samtools(&bam, &dir.path(&format!("{name}.out")), &[]);
     }
 }

@@ -64,6 +64,34 @@ impl TestDir {
     }
 }
 
+/// The uncompressed start of a BAM: magic, header text, reference list. `text_len` is written
+/// as given, so tests can make it lie.
+pub fn raw_bam_header(text: &[u8], text_len: i32, references: &[(&str, u32)]) -> Vec<u8> {
+    let mut raw = b"BAM\x01".to_vec();
+    raw.extend_from_slice(&text_len.to_le_bytes());
+    raw.extend_from_slice(text);
+    raw.extend_from_slice(&(references.len() as i32).to_le_bytes());
+    for (name, len) in references {
+        raw.extend_from_slice(&(name.len() as i32 + 1).to_le_bytes());
+        raw.extend_from_slice(name.as_bytes());
+        raw.push(0);
+        raw.extend_from_slice(&len.to_le_bytes());
+    }
+    raw
+}
+
+impl TestDir {
+    /// BGZF-compresses an uncompressed BAM stream with noodles' writer (EOF block included).
+    pub fn bgzf_file(&self, name: &str, raw: &[u8]) -> PathBuf {
+        use std::io::Write;
+        let path = self.path(name);
+        let mut writer = noodles_bgzf::io::Writer::new(std::fs::File::create(&path).unwrap());
+        writer.write_all(raw).unwrap();
+        writer.finish().unwrap();
+        path
+    }
+}
+
 pub fn data_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data")
