@@ -279,11 +279,6 @@ pub trait Observer: Sync {
     }
 }
 
-/// An observer that ignores everything.
-pub struct Silent;
-
-impl Observer for Silent {}
-
 /// What a finished conversion produced.
 #[derive(Clone, Debug)]
 pub struct ConvertSummary {
