@@ -205,10 +205,7 @@ impl RawConfig {
     ///
     /// Returns [`ConfigError::Read`] or [`ConfigError::Parse`] (with line and column).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_text(path)?;
         Self::parse(path, &text)
     }
 
@@ -229,6 +226,14 @@ impl RawConfig {
             }
         })
     }
+}
+
+/// Reads a config file's text.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// 1-based line and column of a byte offset.
@@ -635,10 +640,7 @@ fn check_template(template: &str) -> Result<(), String> {
 ///
 /// Returns the first [`ConfigError`] found.
 pub fn check(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read_text(path)?;
     let raw = RawConfig::parse(path, &text)?;
     let checked = (|| {
         refuse_unsupported(&raw, path)?;
@@ -658,10 +660,7 @@ pub fn check(path: &Path) -> Result<RawConfig, ConfigError> {
 ///
 /// Returns the first [`ConfigError`], with line and column where it can be found.
 pub fn load_daemon(path: &Path) -> Result<DaemonConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read_text(path)?;
     let raw = RawConfig::parse(path, &text)?;
     let config = raw.resolve_daemon(path).map_err(|e| e.located(&text))?;
     check_filesystem(&config, path).map_err(|e| e.located(&text))?;

@@ -180,6 +180,17 @@ struct ErrorModel {
     extended_cigar: bool,
 }
 
+impl ErrorModel {
+    /// The CIGAR op of one aligned base: `=`/`X` in extended CIGARs, `M` otherwise.
+    fn aligned_kind(&self, matches: bool) -> Kind {
+        match (self.extended_cigar, matches) {
+            (false, _) => Kind::Match,
+            (true, true) => Kind::SequenceMatch,
+            (true, false) => Kind::SequenceMismatch,
+        }
+    }
+}
+
 /// Simulates a read of about `len` bases from `contig` at `start`.
 fn align(
     rng: &mut Rng,
@@ -232,21 +243,11 @@ fn align(
                 md.push(char::from(ref_base));
                 md_run = 0;
                 edit_distance += 1;
-                let kind = if model.extended_cigar {
-                    Kind::SequenceMismatch
-                } else {
-                    Kind::Match
-                };
-                push(&mut ops, kind, 1);
+                push(&mut ops, model.aligned_kind(false), 1);
             } else {
                 sequence.push(ref_base);
                 md_run += 1;
-                let kind = if model.extended_cigar {
-                    Kind::SequenceMatch
-                } else {
-                    Kind::Match
-                };
-                push(&mut ops, kind, 1);
+                push(&mut ops, model.aligned_kind(true), 1);
             }
             ref_pos += 1;
         }

@@ -370,8 +370,13 @@ fn fits(ty: PromotedType, value: &TagValue<'_>) -> bool {
     }
 }
 
+/// ASCII first: it is what SAM text nearly always is, and the check vectorises.
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
 fn check_utf8(bytes: &[u8], record: u64, field: &str) -> Result<(), DecodeError> {
-    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+    if is_utf8(bytes) {
         return Ok(());
     }
     Err(DecodeError::InvalidUtf8 {
@@ -386,7 +391,7 @@ fn check_tag_utf8(value: &TagValue<'_>, name: [u8; 2], record: u64) -> Result<()
         TagValue::Character(c) => std::slice::from_ref(c),
         _ => return Ok(()),
     };
-    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+    if is_utf8(bytes) {
         return Ok(());
     }
     let field = format!("tag {}", String::from_utf8_lossy(&name));
