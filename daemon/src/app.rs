@@ -438,6 +438,24 @@ fn process(
     let record = |ledger: &Mutex<Ledger>, entry: Entry| {
         record(&mut ledger.lock().unwrap_or_else(|p| p.into_inner()), entry)
     };
+    if let Some(published) = published_from(&output, &file.path) {
+        // A crash struck after the dataset was published but before the input was filed away.
+        info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), outcome = "success", "Dataset was already published from this input; filing the input away.");
+        record(
+            ledger,
+            Entry {
+                attempts,
+                records_read: Some(published.counts.read),
+                records_written: Some(published.counts.written),
+                output: Some(output.clone()),
+                ..entry(FileState::Success)
+            },
+        );
+        if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
+            warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away converted input.");
+        }
+        return Outcome::Success;
+    }
     info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, "Converting file.");
     let outcome = match engine.convert(&file.path, &output, &watch.convert, observer) {
         Ok(summary) => {
@@ -490,6 +508,13 @@ fn process(
     outcome
 }
 
+/// The complete dataset at `output`, when it was made from exactly this `input`.
+fn published_from(output: &Path, input: &Path) -> Option<dataset::Published> {
+    let published = dataset::Published::read(output)?;
+    let source = dataset::SourceInfo::of(input).ok()?;
+    published.source.same_content(&source).then_some(published)
+}
+
 /// `<name>.error.json`: what failed, where, and when.
 #[derive(Serialize)]
 struct ErrorReport<'a> {
@@ -529,7 +554,7 @@ fn quarantine(watch: &WatchConfig, input: &Path, error: &ConvertError) {
 }
 
 /// An error and its causes, `: `-separated, as `anyhow`'s `{:#}` prints them.
-fn chain(error: &dyn std::error::Error) -> String {
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -82,6 +82,10 @@ pub struct ConvertArgs {
     /// Convert a file that lacks the BGZF EOF block (it may be truncated).
     #[arg(long)]
     pub allow_missing_eof: bool,
+    /// Continue an interrupted conversion into OUT_DIR from its checkpoint; without it, the
+    /// interrupted run's parts are discarded and the conversion starts over.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Debug, Args)]

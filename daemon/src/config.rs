@@ -258,6 +258,7 @@ pub struct ConvertOverrides {
     pub batch_memory_mb: Option<usize>,
     pub batch_records: Option<usize>,
     pub allow_missing_eof: bool,
+    pub resume: bool,
 }
 
 impl RawConvert {
@@ -357,6 +358,8 @@ impl RawConvert {
             row_group_rows,
             row_group_bytes: row_group_mb << 20,
             allow_missing_eof: false,
+            // The daemon always continues an interrupted conversion; `convert` asks.
+            resume: true,
         })
     }
 }
@@ -406,6 +409,7 @@ pub fn convert_options(
     let threads = flags.threads.or(raw.daemon.threads).unwrap_or(0);
     let mut options = raw.convert.merged(&over).resolve(&path, threads)?;
     options.allow_missing_eof = flags.allow_missing_eof;
+    options.resume = flags.resume;
     Ok(options)
 }
 

@@ -1,8 +1,12 @@
 //! A dataset folder: built under a hidden staging name, published by one rename.
 //!
 //! Readers never see a partial dataset: parts, `_manifest.json` and `_SUCCESS` (last) are
-//! written into `.NAME.staging-PID` beside the target, which is renamed to the target only when
-//! all of them are durable. A staging folder that is dropped unpublished is removed.
+//! written into `.NAME.staging` beside the target, which is renamed to the target only when
+//! all of them are durable. The staging name does not depend on the process, so a restarted
+//! conversion finds the parts and checkpoint of the one a crash interrupted; an exclusive
+//! `flock` on the folder keeps two processes from building into it at once, and the kernel
+//! drops that lock when its holder dies. A staging folder dropped unpublished is removed unless
+//! [`Staging::keep`] says its progress is worth resuming.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -10,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::durable::{self, DurableError};
 use crate::pipeline::profile::Profile;
@@ -21,6 +25,8 @@ use crate::pipeline::write::PartInfo;
 pub enum DatasetError {
     #[error("output {} already exists", path.display())]
     AlreadyExists { path: PathBuf },
+    #[error("staging folder {} is in use by another bamflow process", path.display())]
+    Busy { path: PathBuf },
     #[error("output path {} has no file name", path.display())]
     NoFileName { path: PathBuf },
     #[error("cannot create {}", path.display())]
@@ -36,34 +42,45 @@ pub enum DatasetError {
 }
 
 /// Where the input came from, to tell a re-dropped or changed file apart.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceInfo {
     pub path: PathBuf,
     pub size: u64,
     /// Modification time, RFC 3339 in UTC.
     pub mtime: String,
+    /// The sampled content hash of [`crate::ledger::content_hash`].
+    pub content_sha256: String,
 }
 
 impl SourceInfo {
-    /// Reads the size and mtime of `path`.
+    /// Reads the size and mtime of `path` and hashes a sample of its content.
     ///
     /// # Errors
     ///
-    /// Returns the I/O error of `stat`.
+    /// Returns the I/O error of `stat` or of reading.
     pub fn of(path: &Path) -> io::Result<Self> {
         let metadata = fs::metadata(path)?;
         let mtime = metadata.modified().map(timestamp).unwrap_or_default();
+        let content_sha256 = crate::ledger::content_hash(path)?;
         let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         Ok(Self {
             path,
             size: metadata.len(),
             mtime,
+            content_sha256,
         })
+    }
+
+    /// Whether `other` describes the same input file content (the path may differ).
+    pub fn same_content(&self, other: &Self) -> bool {
+        self.size == other.size
+            && self.mtime == other.mtime
+            && self.content_sha256 == other.content_sha256
     }
 }
 
 /// Record counts of one conversion.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Counts {
     pub read: u64,
     pub written: u64,
@@ -84,6 +101,8 @@ pub struct Manifest {
     pub tags: Vec<String>,
     pub filters: Vec<String>,
     pub profile: Profile,
+    /// Times the conversion continued from a checkpoint after an interruption.
+    pub resumes: u64,
     pub started: String,
     pub finished: String,
     pub seconds: f64,
@@ -92,21 +111,44 @@ pub struct Manifest {
     pub bytes_out: u64,
 }
 
-/// A dataset being built. Dropping it unpublished removes the staging folder.
+/// The part of a published `_manifest.json` that tells which input it was made from.
+#[derive(Debug, Deserialize)]
+pub struct Published {
+    pub source: SourceInfo,
+    pub counts: Counts,
+}
+
+impl Published {
+    /// Reads the manifest of the complete dataset at `target` (`_SUCCESS` present), if any.
+    pub fn read(target: &Path) -> Option<Self> {
+        if !target.join("_SUCCESS").is_file() {
+            return None;
+        }
+        let bytes = fs::read(target.join("_manifest.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// A dataset being built. Dropping it unpublished removes the staging folder, unless kept.
 #[derive(Debug)]
 pub struct Staging {
     dir: PathBuf,
     target: PathBuf,
+    /// Holds the folder's exclusive `flock` for as long as this exists.
+    _lock: fs::File,
     published: bool,
+    keep: bool,
 }
 
 impl Staging {
-    /// Creates the staging folder beside `target`, creating `target`'s parents as needed.
+    /// Creates the staging folder beside `target`, or opens the one an interrupted conversion
+    /// left there, creating `target`'s parents as needed; locks it for this process.
     ///
     /// # Errors
     ///
-    /// Returns [`DatasetError::AlreadyExists`] when `target` exists, or the failing creation.
-    pub fn create(target: &Path) -> Result<Self, DatasetError> {
+    /// Returns [`DatasetError::AlreadyExists`] when `target` exists, [`DatasetError::Busy`]
+    /// when another process holds the staging folder, or the failing creation.
+    pub fn open(target: &Path) -> Result<Self, DatasetError> {
         if target.symlink_metadata().is_ok() {
             return Err(DatasetError::AlreadyExists {
                 path: target.to_owned(),
@@ -126,19 +168,35 @@ impl Staging {
 
         let mut staging_name = std::ffi::OsString::from(".");
         staging_name.push(name);
-        staging_name.push(format!(".staging-{}", std::process::id()));
+        staging_name.push(".staging");
         let dir = parent.join(staging_name);
-        // A leftover from an earlier run of the same process id can only be stale.
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir(&dir).map_err(|source| DatasetError::Create {
+        let create = |source| DatasetError::Create {
             path: dir.clone(),
             source,
-        })?;
+        };
+        match fs::create_dir(&dir) {
+            Ok(()) => durable::sync_dir(&parent)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(create(e)),
+        }
+        let lock = fs::File::open(&dir).map_err(create)?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(DatasetError::Busy { path: dir }),
+            Err(e) => return Err(create(e.into())),
+        }
         Ok(Self {
             dir,
             target: target.to_owned(),
+            _lock: lock,
             published: false,
+            keep: false,
         })
+    }
+
+    /// Leaves the staging folder on disk when dropped, so a later run can resume from it.
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 
     /// The staging folder parts are written into.
@@ -164,13 +222,21 @@ impl Staging {
         }
         durable::rename(&self.dir, &self.target)?;
         self.published = true;
+        // The checkpoint has done its job. Should a crash keep it, it is a harmless extra file.
+        match fs::remove_file(self.target.join(crate::checkpoint::FILE_NAME)) {
+            Ok(()) => durable::sync_dir(&self.target)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %self.target.display(), %error, "Could not remove the checkpoint of a published dataset.");
+            }
+        }
         Ok(self.target.clone())
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.published {
+        if !self.published && !self.keep {
             if let Err(error) = fs::remove_dir_all(&self.dir) {
                 tracing::warn!(path = %self.dir.display(), %error, "Could not remove staging folder.");
             }
@@ -191,7 +257,7 @@ mod tests {
     fn unpublished_staging_is_removed_and_target_never_appears() {
         let root = tempfile::tempdir().unwrap();
         let target = root.path().join("out");
-        let staging = Staging::create(&target).unwrap();
+        let staging = Staging::open(&target).unwrap();
         fs::write(staging.path().join("part-00000.parquet"), b"x").unwrap();
         let dir = staging.path().to_owned();
         drop(staging);
@@ -200,9 +266,24 @@ mod tests {
     }
 
     #[test]
+    fn one_process_at_a_time_and_kept_progress_survives() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("out");
+        let mut staging = Staging::open(&target).unwrap();
+        let err = Staging::open(&target).unwrap_err();
+        assert!(matches!(err, DatasetError::Busy { .. }), "{err}");
+
+        fs::write(staging.path().join("part-00000.parquet"), b"x").unwrap();
+        staging.keep();
+        drop(staging);
+        let again = Staging::open(&target).unwrap();
+        assert!(again.path().join("part-00000.parquet").exists());
+    }
+
+    #[test]
     fn refuses_an_existing_target() {
         let root = tempfile::tempdir().unwrap();
-        let err = Staging::create(root.path()).unwrap_err();
+        let err = Staging::open(root.path()).unwrap_err();
         assert!(matches!(err, DatasetError::AlreadyExists { .. }));
     }
 }

@@ -31,25 +31,74 @@ pub enum DurableError {
     },
 }
 
+/// The steps of [`write_file`], after each of which a crash may strike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The temporary file holds the content (in the page cache).
+    Written,
+    /// The temporary file is on disk.
+    Synced,
+    /// The temporary file has the final name.
+    Renamed,
+    /// The rename is on disk.
+    DirSynced,
+}
+
+impl Step {
+    pub const ALL: [Self; 4] = [Self::Written, Self::Synced, Self::Renamed, Self::DirSynced];
+
+    /// The [`crate::faults`] point passed after this step.
+    fn fault_point(self) -> &'static str {
+        match self {
+            Self::Written => "durable-written",
+            Self::Synced => "durable-synced",
+            Self::Renamed => "durable-renamed",
+            Self::DirSynced => "durable-dir-synced",
+        }
+    }
+}
+
 /// Writes `contents` to `path` durably, through `path.tmp`.
 ///
 /// # Errors
 ///
 /// Returns a [`DurableError`] naming the step and path that failed.
 pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), DurableError> {
+    write_file_with(path, contents, &mut |step| {
+        crate::faults::point(step.fault_point())
+    })
+}
+
+/// [`write_file`], calling `after` after each step; an error from it stops the write there,
+/// as a crash would.
+fn write_file_with(
+    path: &Path,
+    contents: &[u8],
+    after: &mut dyn FnMut(Step) -> io::Result<()>,
+) -> Result<(), DurableError> {
     let tmp = tmp_path(path);
     let write = |source| DurableError::Write {
         path: tmp.clone(),
         source,
     };
+    let sync = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DurableError::Sync { path, source }
+    };
     let mut file = File::create(&tmp).map_err(write)?;
     file.write_all(contents).map_err(write)?;
-    file.sync_all().map_err(|source| DurableError::Sync {
-        path: tmp.clone(),
+    after(Step::Written).map_err(write)?;
+    file.sync_all().map_err(sync(&tmp))?;
+    drop(file);
+    after(Step::Synced).map_err(sync(&tmp))?;
+    fs::rename(&tmp, path).map_err(|source| DurableError::Rename {
+        from: tmp.clone(),
+        to: path.to_owned(),
         source,
     })?;
-    drop(file);
-    rename(&tmp, path)
+    after(Step::Renamed).map_err(sync(path))?;
+    sync_parent(path)?;
+    after(Step::DirSynced).map_err(sync(path))
 }
 
 /// Renames `from` to `to` and fsyncs the directory of `to`, so the rename itself survives.
@@ -111,6 +160,51 @@ mod tests {
         write_file(&path, b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert!(!tmp_path(&path).exists());
+    }
+
+    /// What recovery does after a crash: temporary files are never trusted.
+    fn recover(path: &Path) {
+        let _ = fs::remove_file(tmp_path(path));
+    }
+
+    #[test]
+    fn a_crash_after_any_step_leaves_the_old_or_the_new_content() {
+        for old in [None, Some(&b"old checkpoint"[..])] {
+            for crash_after in Step::ALL {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("_checkpoint.json");
+                if let Some(old) = old {
+                    write_file(&path, old).unwrap();
+                }
+                let result = write_file_with(&path, b"new checkpoint", &mut |step| {
+                    if step == crash_after {
+                        Err(io::Error::other("simulated crash"))
+                    } else {
+                        Ok(())
+                    }
+                });
+                assert!(result.is_err(), "the crash stops the write");
+                recover(&path);
+
+                let now = fs::read(&path).ok();
+                let expected_new = matches!(crash_after, Step::Renamed | Step::DirSynced);
+                let expected = if expected_new {
+                    Some(&b"new checkpoint"[..])
+                } else {
+                    old
+                };
+                assert_eq!(
+                    now.as_deref(),
+                    expected,
+                    "crash after {crash_after:?}, old {old:?}"
+                );
+                let names: Vec<_> = fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                assert!(names.len() <= 1, "nothing but the file itself: {names:?}");
+            }
+        }
     }
 
     #[test]

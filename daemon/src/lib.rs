@@ -17,9 +17,11 @@
 //! files in watched folders ([`watch`]), claims, converts and files them away.
 
 pub mod app;
+pub mod checkpoint;
 pub mod config;
 pub mod dataset;
 pub mod durable;
+pub mod faults;
 pub mod ledger;
 pub mod pipeline;
 pub mod service;

@@ -151,6 +151,7 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         batch_memory_mb: args.batch_memory_mb,
         batch_records: args.batch_records,
         allow_missing_eof: args.allow_missing_eof,
+        resume: args.resume,
     };
     let options = config::convert_options(args.config.as_deref(), &flags)?;
     let size = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);

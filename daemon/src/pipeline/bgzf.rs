@@ -433,6 +433,26 @@ impl<R: Read> BgzfStream<R> {
         Ok(Ok(()))
     }
 
+    /// Moves to `position` within the first block of a stream that was opened at the
+    /// position's compressed offset; `Ok(false)` when that block does not hold it.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`BgzfError`] when the block cannot be read.
+    pub fn seek_in_first_block(&mut self, position: VirtualPosition) -> Result<bool, BgzfError> {
+        let (offset, within) = (position.compressed(), usize::from(position.uncompressed()));
+        self.ensure_data()?;
+        Ok(match self.chunk.front() {
+            Some(block) if block.offset == offset && within < block.data.len() => {
+                self.cursor = within;
+                true
+            }
+            // At the end of the records: nothing left to read, as the position says.
+            None => within == 0 && self.reader.compressed_offset() >= offset,
+            Some(_) => false,
+        })
+    }
+
     /// Drops exhausted blocks and refills from the file when the chunk runs dry.
     fn ensure_data(&mut self) -> Result<(), BgzfError> {
         loop {

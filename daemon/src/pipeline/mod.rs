@@ -5,8 +5,12 @@
 //!                                                                      │ bounded channel
 //! calling thread: window of RawBatches ─▶ decode (pool, in parallel) ──┤
 //!                                                                      │ bounded channel
-//! writer thread:  Arrow batches ─▶ Parquet parts (fsync, rename)  ◀────┘
+//! writer thread:  Arrow batches ─▶ Parquet parts (fsync, rename) ─▶ checkpoint
 //! ```
+//!
+//! A conversion starts from its [`checkpoint`](crate::checkpoint) when an interrupted run left
+//! one: the reader seeks to the saved virtual offset and part numbering continues. A write or
+//! fsync error abandons the part being written and redoes it from the last checkpoint.
 //!
 //! [`convert`] is the only function that knows this order. Memory is bounded by a fixed set of
 //! [`RawBatch`] buffers that circulate between the reader and the decoder (the reader waits for
@@ -27,13 +31,12 @@ pub mod write;
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use arrow_array::RecordBatch;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use noodles_bgzf::VirtualPosition;
 use parquet::file::metadata::KeyValue;
@@ -46,8 +49,13 @@ use self::header::{HeaderError, HeaderLimits};
 use self::profile::{BatchPlan, Profile, ProfileOptions};
 use self::schema::{OutputSchema, SCHEMA_VERSION};
 use self::source::{BatchLimits, RecordSource, SourceError};
-use self::write::{ParquetSink, PartInfo, WriteError, WriteOptions};
-use crate::dataset::{self, Counts, DatasetError, Manifest, SourceInfo, Staging};
+use self::write::{Chunk, Committed, ParquetSink, WriteError, WriteOptions};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Settings, Start};
+use crate::dataset::{self, DatasetError, Manifest, SourceInfo, Staging};
+
+/// Attempts at a conversion whose output writes fail before it gives up; each redoes only the
+/// part that failed.
+const WRITE_ATTEMPTS: u32 = 3;
 
 /// Raw, decompressed records in one buffer (SAMv1 §4.2 layout, without `block_size`).
 #[derive(Clone, Debug, Default)]
@@ -58,6 +66,8 @@ pub struct RawBatch {
     pub first_record: u64,
     /// Virtual position of the first record.
     pub start: VirtualPosition,
+    /// Virtual position just after the last record.
+    pub end: VirtualPosition,
     pub data: Vec<u8>,
     /// Record `i` is `data[offsets[i]..offsets[i + 1]]`; starts with 0.
     pub offsets: Vec<u32>,
@@ -103,6 +113,9 @@ pub struct ConvertOptions {
     pub row_group_rows: usize,
     pub row_group_bytes: usize,
     pub allow_missing_eof: bool,
+    /// Continue from the checkpoint of an interrupted conversion into the same output (the
+    /// daemon always does); otherwise such leftovers are discarded.
+    pub resume: bool,
 }
 
 impl ConvertOptions {
@@ -119,6 +132,21 @@ impl ConvertOptions {
     fn header_limits(&self) -> HeaderLimits {
         HeaderLimits {
             max_header_bytes: self.max_header_bytes,
+        }
+    }
+
+    /// What the parts' content depends on; a checkpoint made with other settings is not used.
+    fn checkpoint_settings(&self) -> Settings {
+        Settings {
+            columns: self.schema.column_names(),
+            tags: self
+                .schema
+                .promoted
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            filters: Vec::new(),
+            part_records: self.part_records,
         }
     }
 
@@ -142,6 +170,7 @@ pub enum Stage {
     Frame,
     Decode,
     Write,
+    Checkpoint,
     Publish,
 }
 
@@ -155,6 +184,7 @@ impl fmt::Display for Stage {
             Self::Frame => "frame",
             Self::Decode => "decode",
             Self::Write => "write",
+            Self::Checkpoint => "checkpoint",
             Self::Publish => "publish",
         })
     }
@@ -177,6 +207,8 @@ pub enum StageError {
     Write(#[from] WriteError),
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     #[error("cannot start the worker pool")]
     ThreadPool(#[from] rayon::ThreadPoolBuildError),
     #[error("a pipeline thread panicked")]
@@ -257,6 +289,20 @@ impl ConvertError {
     pub fn is_cancelled(&self) -> bool {
         matches!(self.source, StageError::Cancelled)
     }
+
+    /// Whether writing output failed at the operating system (a full disk, an I/O error), so
+    /// the part may be redone on a fresh file.
+    fn is_output_io(&self) -> bool {
+        matches!(
+            self.source,
+            StageError::Write(WriteError::Durable(_) | WriteError::Create { .. })
+                | StageError::Checkpoint(CheckpointError::Durable(_))
+        ) || matches!(
+            &self.source,
+            StageError::Write(WriteError::Parquet { source, .. })
+                if matches!(source, parquet::errors::ParquetError::External(e) if e.is::<io::Error>())
+        )
+    }
 }
 
 /// Progress of a running conversion.
@@ -272,6 +318,12 @@ pub struct Progress {
 pub trait Observer: Sync {
     /// Called once per window of batches, never per record.
     fn progress(&self, _progress: Progress) {}
+
+    /// Called after a checkpoint is saved (once per part).
+    fn checkpointed(&self) {}
+
+    /// Called when the conversion continues from the checkpoint of an interrupted run.
+    fn resumed(&self) {}
 
     /// Checked once per window; `true` stops the conversion with [`StageError::Cancelled`].
     fn cancelled(&self) -> bool {
@@ -358,44 +410,144 @@ fn convert_on(
     check_complete(input, options.allow_missing_eof)?;
 
     let (profile, header) = profile::profile(input, &options.profile_options(), pool)?;
-    let staging = Staging::create(output).map_err(|e| fail(Stage::Publish, e.into()))?;
-
+    let mut staging = Staging::open(output).map_err(|e| fail(Stage::Publish, e.into()))?;
     let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
-    let schema = options.schema.arrow().clone();
-    let sink = ParquetSink::new(
-        staging.path(),
-        schema,
-        &options.write_options(),
-        metadata,
-        Arc::clone(pool),
-    )
-    .map_err(|e| fail(Stage::Write, e.into()))?;
-
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
-    let run = Run {
+    let staging_dir = staging.path().to_owned();
+    let build = Build {
         input,
         options,
         plan: profile.batch,
         pool,
         observer,
+        staging: &staging_dir,
+        source: &source_info,
+        metadata,
+        decoder: &decoder,
     };
-    let (sink, counts) = run.stages(&decoder, sink)?;
-    let parts = sink.finish().map_err(|e| fail(Stage::Write, e.into()))?;
+
+    let mut attempt = 1;
+    let done = loop {
+        match build.run(options.resume || attempt > 1) {
+            Ok(done) => break done,
+            Err(error) => {
+                // Progress worth resuming stays on disk: a stopped conversion continues at the
+                // next start, and a checkpoint that cannot be trusted is evidence.
+                if error.is_cancelled()
+                    || (error.stage == Stage::Checkpoint && !error.is_output_io())
+                {
+                    staging.keep();
+                }
+                if !error.is_output_io() || attempt == WRITE_ATTEMPTS {
+                    return Err(error);
+                }
+                tracing::warn!(
+                    path = %input.display(),
+                    attempt,
+                    error = %crate::app::chain(&error),
+                    "Writing output failed; redoing the part from the last checkpoint."
+                );
+                attempt += 1;
+            }
+        }
+    };
 
     let seconds = clock.elapsed().as_secs_f64();
-    let manifest = manifest(
-        source_info,
-        counts,
-        parts,
-        options,
-        profile,
-        started,
-        seconds,
-    );
+    let manifest = manifest(source_info, done, options, profile, started, seconds);
     let output = staging
         .publish(&manifest)
         .map_err(|e| fail(Stage::Publish, e.into()))?;
     Ok(ConvertSummary { output, manifest })
+}
+
+/// What one attempt at a conversion finished with.
+struct Done {
+    checkpoint: Checkpoint,
+    /// Records this attempt read (the rest came from the checkpoint it resumed).
+    records_now: u64,
+}
+
+/// Everything an attempt at building the dataset in its staging folder needs.
+struct Build<'a> {
+    input: &'a Path,
+    options: &'a ConvertOptions,
+    plan: BatchPlan,
+    pool: &'a Arc<ThreadPool>,
+    observer: &'a dyn Observer,
+    staging: &'a Path,
+    source: &'a SourceInfo,
+    metadata: Vec<KeyValue>,
+    decoder: &'a Decoder,
+}
+
+impl Build<'_> {
+    /// Converts from the checkpoint (when `resume`) or from the start, into the staging folder.
+    fn run(&self, resume: bool) -> Result<Done, ConvertError> {
+        let fail = |stage, source: StageError| ConvertError::new(self.input, stage, source);
+        let checkpoint = self
+            .start(resume)
+            .map_err(|e| fail(Stage::Checkpoint, e.into()))?;
+        let sink = ParquetSink::new(
+            self.staging,
+            self.options.schema.arrow().clone(),
+            &self.options.write_options(),
+            self.metadata.clone(),
+            Arc::clone(self.pool),
+        )
+        .map_err(|e| fail(Stage::Write, e.into()))?
+        .resume_after(checkpoint.parts.len());
+
+        let first_record = checkpoint.next_record;
+        let run = Run {
+            input: self.input,
+            options: self.options,
+            plan: self.plan,
+            pool: self.pool,
+            observer: self.observer,
+            staging: self.staging,
+        };
+        let (sink, mut checkpoint) = run.stages(self.decoder, sink, checkpoint)?;
+        let last = sink.finish().map_err(|e| fail(Stage::Write, e.into()))?;
+        if let Some(committed) = last {
+            run.save(&mut checkpoint, committed)?;
+        }
+        Ok(Done {
+            records_now: checkpoint.next_record - first_record,
+            checkpoint,
+        })
+    }
+
+    /// The checkpoint this attempt starts from, after cleaning the staging folder for it.
+    fn start(&self, resume: bool) -> Result<Checkpoint, CheckpointError> {
+        let settings = self.options.checkpoint_settings();
+        let start = if resume {
+            checkpoint::plan(self.staging, self.source, &settings)?
+        } else {
+            checkpoint::discard(self.staging)?
+        };
+        let path = self.input.display();
+        match start {
+            Start::Fresh { reason: None } => Ok(Checkpoint::start(self.source, settings)),
+            Start::Fresh {
+                reason: Some(reason),
+            } => {
+                tracing::warn!(path = %path, staging = %self.staging.display(), %reason, "Starting over: {reason}.");
+                Ok(Checkpoint::start(self.source, settings))
+            }
+            Start::Resume(mut checkpoint) => {
+                checkpoint.resumes += 1;
+                tracing::info!(
+                    path = %path,
+                    part = checkpoint.parts.len(),
+                    record = checkpoint.next_record,
+                    resumes = checkpoint.resumes,
+                    "Resuming conversion from its checkpoint."
+                );
+                self.observer.resumed();
+                Ok(*checkpoint)
+            }
+        }
+    }
 }
 
 /// Reads just the SAM header text of a BAM file (e.g. for `{sample}` in output templates).
@@ -460,22 +612,26 @@ fn part_metadata(header_text: &str, source: &SourceInfo) -> Result<Vec<KeyValue>
 
 fn manifest(
     source: SourceInfo,
-    counts: Counts,
-    parts: Vec<PartInfo>,
+    done: Done,
     options: &ConvertOptions,
     profile: Profile,
     started: SystemTime,
     seconds: f64,
 ) -> Manifest {
+    let Done {
+        checkpoint,
+        records_now,
+    } = done;
     let bytes_in = source.size;
-    let bytes_out = parts.iter().map(|p| p.bytes).sum();
+    let bytes_out = checkpoint.parts.iter().map(|p| p.bytes).sum();
     Manifest {
         bamflow_version: env!("CARGO_PKG_VERSION"),
         schema_version: SCHEMA_VERSION,
-        records_per_second: counts.read as f64 / seconds.max(1e-9),
+        // Of this run: records resumed from a checkpoint took no time now.
+        records_per_second: records_now as f64 / seconds.max(1e-9),
         source,
-        counts,
-        parts,
+        counts: checkpoint.counts,
+        parts: checkpoint.parts,
         columns: options.schema.column_names(),
         tags: options
             .schema
@@ -485,6 +641,7 @@ fn manifest(
             .collect(),
         filters: Vec::new(),
         profile,
+        resumes: checkpoint.resumes,
         started: dataset::timestamp(started),
         finished: dataset::timestamp(SystemTime::now()),
         seconds,
@@ -493,8 +650,8 @@ fn manifest(
     }
 }
 
-/// Decoded batches on their way to the writer, with the input records each covers.
-type DecodedWindow = Vec<(RecordBatch, u64)>;
+/// Decoded chunks on their way to the writer, in record order.
+type DecodedWindow = Vec<Chunk>;
 
 /// One conversion's running pipeline.
 struct Run<'a> {
@@ -503,15 +660,18 @@ struct Run<'a> {
     plan: BatchPlan,
     pool: &'a Arc<ThreadPool>,
     observer: &'a dyn Observer,
+    staging: &'a Path,
 }
 
 impl Run<'_> {
-    /// Runs reader, decoder and writer until the input is consumed or a stage fails.
+    /// Runs reader, decoder and writer from the checkpoint until the input is consumed or a
+    /// stage fails; returns the sink (its last part still open) and the checkpoint so far.
     fn stages(
         &self,
         decoder: &Decoder,
         sink: ParquetSink,
-    ) -> Result<(ParquetSink, Counts), ConvertError> {
+        checkpoint: Checkpoint,
+    ) -> Result<(ParquetSink, Checkpoint), ConvertError> {
         let window = self.plan.window;
         let limits = self.plan.limits(self.options.part_records);
         let (raw_tx, raw_rx) = bounded(window);
@@ -522,14 +682,20 @@ impl Run<'_> {
             let _ = free_tx.send(RawBatch::default());
         }
         let bytes_read = AtomicU64::new(0);
+        let from = Position {
+            record: checkpoint.next_record,
+            virtual_offset: checkpoint.next_virtual_offset,
+        };
 
         std::thread::scope(|scope| {
             let reader = std::thread::Builder::new()
                 .name("bamflow-reader".into())
-                .spawn_scoped(scope, || self.read(limits, free_rx, raw_tx, &bytes_read));
+                .spawn_scoped(scope, || {
+                    self.read(from, limits, free_rx, raw_tx, &bytes_read)
+                });
             let writer = std::thread::Builder::new()
                 .name("bamflow-writer".into())
-                .spawn_scoped(scope, || self.write(sink, decoded_rx));
+                .spawn_scoped(scope, || self.write(sink, checkpoint, decoded_rx));
             let (reader, writer) = match (reader, writer) {
                 (Ok(r), Ok(w)) => (r, w),
                 (Err(e), _) | (_, Err(e)) => {
@@ -542,40 +708,64 @@ impl Run<'_> {
             reader.join().map_err(|_| panicked())?;
             let written = writer.join().map_err(|_| panicked())?;
             // A decode (or forwarded read) error explains a writer that stopped early.
-            let counts = decoded?;
-            let (sink, rows) = written?;
-            Ok((
-                sink,
-                Counts {
-                    read: counts,
-                    written: rows,
-                    ..Counts::default()
-                },
-            ))
+            decoded?;
+            written
         })
+    }
+
+    /// Opens the input positioned at `from`: after the header at the start, or at a checkpoint's
+    /// virtual offset.
+    fn open(&self, from: Position) -> Result<RecordSource<BufReader<File>>, ConvertError> {
+        let fail = |stage, source: StageError| ConvertError::new(self.input, stage, source);
+        let mut file = File::open(self.input).map_err(|e| fail(Stage::Open, e.into()))?;
+        let position = VirtualPosition::from(from.virtual_offset);
+        let start = if from.record == 0 {
+            0
+        } else {
+            position.compressed()
+        };
+        file.seek(SeekFrom::Start(start))
+            .map_err(|e| fail(Stage::Read, e.into()))?;
+        let reader = BlockReader::new(
+            BufReader::with_capacity(1 << 20, file),
+            start,
+            Arc::clone(self.pool),
+        );
+        let mut stream = BgzfStream::new(reader);
+        if from.record == 0 {
+            header::read_header(&mut stream, self.options.header_limits())
+                .map_err(|e| ConvertError::from_header(self.input, e))?;
+        } else if !stream
+            .seek_in_first_block(position)
+            .map_err(|e| ConvertError::from_bgzf(self.input, e))?
+        {
+            let corrupt = CheckpointError::Corrupt {
+                path: self.staging.join(checkpoint::FILE_NAME),
+                reason: format!(
+                    "virtual offset {} of record {} is not in the input",
+                    from.virtual_offset, from.record
+                ),
+            };
+            return Err(fail(Stage::Checkpoint, corrupt.into()));
+        }
+        Ok(RecordSource::new(
+            stream,
+            from.record,
+            self.options.max_record_bytes,
+        ))
     }
 
     /// Reader thread: frames batches into free buffers and sends them on, in order.
     fn read(
         &self,
+        from: Position,
         limits: BatchLimits,
         free: Receiver<RawBatch>,
         out: Sender<Result<RawBatch, ConvertError>>,
         bytes_read: &AtomicU64,
     ) {
         let result = (|| {
-            let file = File::open(self.input)
-                .map_err(|e| ConvertError::new(self.input, Stage::Open, e.into()))?;
-            let reader = BlockReader::new(
-                BufReader::with_capacity(1 << 20, file),
-                0,
-                Arc::clone(self.pool),
-            );
-            let mut stream = BgzfStream::new(reader);
-            header::read_header(&mut stream, self.options.header_limits())
-                .map_err(|e| ConvertError::from_header(self.input, e))?;
-            let mut source = RecordSource::new(stream, 0, self.options.max_record_bytes);
-
+            let mut source = self.open(from)?;
             // A closed channel means the decoder stopped; its error is the one reported.
             while let Ok(mut batch) = free.recv() {
                 let more = source
@@ -584,8 +774,7 @@ impl Run<'_> {
                 if !more {
                     break;
                 }
-                let position = source.virtual_position().map_or(0, |p| p.compressed());
-                bytes_read.store(position, Ordering::Relaxed);
+                bytes_read.store(batch.end.compressed(), Ordering::Relaxed);
                 if out.send(Ok(batch)).is_err() {
                     break;
                 }
@@ -630,17 +819,21 @@ impl Run<'_> {
             let decoded: Vec<_> = self
                 .pool
                 .install(|| window.par_iter().map(|b| decoder.decode(b)).collect());
-            let mut batches = Vec::with_capacity(decoded.len());
+            let mut chunks = Vec::with_capacity(decoded.len());
             for (raw_batch, result) in window.drain(..).zip(decoded) {
                 let rows =
                     result.map_err(|e| ConvertError::new(self.input, Stage::Decode, e.into()))?;
                 progress.records_read += raw_batch.len() as u64;
                 progress.rows_written += rows.num_rows() as u64;
-                batches.push((rows, raw_batch.len() as u64));
+                chunks.push(Chunk {
+                    rows,
+                    records: raw_batch.len() as u64,
+                    end: u64::from(raw_batch.end),
+                });
                 // There is room for every buffer, so this never blocks.
                 let _ = free.send(raw_batch);
             }
-            if out.send(batches).is_err() {
+            if out.send(chunks).is_err() {
                 // The writer failed; its error is reported by `stages`.
                 return Ok(progress.records_read);
             }
@@ -649,21 +842,39 @@ impl Run<'_> {
         }
     }
 
-    /// Writer thread: writes windows in order; returns the sink (not yet finished) and rows.
+    /// Writer thread: writes windows in order and saves a checkpoint after every part; returns
+    /// the sink (its last part not yet committed) and the checkpoint.
     fn write(
         &self,
         mut sink: ParquetSink,
+        mut checkpoint: Checkpoint,
         windows: Receiver<DecodedWindow>,
-    ) -> Result<(ParquetSink, u64), ConvertError> {
-        let mut rows = 0;
+    ) -> Result<(ParquetSink, Checkpoint), ConvertError> {
         for window in windows {
-            sink.accept(&window)
+            let committed = sink
+                .accept(&window)
                 .map_err(|e| ConvertError::new(self.input, Stage::Write, e.into()))?;
-            rows += window
-                .iter()
-                .map(|(batch, _)| batch.num_rows() as u64)
-                .sum::<u64>();
+            for part in committed {
+                self.save(&mut checkpoint, part)?;
+            }
         }
-        Ok((sink, rows))
+        Ok((sink, checkpoint))
     }
+
+    /// Records a durable part in the checkpoint and saves it.
+    fn save(&self, checkpoint: &mut Checkpoint, committed: Committed) -> Result<(), ConvertError> {
+        checkpoint.add_part(committed.part, committed.next_virtual_offset);
+        checkpoint
+            .save(self.staging)
+            .map_err(|e| ConvertError::new(self.input, Stage::Checkpoint, e.into()))?;
+        self.observer.checkpointed();
+        Ok(())
+    }
+}
+
+/// Where reading starts: record number and virtual offset (record 0: after the header).
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    record: u64,
+    virtual_offset: u64,
 }

@@ -109,6 +109,7 @@ impl<R: Read> RecordSource<R> {
         if batch.is_empty() {
             return Ok(false);
         }
+        batch.end = self.stream.virtual_position()?;
         self.next_seq += 1;
         Ok(true)
     }

@@ -9,7 +9,7 @@ use bamflow_tests::sam_text::{self, TagOrder};
 use bamflow_tests::{bamflow_bin, samtools_view};
 use serde_json::Value;
 
-use crate::support::TestDir;
+use crate::support::{assert_dataset_matches_samtools, TestDir};
 
 /// A running `bamflow daemon`, stopped (SIGTERM) on drop.
 struct Daemon {
@@ -279,7 +279,7 @@ fn embedded_default_watches_inbox_and_writes_outbox() {
 }
 
 #[test]
-fn sigterm_mid_file_publishes_nothing_and_keeps_the_input() {
+fn sigterm_mid_file_publishes_nothing_keeps_the_input_and_resumes_on_restart() {
     let dir = TestDir::new();
     let inbox = dir.path("inbox");
     std::fs::create_dir(&inbox).unwrap();
@@ -306,11 +306,27 @@ fn sigterm_mid_file_publishes_nothing_and_keeps_the_input() {
         inbox.join("big.bam").exists(),
         "the input stays where it was"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path("lake/test")).unwrap().collect();
-    assert!(
-        leftovers.is_empty(),
-        "nothing half-published: {leftovers:?}"
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path("lake/test"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        leftovers,
+        [".big.staging"],
+        "nothing half-published; the hidden staging folder keeps the durable parts"
     );
+
+    // The next start continues from the checkpoint and publishes the whole file.
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    let output = dir.path("lake/test/big");
+    daemon.wait_for("the resumed conversion", || {
+        output.join("_SUCCESS").exists()
+    });
+    let dataset = sam_text::read_dataset(&output).unwrap();
+    assert_dataset_matches_samtools(&dataset, &bam);
+    assert!(!dir.path("lake/test/.big.staging").exists());
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
 }
 
 /// Receives sd_notify datagrams until one contains `wanted`; returns everything received.

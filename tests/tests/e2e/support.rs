@@ -113,10 +113,15 @@ pub fn convert_ok(input: &Path, output: &Path, extra: &[&str]) -> Dataset {
 /// Converts `bam` with all columns and checks every line against `samtools view -h --no-PG`.
 pub fn assert_matches_samtools(bam: &Path, out: &Path, extra: &[&str]) -> Dataset {
     let dataset = convert_ok(bam, out, extra);
+    assert_dataset_matches_samtools(&dataset, bam);
+    dataset
+}
+
+/// Checks every line of a dataset (all columns) against `samtools view -h --no-PG` of `bam`.
+pub fn assert_dataset_matches_samtools(dataset: &Dataset, bam: &Path) {
     let ours = dataset.to_sam(&[]).expect("all columns present");
     let theirs = samtools_view(bam, &[]).expect("samtools view");
     if let Err(e) = sam_text::compare(&ours, &theirs, TagOrder::Exact) {
         panic!("{} does not match samtools: {e:#}", bam.display());
     }
-    dataset
 }
