@@ -459,6 +459,8 @@ fn process(
     info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, "Converting file.");
     let outcome = match engine.convert(&file.path, &output, &watch.convert, observer) {
         Ok(summary) => {
+            // Published, but not yet in the ledger nor filed away: a restart must cope.
+            let _ = crate::faults::point("dataset-published");
             let m = &summary.manifest;
             record(
                 ledger,

@@ -509,7 +509,8 @@ impl Build<'_> {
         let (sink, mut checkpoint) = run.stages(self.decoder, sink, checkpoint)?;
         let last = sink.finish().map_err(|e| fail(Stage::Write, e.into()))?;
         if let Some(committed) = last {
-            run.save(&mut checkpoint, committed)?;
+            run.save(&mut checkpoint, committed)
+                .map_err(|e| e.attribute(self.input))?;
         }
         Ok(Done {
             records_now: checkpoint.next_record - first_record,
@@ -535,7 +536,9 @@ impl Build<'_> {
                 Ok(Checkpoint::start(self.source, settings))
             }
             Start::Resume(mut checkpoint) => {
+                // Saved at once, so every resume counts, even one a crash cuts short.
                 checkpoint.resumes += 1;
+                checkpoint.save(self.staging)?;
                 tracing::info!(
                     path = %path,
                     part = checkpoint.parts.len(),
@@ -851,24 +854,41 @@ impl Run<'_> {
         windows: Receiver<DecodedWindow>,
     ) -> Result<(ParquetSink, Checkpoint), ConvertError> {
         for window in windows {
-            let committed = sink
-                .accept(&window)
-                .map_err(|e| ConvertError::new(self.input, Stage::Write, e.into()))?;
-            for part in committed {
-                self.save(&mut checkpoint, part)?;
-            }
+            sink.accept(&window, &mut |part| self.save(&mut checkpoint, part))
+                .map_err(|e| e.attribute(self.input))?;
         }
         Ok((sink, checkpoint))
     }
 
     /// Records a durable part in the checkpoint and saves it.
-    fn save(&self, checkpoint: &mut Checkpoint, committed: Committed) -> Result<(), ConvertError> {
+    fn save(&self, checkpoint: &mut Checkpoint, committed: Committed) -> Result<(), SinkError> {
         checkpoint.add_part(committed.part, committed.next_virtual_offset);
-        checkpoint
-            .save(self.staging)
-            .map_err(|e| ConvertError::new(self.input, Stage::Checkpoint, e.into()))?;
+        checkpoint.save(self.staging).map_err(|e| {
+            SinkError::Checkpoint(ConvertError::new(self.input, Stage::Checkpoint, e.into()))
+        })?;
         self.observer.checkpointed();
         Ok(())
+    }
+}
+
+/// What stops the sink: its own write error, or a checkpoint that could not be saved.
+enum SinkError {
+    Write(WriteError),
+    Checkpoint(ConvertError),
+}
+
+impl SinkError {
+    fn attribute(self, input: &Path) -> ConvertError {
+        match self {
+            Self::Write(e) => ConvertError::new(input, Stage::Write, e.into()),
+            Self::Checkpoint(e) => e,
+        }
+    }
+}
+
+impl From<WriteError> for SinkError {
+    fn from(error: WriteError) -> Self {
+        Self::Write(error)
     }
 }
 

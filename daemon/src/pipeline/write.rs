@@ -223,17 +223,21 @@ impl ParquetSink {
         self
     }
 
-    /// Writes a window of chunks in order; commits each part as it fills and returns the parts
-    /// committed.
+    /// Writes a window of chunks in order; commits each part as it fills and hands it to
+    /// `on_commit` before writing on, so a checkpoint never lags more than one part behind.
     ///
     /// The caller never lets a chunk straddle a part boundary.
     ///
     /// # Errors
     ///
-    /// Returns a [`WriteError`] when a part cannot be written or committed. The part being
-    /// written is then abandoned: its file is never synced again, and the part is redone.
-    pub fn accept(&mut self, window: &[Chunk]) -> Result<Vec<Committed>, WriteError> {
-        let mut committed = Vec::new();
+    /// Returns a [`WriteError`] when a part cannot be written or committed, or the error of
+    /// `on_commit`. The part being written is then abandoned: its file is never synced again,
+    /// and the part is redone.
+    pub fn accept<E: From<WriteError>>(
+        &mut self,
+        window: &[Chunk],
+        on_commit: &mut impl FnMut(Committed) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut rest = window;
         while !rest.is_empty() {
             let room = self.part_records - self.current.as_ref().map_or(0, |p| p.records);
@@ -250,11 +254,13 @@ impl ParquetSink {
             part.write_rows(now.iter().map(|chunk| chunk.rows.clone()).collect())?;
             part.records += records;
             if part.records >= self.part_records {
-                committed.extend(self.commit()?);
+                if let Some(committed) = self.commit()? {
+                    on_commit(committed)?;
+                }
             }
             rest = later;
         }
-        Ok(committed)
+        Ok(())
     }
 
     /// Commits the last part (or an empty one, when the input had no records at all) and
@@ -522,7 +528,11 @@ mod tests {
     fn write_all(mut sink: ParquetSink, windows: &[&[Chunk]]) -> Vec<Committed> {
         let mut committed = Vec::new();
         for window in windows {
-            committed.extend(sink.accept(window).unwrap());
+            let mut keep = |c| -> Result<(), WriteError> {
+                committed.push(c);
+                Ok(())
+            };
+            sink.accept(window, &mut keep).unwrap();
         }
         committed.extend(sink.finish().unwrap());
         committed

@@ -1,7 +1,7 @@
 //! The daemon, driven as an operator would: real folders, real files, signals.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bamflow_tests::generator::DataKind;
@@ -9,115 +9,8 @@ use bamflow_tests::sam_text::{self, TagOrder};
 use bamflow_tests::{bamflow_bin, samtools_view};
 use serde_json::Value;
 
+use crate::harness::{config, Daemon};
 use crate::support::{assert_dataset_matches_samtools, TestDir};
-
-/// A running `bamflow daemon`, stopped (SIGTERM) on drop.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, config: Option<&Path>) -> Self {
-        Self::start_with(dir, config, &[])
-    }
-
-    /// Starts a daemon with extra environment; its log goes to a file in `dir`, so a test that
-    /// times out can show what the daemon was doing.
-    fn start_with(dir: &Path, config: Option<&Path>, env: &[(&str, &Path)]) -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = dir.join(format!("daemon-{n}.log"));
-        let mut command = Command::new(bamflow_bin());
-        command
-            .arg("daemon")
-            .current_dir(dir)
-            .env("BAMFLOW_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
-        }
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        Self {
-            child: Some(command.spawn().expect("daemon starts")),
-            log,
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.child.as_ref().expect("running").id().to_string()
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    /// Waits until `done` holds; on timeout, fails with the daemon's log.
-    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let started = Instant::now();
-        while !done() {
-            assert!(
-                started.elapsed() < LIMIT,
-                "timed out after {LIMIT:?} waiting for {what}; daemon log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn terminate_after_signal_since(mut self, started: Instant) -> (Option<i32>, Duration, String) {
-        let status = self.child.take().expect("running").wait().unwrap();
-        (status.code(), started.elapsed(), self.log())
-    }
-
-    /// Waits for a daemon that was already signalled to stop.
-    fn terminate_after_signal(self) -> (Option<i32>, Duration, String) {
-        self.terminate_after_signal_since(Instant::now())
-    }
-
-    /// Sends SIGTERM and returns the exit code and how long the exit took.
-    fn terminate(self) -> (Option<i32>, Duration, String) {
-        let started = Instant::now();
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.terminate_after_signal_since(started)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// How long a test waits for the daemon: generous, because CI runs two tests at once on two
-/// cores in a debug build; a passing run never waits this long.
-const LIMIT: Duration = Duration::from_secs(120);
-// The events test must finish well before its 300 s rescan, and LIMIT is 120 s.
-const _: () = assert!(LIMIT.as_secs() < 300);
-
-/// A config with fast settling and rescans, for tests.
-fn config(dir: &TestDir, inbox: &Path, extra_watch: &str) -> PathBuf {
-    let text = format!(
-        "[daemon]\nstate_dir = \"{state}\"\nscan_interval_seconds = 1\n\n[[watch]]\nname = \"test\"\npath = \"{inbox}\"\nsettle_seconds = 1\noutput = \"{out}/{{watch}}/{{stem}}\"\n{extra_watch}\n",
-        state = dir.path("state").display(),
-        inbox = inbox.display(),
-        out = dir.path("lake").display(),
-    );
-    let path = dir.path("bamflow.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 #[test]
 fn converts_good_files_quarantines_bad_ones_and_stops_on_sigterm() {
@@ -361,7 +254,7 @@ fn notifies_systemd_and_keeps_the_old_config_on_a_bad_reload() {
     let daemon = Daemon::start_with(
         dir.root(),
         Some(&config),
-        &[("NOTIFY_SOCKET", &socket_path)],
+        &[("NOTIFY_SOCKET", socket_path.as_os_str())],
     );
     let pid = daemon.pid();
     let mut log = Vec::new();

@@ -4,7 +4,9 @@
 //! exists.
 
 mod bad_input;
+mod crash;
 mod daemon;
 mod fidelity;
+mod harness;
 mod options;
 mod support;

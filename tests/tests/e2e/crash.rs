@@ -1,0 +1,403 @@
+//! Crashes: `kill -9` at any moment loses nothing and duplicates nothing (DESIGN.md §6).
+//!
+//! Random kills land wherever they land; named fault points (`BAMFLOW_FAULTS`) make sure some
+//! land inside a part's commit and inside a checkpoint's durable write, which a random moment
+//! rarely hits.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bamflow_tests::generator::{DataKind, Rng};
+use bamflow_tests::sam_text::{self, Dataset};
+use bamflow_tests::{bamflow, bamflow_bin};
+use serde_json::Value;
+
+use crate::harness::{config, Daemon, LIMIT};
+use crate::support::{assert_dataset_matches_samtools, convert_ok, TestDir};
+
+/// Records in the crash test's input: 51 parts, so 24 kills spread over it, one to three parts
+/// apart, before it can finish.
+const RECORDS: usize = 200_000;
+const PART_RECORDS: u64 = 4_000;
+const KILLS: usize = 24;
+
+/// Every step of a part commit and of a durable write, each killed on its first pass.
+const FAULT_POINTS: &[&str] = &[
+    "part-written=kill@1",
+    // A resume saves its checkpoint once before converting: the second durable write of a run
+    // is the checkpoint of a part.
+    "durable-written=kill@2",
+    "part-synced=kill@1",
+    "durable-synced=kill@2",
+    "part-renamed=kill@1",
+    "durable-renamed=kill@2",
+    "durable-dir-synced=kill@2",
+    "dataset-published=kill@1",
+];
+
+fn manifest(dataset: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dataset.join("_manifest.json")).unwrap()).unwrap()
+}
+
+/// Parts recorded in a staging folder's checkpoint (0 when there is none yet).
+fn checkpointed_parts(staging: &Path) -> usize {
+    std::fs::read(staging.join("_checkpoint.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|c| c["parts"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+fn count(logs: &[String], needle: &str) -> usize {
+    logs.iter().map(|log| log.matches(needle).count()).sum()
+}
+
+#[test]
+fn kill_dash_nine_at_any_moment_loses_and_duplicates_nothing() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let bam = dir.generated(DataKind::Short, RECORDS, 41);
+    std::fs::copy(&bam, inbox.join("sample.bam")).unwrap();
+    let config = config(
+        &dir,
+        &inbox,
+        &format!("[watch.convert]\npart_records = {PART_RECORDS}\n"),
+    );
+    let output = dir.path("lake/test/sample");
+    let staging = dir.path("lake/test/.sample.staging");
+
+    let mut rng = Rng::new(7);
+    let mut logs = Vec::new();
+    let mut kills = 0;
+    let mut faults_fired = 0;
+    let mut checkpoint_history = Vec::new();
+    for round in 0.. {
+        if kills == KILLS || output.join("_SUCCESS").exists() {
+            break;
+        }
+        // Every third round arms a fault point; the others kill at a random moment.
+        let fault = (round % 3 == 2).then(|| FAULT_POINTS[(round / 3) % FAULT_POINTS.len()]);
+        let env: Vec<(&str, &OsStr)> = [("BAMFLOW_LOG", OsStr::new("info,bamflow=debug"))]
+            .into_iter()
+            .chain(fault.map(|f| ("BAMFLOW_FAULTS", OsStr::new(f))))
+            .collect();
+        let mut daemon = Daemon::start_with(dir.root(), Some(&config), &env);
+        if fault.is_some() {
+            let started = Instant::now();
+            while !(output.join("_SUCCESS").exists() || daemon.has_exited()) {
+                assert!(started.elapsed() < LIMIT, "{}", daemon.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !daemon.has_exited() {
+                logs.push(daemon.terminate().2);
+                break;
+            }
+            faults_fired += 1;
+            kills += 1;
+            logs.push(daemon.log());
+        } else {
+            // Mostly in the middle of the conversion, one to three parts on from the last
+            // kill, at a random moment within a part; sometimes while it is still starting.
+            if round % 6 != 0 {
+                let target = checkpointed_parts(&staging) + 1 + rng.below(3);
+                let started = Instant::now();
+                while checkpointed_parts(&staging) < target && !output.join("_SUCCESS").exists() {
+                    assert!(started.elapsed() < LIMIT, "{}", daemon.log());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(150) as u64));
+            logs.push(daemon.kill_9());
+            kills += 1;
+        }
+        if staging.exists() {
+            checkpoint_history.push(checkpointed_parts(&staging));
+        }
+    }
+
+    // A last, undisturbed start finishes the file.
+    let daemon = Daemon::start_with(
+        dir.root(),
+        Some(&config),
+        &[("BAMFLOW_LOG", OsStr::new("info,bamflow=debug"))],
+    );
+    daemon.wait_for("the dataset", || output.join("_SUCCESS").exists());
+    daemon.wait_for("the input to be filed away", || {
+        dir.path("inbox/done/sample.bam").exists()
+    });
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    logs.push(log);
+
+    assert!(
+        kills >= 20,
+        "the conversion must be killed at least 20 times, was {kills}: make the input larger"
+    );
+    assert!(faults_fired >= 6, "fault points fired {faults_fired} times");
+    assert!(!staging.exists(), "the staging folder was published");
+
+    // Every record exactly once, in order, exactly as samtools prints it.
+    let dataset = sam_text::read_dataset(&output).unwrap();
+    assert_dataset_matches_samtools(&dataset, &bam);
+
+    // The same dataset as an uninterrupted conversion, part for part.
+    let reference = dir.path("uninterrupted");
+    let uninterrupted = convert_ok(
+        &bam,
+        &reference,
+        &["--part-records", &PART_RECORDS.to_string()],
+    );
+    assert_same_rows(&dataset, &uninterrupted);
+    let (ours, theirs) = (manifest(&output), manifest(&reference));
+    assert_eq!(ours["counts"], theirs["counts"]);
+    let shape = |m: &Value| -> Vec<(Value, Value, Value)> {
+        m["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["file"].clone(), p["rows"].clone(), p["records"].clone()))
+            .collect()
+    };
+    assert_eq!(shape(&ours), shape(&theirs));
+
+    // Resumed, never restarted; and each kill cost at most the part it interrupted plus the one
+    // whose checkpoint it beat.
+    let parts = shape(&ours).len();
+    // The count is saved before the line is logged; a kill may fall in between.
+    let logged = count(&logs, "Resuming conversion from its checkpoint.") as u64;
+    let resumes = ours["resumes"].as_u64().unwrap();
+    assert!(
+        (logged..=logged + 2).contains(&resumes),
+        "{resumes} resumes in the manifest, {logged} in the logs"
+    );
+    assert!(resumes >= 10, "only {resumes} resumes in {kills} kills");
+    assert_eq!(count(&logs, "Starting over"), 0);
+    let commits = count(&logs, "Part committed.");
+    assert!(
+        commits <= parts + kills,
+        "{commits} part commits for {parts} parts and {kills} kills"
+    );
+    eprintln!(
+        "{kills} kills ({faults_fired} at fault points), {resumes} resumes, {commits} part \
+         commits for {parts} parts; checkpointed parts after each kill: {checkpoint_history:?}"
+    );
+    assert!(
+        checkpoint_history.windows(2).all(|w| w[0] <= w[1]),
+        "checkpoints only move forward: {checkpoint_history:?}"
+    );
+}
+
+fn assert_same_rows(ours: &Dataset, theirs: &Dataset) {
+    let (a, b) = (ours.to_sam(&[]).unwrap(), theirs.to_sam(&[]).unwrap());
+    assert_eq!(a.len(), b.len(), "row counts");
+    if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
+        panic!("row {i} differs:\n{}\n{}", a[i], b[i]);
+    }
+    assert_eq!(ours.parts, theirs.parts);
+}
+
+/// `bamflow convert` killed by the fault point `fault`; returns its stderr.
+fn convert_killed_at(input: &Path, output: &Path, fault: &str) -> String {
+    let result = bamflow(&["convert", "--part-records", "1000"])
+        .arg(input)
+        .arg(output)
+        .env("BAMFLOW_FAULTS", fault)
+        .output()
+        .unwrap();
+    assert!(
+        !result.status.success(),
+        "the fault point {fault} was not reached"
+    );
+    String::from_utf8_lossy(&result.stderr).into_owned()
+}
+
+/// `bamflow convert --resume` with info logs; returns its stderr.
+fn convert_resume(input: &Path, output: &Path, extra: &[&str]) -> (bool, String) {
+    let result = std::process::Command::new(bamflow_bin())
+        .args(["convert", "--resume", "--part-records", "1000"])
+        .args(extra)
+        .arg(input)
+        .arg(output)
+        .env("BAMFLOW_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        result.status.success(),
+        String::from_utf8_lossy(&result.stderr).into_owned(),
+    )
+}
+
+fn staging_of(output: &Path) -> PathBuf {
+    let name = output.file_name().unwrap().to_string_lossy();
+    output.with_file_name(format!(".{name}.staging"))
+}
+
+#[test]
+fn convert_resume_continues_and_a_changed_input_starts_over() {
+    let dir = TestDir::new();
+    let bam = dir.path("in.bam");
+    std::fs::copy(dir.generated(DataKind::Short, 6_000, 51), &bam).unwrap();
+
+    // Killed after its third part: --resume continues at the fourth.
+    let out = dir.path("out");
+    convert_killed_at(&bam, &out, "part-renamed=kill@3");
+    assert!(!out.exists(), "nothing published");
+    assert_eq!(
+        checkpointed_parts(&staging_of(&out)),
+        2,
+        "the third part beat its checkpoint"
+    );
+    let (ok, log) = convert_resume(&bam, &out, &[]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("Resuming conversion from its checkpoint."),
+        "{log}"
+    );
+    assert!(log.contains("part=2"), "resumes at part 2: {log}");
+    let dataset = sam_text::read_dataset(&out).unwrap();
+    assert_dataset_matches_samtools(&dataset, &bam);
+    assert_eq!(manifest(&out)["resumes"], 1);
+    assert_eq!(
+        manifest(&out)["counts"]["read"].as_u64(),
+        Some(dataset.rows.len() as u64)
+    );
+
+    // Killed, then the input is replaced: the old parts are not mixed in.
+    let out = dir.path("changed");
+    convert_killed_at(&bam, &out, "part-renamed=kill@3");
+    std::fs::copy(dir.generated(DataKind::Short, 5_000, 52), &bam).unwrap();
+    let (ok, log) = convert_resume(&bam, &out, &[]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("Starting over: the input changed since the checkpoint."),
+        "{log}"
+    );
+    let dataset = sam_text::read_dataset(&out).unwrap();
+    assert_dataset_matches_samtools(&dataset, &bam);
+    assert_eq!(manifest(&out)["resumes"], 0);
+
+    // Without --resume, leftovers are discarded, and say so.
+    let out = dir.path("fresh");
+    convert_killed_at(&bam, &out, "durable-renamed=kill@2");
+    let result = bamflow(&["convert", "--part-records", "1000"])
+        .arg(&bam)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{log}");
+    assert!(
+        log.contains("Discarding the work of an interrupted conversion"),
+        "{log}"
+    );
+    assert_eq!(manifest(&out)["resumes"], 0);
+}
+
+#[test]
+fn an_fsync_error_abandons_the_part_and_redoes_it_on_a_fresh_file() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 5_000, 53);
+    let out = dir.path("out");
+    let result = bamflow(&["convert", "--part-records", "1000"])
+        .arg(&bam)
+        .arg(&out)
+        .env("BAMFLOW_FAULTS", "part-fsync=eio@3")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{log}");
+    assert!(
+        log.contains("redoing the part from the last checkpoint"),
+        "{log}"
+    );
+    assert!(
+        log.contains("part-00002.parquet.partial"),
+        "names the abandoned file: {log}"
+    );
+    let dataset = sam_text::read_dataset(&out).unwrap();
+    assert_dataset_matches_samtools(&dataset, &bam);
+    let parts = dataset.rows.len().div_ceil(1000);
+    assert_eq!(manifest(&out)["parts"].as_array().unwrap().len(), parts);
+
+    // A disk that keeps failing fails the file after three attempts, and says where.
+    let out = dir.path("failing");
+    let result = bamflow(&["convert", "--part-records", "1000"])
+        .arg(&bam)
+        .arg(&out)
+        .env(
+            "BAMFLOW_FAULTS",
+            "part-fsync=eio@1,part-fsync=eio@2,part-fsync=eio@3",
+        )
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("write failed") && log.contains("cannot sync"),
+        "{log}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_corrupt_checkpoint_or_a_missing_part_sets_the_file_aside() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let config = config(&dir, &inbox, "[watch.convert]\npart_records = 1000\n");
+
+    // Two interrupted conversions into the daemon's output folder, each then damaged.
+    let lake = dir.path("lake/test");
+    for (name, seed) in [("corrupt", 61), ("missing", 62)] {
+        let bam = inbox.join(format!("{name}.bam"));
+        let parked = dir.path(&format!("{name}.bam"));
+        std::fs::copy(dir.generated(DataKind::Short, 5_000, seed), &parked).unwrap();
+        convert_killed_at(&parked, &lake.join(name), "part-renamed=kill@4");
+        let staging = staging_of(&lake.join(name));
+        assert_eq!(checkpointed_parts(&staging), 3);
+        if name == "corrupt" {
+            std::fs::write(
+                staging.join("_checkpoint.json"),
+                b"{\"format\": \"bamflow-ch",
+            )
+            .unwrap();
+        } else {
+            std::fs::remove_file(staging.join("part-00001.parquet")).unwrap();
+        }
+        // Moved, not copied: the same file (size, mtime, content) the checkpoint describes.
+        std::fs::rename(&parked, &bam).unwrap();
+    }
+
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    let failed = inbox.join("failed");
+    daemon.wait_for("both files to be set aside", || {
+        failed.join("corrupt.bam.error.json").exists()
+            && failed.join("missing.bam.error.json").exists()
+    });
+    let report = |name: &str| -> Value {
+        let path = failed.join(format!("{name}.bam.error.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let corrupt = report("corrupt");
+    assert_eq!(corrupt["stage"], "checkpoint");
+    let message = corrupt["message"].as_str().unwrap();
+    assert!(
+        message.contains("corrupt") && message.contains(".corrupt.staging"),
+        "{message}"
+    );
+    let missing = report("missing");
+    assert_eq!(missing["stage"], "checkpoint");
+    let message = missing["message"].as_str().unwrap();
+    assert!(message.contains("part-00001.parquet"), "{message}");
+
+    // Nothing was published or restarted from zero; the evidence stays for the operator.
+    assert!(!lake.join("corrupt").exists() && !lake.join("missing").exists());
+    assert!(staging_of(&lake.join("missing"))
+        .join("part-00002.parquet")
+        .exists());
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("Starting over"), "{log}");
+}
