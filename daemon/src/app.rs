@@ -21,6 +21,8 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, DaemonConfig, Disposition, WatchConfig};
 use crate::dataset;
 use crate::ledger::{self, Entry, FileState, Ledger};
+use crate::metrics::{Counters, Metrics, RescanReason};
+use crate::pipeline::write::PartInfo;
 use crate::pipeline::{self, ConvertError, Engine, Location, Observer};
 use crate::service::Notifier;
 use crate::watch::{Claim, Events, Fingerprint, Ready, Tracker};
@@ -72,15 +74,38 @@ impl Control {
     }
 }
 
-/// What a running conversion reports to: shutdown cancels it, progress feeds the watchdog.
+/// What a running conversion reports to: shutdown cancels it, progress feeds the watchdog and
+/// the metrics of its watch.
 struct JobObserver<'a> {
     control: &'a Control,
     notifier: &'a Notifier,
+    metrics: &'a Metrics,
+    watch: &'a str,
+    /// The conversion's figures at the last report, to add only what changed since.
+    last: Mutex<Counters>,
 }
 
 impl Observer for JobObserver<'_> {
-    fn progress(&self, _progress: pipeline::Progress) {
+    fn progress(&self, progress: pipeline::Progress) {
         self.notifier.watchdog();
+        let now = Counters {
+            records_read: progress.records_read,
+            rows_written: progress.rows_written,
+            bytes_read: progress.bytes_read,
+            busy: progress.busy,
+        };
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        self.metrics.progressed(self.watch, &last, &now);
+        *last = now;
+    }
+
+    fn checkpointed(&self, part: &PartInfo, commit_seconds: f64) {
+        self.metrics
+            .part_committed(self.watch, part.bytes, commit_seconds);
+    }
+
+    fn resumed(&self) {
+        self.metrics.resumed(self.watch);
     }
 
     fn cancelled(&self) -> bool {
@@ -118,6 +143,18 @@ pub fn run(
     let config = load()?;
     fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+    for watch in &config.watches {
+        metrics.init_watch(&watch.name);
+    }
+    metrics.beat();
+    if let Some(address) = config.metrics_listen {
+        // A loop that has not run for a few scan intervals is stuck.
+        let stall_after = (config.scan_interval * 3).max(Duration::from_secs(60));
+        let bound = crate::metrics::serve(address, Arc::clone(&metrics), stall_after)
+            .with_context(|| format!("cannot serve metrics on {address}"))?;
+        info!(address = %bound, "Serving metrics on /metrics and health on /healthz.");
+    }
     let ledger = Mutex::new(Ledger::open(&config.state_dir)?);
     let engine = Engine::new(config.threads).context("cannot start the worker pool")?;
     // A rendezvous channel: a job is handed over only when a worker is idle, so files wait in
@@ -133,6 +170,7 @@ pub fn run(
                 ledger: &ledger,
                 control,
                 notifier,
+                metrics: &metrics,
             };
             std::thread::Builder::new()
                 .name(format!("bamflow-file-{i}"))
@@ -140,7 +178,8 @@ pub fn run(
                 .context("cannot start a file worker")?;
         }
         drop(finished);
-        let result = Dispatcher::new(config, load, control, notifier).run(&jobs, &results);
+        let result =
+            Dispatcher::new(config, load, control, notifier, &metrics).run(&jobs, &results);
         // Closing the queue lets idle workers exit; busy ones finish or cancel their file.
         drop(jobs);
         result
@@ -171,6 +210,7 @@ struct Worker<'a> {
     ledger: &'a Mutex<Ledger>,
     control: &'a Control,
     notifier: &'a Notifier,
+    metrics: &'a Metrics,
 }
 
 impl Worker<'_> {
@@ -183,7 +223,12 @@ impl Worker<'_> {
             let observer = JobObserver {
                 control: self.control,
                 notifier: self.notifier,
+                metrics: self.metrics,
+                watch: &job.watch.name,
+                last: Mutex::default(),
             };
+            let started = Instant::now();
+            self.metrics.file_started(&job.watch.name);
             let outcome = process(
                 &job.watch,
                 &job.file,
@@ -192,6 +237,14 @@ impl Worker<'_> {
                 self.engine,
                 &observer,
             );
+            let label = match outcome {
+                Outcome::Success | Outcome::AlreadyDone => Some("success"),
+                Outcome::Failure => Some("failure"),
+                Outcome::Duplicate => Some("duplicate"),
+                Outcome::Skipped | Outcome::Cancelled => None,
+            };
+            self.metrics
+                .file_finished(&job.watch.name, label, started.elapsed().as_secs_f64());
             let report = Finished {
                 path: job.file.path,
                 fingerprint: job.file.fingerprint,
@@ -212,6 +265,7 @@ struct Dispatcher<'a> {
     load: &'a dyn Fn() -> Result<DaemonConfig, ConfigError>,
     control: &'a Control,
     notifier: &'a Notifier,
+    metrics: &'a Metrics,
     trackers: Vec<Tracker>,
     events: Events,
     in_flight: HashSet<PathBuf>,
@@ -225,6 +279,7 @@ impl<'a> Dispatcher<'a> {
         load: &'a dyn Fn() -> Result<DaemonConfig, ConfigError>,
         control: &'a Control,
         notifier: &'a Notifier,
+        metrics: &'a Metrics,
     ) -> Self {
         let trackers = config.watches.iter().map(|_| Tracker::default()).collect();
         let events = Events::watch(config.watches.iter().map(|w| w.path.as_path()));
@@ -233,6 +288,7 @@ impl<'a> Dispatcher<'a> {
             load,
             control,
             notifier,
+            metrics,
             trackers,
             events,
             in_flight: HashSet::new(),
@@ -253,12 +309,15 @@ impl<'a> Dispatcher<'a> {
         );
         self.notifier.ready("Watching.");
         let mut next_rescan = Instant::now();
+        let mut reason = RescanReason::Interval;
         while !self.control.shutdown_requested() {
             if self.control.take_reload() {
                 self.reload();
                 next_rescan = Instant::now();
+                reason = RescanReason::Reload;
             }
             self.notifier.watchdog();
+            self.metrics.beat();
             for report in results.try_iter() {
                 self.finish(report);
             }
@@ -266,9 +325,12 @@ impl<'a> Dispatcher<'a> {
             let now = Instant::now();
             let full = now >= next_rescan;
             if full {
+                self.metrics.rescanned(reason);
+                reason = RescanReason::Interval;
                 next_rescan = now + self.config.scan_interval;
             }
             self.dispatch(jobs, now, full);
+            self.report_pending();
 
             let pending: usize = self.trackers.iter().map(Tracker::pending).sum();
             self.notifier.status(&format!(
@@ -282,6 +344,7 @@ impl<'a> Dispatcher<'a> {
                 .wait(RECHECK_INTERVAL.min(self.config.scan_interval), stop)
             {
                 next_rescan = Instant::now();
+                reason = RescanReason::Event;
             }
         }
         Ok(())
@@ -324,6 +387,16 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
+    /// Files discovered since the last round, and what is waiting, per watch.
+    fn report_pending(&mut self) {
+        for (watch, tracker) in self.config.watches.iter().zip(&mut self.trackers) {
+            self.metrics
+                .discovered(&watch.name, tracker.take_discovered());
+            let (waiting, oldest) = tracker.waiting(&self.in_flight);
+            self.metrics.pending(&watch.name, waiting, oldest);
+        }
+    }
+
     fn finish(&mut self, report: Finished) {
         self.in_flight.remove(&report.path);
         let done = matches!(
@@ -346,6 +419,10 @@ impl<'a> Dispatcher<'a> {
         self.notifier.reloading();
         match (self.load)() {
             Ok(new) => {
+                self.metrics.reloaded(true);
+                for watch in &new.watches {
+                    self.metrics.init_watch(&watch.name);
+                }
                 self.trackers = new.watches.iter().map(|_| Tracker::default()).collect();
                 self.events = Events::watch(new.watches.iter().map(|w| w.path.as_path()));
                 self.config = new;
@@ -354,10 +431,13 @@ impl<'a> Dispatcher<'a> {
                     "Reloaded configuration."
                 );
             }
-            Err(error) => warn!(
-                error = chain(&error),
-                "Invalid configuration; keeping the current one."
-            ),
+            Err(error) => {
+                self.metrics.reloaded(false);
+                warn!(
+                    error = chain(&error),
+                    "Invalid configuration; keeping the current one."
+                );
+            }
         }
         self.notifier.ready("Watching.");
     }
@@ -472,13 +552,24 @@ fn process(
                     ..entry(FileState::Success)
                 },
             );
+            let s = &m.stage_seconds;
             info!(
                 watch = %watch.name,
                 path = %file.path.display(),
                 records = m.counts.read,
+                rows = m.counts.written,
                 bytes_in = m.bytes_in,
                 bytes_out = m.bytes_out,
-                seconds = m.seconds,
+                compression_ratio = format!("{:.3}", m.compression_ratio),
+                seconds = format!("{:.3}", m.seconds),
+                records_per_second = m.records_per_second.round(),
+                peak_rss_bytes = m.peak_rss_bytes,
+                busy_read = format!("{:.3}", s.read),
+                busy_inflate = format!("{:.3}", s.inflate),
+                busy_decode = format!("{:.3}", s.decode),
+                busy_encode = format!("{:.3}", s.encode),
+                busy_write = format!("{:.3}", s.write),
+                resumes = m.resumes,
                 outcome = "success",
                 "Converted file."
             );
@@ -494,6 +585,7 @@ fn process(
         }
         Err(error) => {
             warn!(watch = %watch.name, path = %file.path.display(), error = chain(&error), outcome = "failure", "Conversion failed.");
+            observer.metrics.error(error.stage, error.kind());
             record(
                 ledger,
                 Entry {

@@ -491,6 +491,8 @@ pub struct DaemonConfig {
     pub threads: usize,
     /// Files converted at once.
     pub max_concurrent_files: usize,
+    /// Where `/metrics` and `/healthz` are served; `None` when `metrics_listen = ""`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub watches: Vec<WatchConfig>,
 }
 
@@ -586,7 +588,17 @@ impl RawConfig {
                 "must be at least 1".to_owned(),
             ));
         }
+        let metrics_listen = match self.daemon.metrics_listen.as_deref() {
+            Some("") => None,
+            listen => Some(listen.unwrap_or("127.0.0.1:9860").parse().map_err(|e| {
+                invalid(
+                    "daemon.metrics_listen",
+                    format!("{e}: expected an address like 127.0.0.1:9860, or \"\" for none"),
+                )
+            })?),
+        };
         Ok(DaemonConfig {
+            metrics_listen,
             state_dir: self
                 .daemon
                 .state_dir

@@ -107,8 +107,14 @@ pub struct Manifest {
     pub finished: String,
     pub seconds: f64,
     pub records_per_second: f64,
+    /// Busy seconds per stage, summed over threads: where the time went.
+    pub stage_seconds: crate::pipeline::busy::StageSeconds,
+    /// Peak resident memory of the process when the conversion finished.
+    pub peak_rss_bytes: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// `bytes_out / bytes_in`.
+    pub compression_ratio: f64,
 }
 
 /// The part of a published `_manifest.json` that tells which input it was made from.

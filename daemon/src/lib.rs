@@ -23,6 +23,7 @@ pub mod dataset;
 pub mod durable;
 pub mod faults;
 pub mod ledger;
+pub mod metrics;
 pub mod pipeline;
 pub mod service;
 pub mod watch;

@@ -5,7 +5,7 @@
 //! and its sentinel exists when one is configured. "New" is decided per file, never from an
 //! mtime high-water mark, so a file copied in with an old mtime is still taken.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
@@ -52,8 +52,10 @@ pub fn is_ignored_name(name: &str) -> bool {
 /// Tracks the files of one watched folder between scans.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    /// Each candidate's fingerprint and since when it has not changed.
-    seen: HashMap<PathBuf, (Fingerprint, Instant)>,
+    /// Each candidate's fingerprint, since when it has not changed, and when it was first seen.
+    seen: HashMap<PathBuf, (Fingerprint, Instant, SystemTime)>,
+    /// Files seen for the first time since the last [`Tracker::take_discovered`].
+    discovered: u64,
 }
 
 impl Tracker {
@@ -103,11 +105,16 @@ impl Tracker {
         self.seen.retain(|path, _| present.contains_key(path));
         let mut ready = Vec::new();
         for (path, fingerprint) in present {
-            let since = match self.seen.get(&path) {
-                Some((previous, since)) if *previous == fingerprint => *since,
-                _ => now,
+            let (since, first_seen) = match self.seen.get(&path) {
+                Some((previous, since, first)) if *previous == fingerprint => (*since, *first),
+                Some((_, _, first)) => (now, *first),
+                None => {
+                    self.discovered += 1;
+                    (now, SystemTime::now())
+                }
             };
-            self.seen.insert(path.clone(), (fingerprint, since));
+            self.seen
+                .insert(path.clone(), (fingerprint, since, first_seen));
             if now.duration_since(since) >= watch.settle
                 && is_complete(&path)
                 && sentinel_present(watch, &path)
@@ -119,9 +126,25 @@ impl Tracker {
         ready.into_iter().map(|(_, r)| r).collect()
     }
 
-    /// Files seen but not yet ready.
+    /// Files seen but not yet filed away (waiting, settling, or being converted).
     pub fn pending(&self) -> usize {
         self.seen.len()
+    }
+
+    /// Files seen and not in `busy`: how many, and when the oldest was first seen.
+    pub fn waiting(&self, busy: &HashSet<PathBuf>) -> (usize, Option<SystemTime>) {
+        self.seen
+            .iter()
+            .filter(|(path, _)| !busy.contains(*path))
+            .fold((0, None), |(n, oldest), (_, (_, _, first))| {
+                let oldest = Some(oldest.map_or(*first, |o: SystemTime| o.min(*first)));
+                (n + 1, oldest)
+            })
+    }
+
+    /// How many files were seen for the first time since the last call.
+    pub fn take_discovered(&mut self) -> u64 {
+        std::mem::take(&mut self.discovered)
     }
 
     /// Forgets a file, e.g. once it has been moved away.

@@ -9,11 +9,14 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::Instant;
 
 use libdeflater::{Crc, DecompressionError, Decompressor};
 use noodles_bgzf::VirtualPosition;
 use rayon::prelude::*;
 use rayon::ThreadPool;
+
+use super::busy::{BusyStage, BusyTimes};
 
 /// The 28-byte empty block that ends every complete BGZF file (SAMv1 §4.1.2).
 pub const EOF_BLOCK: [u8; 28] = [
@@ -274,6 +277,7 @@ pub struct BlockReader<R> {
     frame_pool: Vec<Frame>,
     block_pool: Vec<Vec<u8>>,
     done: bool,
+    busy: Option<Arc<BusyTimes>>,
 }
 
 impl<R: Read> BlockReader<R> {
@@ -288,7 +292,15 @@ impl<R: Read> BlockReader<R> {
             frame_pool: Vec::new(),
             block_pool: Vec::new(),
             done: false,
+            busy: None,
         }
+    }
+
+    /// Adds the time spent reading and inflating to `busy`.
+    #[must_use]
+    pub fn with_busy(mut self, busy: Arc<BusyTimes>) -> Self {
+        self.busy = Some(busy);
+        self
     }
 
     /// Returns a block's buffer for reuse by a later chunk.
@@ -304,7 +316,12 @@ impl<R: Read> BlockReader<R> {
     ///
     /// Returns the first error of the chunk in file order.
     pub fn read_chunk(&mut self, chunk: &mut Vec<Block>) -> Result<(), BgzfError> {
+        let started = Instant::now();
         let frames = self.read_frames()?;
+        if let Some(busy) = &self.busy {
+            busy.add(BusyStage::Read, started.elapsed());
+        }
+        let busy = self.busy.as_deref();
         let mut blocks: Vec<Block> = frames
             .iter()
             .map(|f| Block {
@@ -318,7 +335,12 @@ impl<R: Read> BlockReader<R> {
                 .par_iter()
                 .zip(blocks.par_iter_mut())
                 .try_for_each_init(Decompressor::new, |d, (frame, block)| {
-                    inflate(frame, d, &mut block.data)
+                    let started = Instant::now();
+                    let result = inflate(frame, d, &mut block.data);
+                    if let Some(busy) = busy {
+                        busy.add(BusyStage::Inflate, started.elapsed());
+                    }
+                    result
                 })
         });
 

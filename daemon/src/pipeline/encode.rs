@@ -15,6 +15,8 @@ use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowLeafColumn};
 use parquet::errors::ParquetError;
 use rayon::ThreadPool;
 
+use super::busy::{BusyStage, BusyTimes};
+
 /// Windows a column may fall behind before the writer waits for it.
 const MAX_QUEUED: usize = 4;
 
@@ -34,6 +36,7 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    busy: Arc<BusyTimes>,
 }
 
 impl Shared {
@@ -59,7 +62,11 @@ pub struct ColumnEncoders {
 }
 
 impl ColumnEncoders {
-    pub fn new(writers: Vec<ArrowColumnWriter>, pool: Arc<ThreadPool>) -> Self {
+    pub fn new(
+        writers: Vec<ArrowColumnWriter>,
+        pool: Arc<ThreadPool>,
+        busy: Arc<BusyTimes>,
+    ) -> Self {
         let columns = writers
             .into_iter()
             .map(|writer| ColumnState {
@@ -77,6 +84,7 @@ impl ColumnEncoders {
             shared: Arc::new(Shared {
                 state,
                 changed: Condvar::new(),
+                busy,
             }),
             pool,
         }
@@ -163,7 +171,9 @@ fn drain(shared: &Shared, index: usize) {
         shared.changed.notify_all();
         drop(state);
 
-        let result = leaves.iter().try_for_each(|leaf| writer.write(leaf));
+        let result = shared.busy.time(BusyStage::Encode, || {
+            leaves.iter().try_for_each(|leaf| writer.write(leaf))
+        });
         let bytes = writer.get_estimated_total_bytes();
 
         state = shared.lock();

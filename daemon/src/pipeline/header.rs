@@ -46,6 +46,13 @@ pub enum HeaderError {
     Bgzf(#[from] BgzfError),
 }
 
+impl HeaderError {
+    /// Whether a configured limit (`max_header_bytes`) refused the header.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Self::TooLarge { .. })
+    }
+}
+
 /// Reads the header from the start of the stream, leaving it at the first record.
 ///
 /// # Errors

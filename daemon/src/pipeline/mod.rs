@@ -19,6 +19,7 @@
 //! buffer.
 
 pub mod bgzf;
+pub mod busy;
 pub mod columns;
 pub mod decode;
 pub mod encode;
@@ -44,12 +45,13 @@ use rayon::prelude::*;
 use rayon::ThreadPool;
 
 use self::bgzf::{BgzfError, BgzfStream, BlockReader};
+use self::busy::{BusyStage, BusyTimes, StageSeconds};
 use self::decode::{DecodeError, Decoder};
 use self::header::{HeaderError, HeaderLimits};
 use self::profile::{BatchPlan, Profile, ProfileOptions};
 use self::schema::{OutputSchema, SCHEMA_VERSION};
 use self::source::{BatchLimits, RecordSource, SourceError};
-use self::write::{Chunk, Committed, ParquetSink, WriteError, WriteOptions};
+use self::write::{Chunk, Committed, ParquetSink, PartInfo, WriteError, WriteOptions};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Settings, Start};
 use crate::dataset::{self, DatasetError, Manifest, SourceInfo, Staging};
 
@@ -174,6 +176,55 @@ pub enum Stage {
     Publish,
 }
 
+impl Stage {
+    pub const ALL: [Self; 9] = [
+        Self::Open,
+        Self::Read,
+        Self::Inflate,
+        Self::Header,
+        Self::Frame,
+        Self::Decode,
+        Self::Write,
+        Self::Checkpoint,
+        Self::Publish,
+    ];
+}
+
+/// What kind of failure a conversion met, as the `kind` label of the error metric says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The operating system refused a read, write, fsync or rename.
+    Io,
+    /// The input is not a valid BAM file (format, corruption, truncation).
+    InvalidInput,
+    /// The input exceeds a configured limit (record or header size).
+    Limit,
+    /// An interrupted conversion's checkpoint cannot be trusted.
+    Checkpoint,
+    /// Something in bamflow itself (a thread pool, a panic, an encoder).
+    Internal,
+}
+
+impl ErrorKind {
+    pub const ALL: [Self; 5] = [
+        Self::Io,
+        Self::InvalidInput,
+        Self::Limit,
+        Self::Checkpoint,
+        Self::Internal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Io => "io",
+            Self::InvalidInput => "invalid_input",
+            Self::Limit => "limit",
+            Self::Checkpoint => "checkpoint",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -285,6 +336,27 @@ impl ConvertError {
         }
     }
 
+    /// The kind of failure, for metrics.
+    pub fn kind(&self) -> ErrorKind {
+        match &self.source {
+            StageError::Source(SourceError::RecordTooLarge { .. }) => ErrorKind::Limit,
+            StageError::Header(e) if e.is_limit() => ErrorKind::Limit,
+            StageError::Bgzf(BgzfError::Io { .. }) => ErrorKind::Io,
+            StageError::Bgzf(_) | StageError::Header(_) | StageError::Source(_) => {
+                ErrorKind::InvalidInput
+            }
+            StageError::Decode(_) => ErrorKind::InvalidInput,
+            StageError::Checkpoint(
+                CheckpointError::Durable(_) | CheckpointError::Cleanup { .. },
+            ) => ErrorKind::Io,
+            StageError::Checkpoint(_) => ErrorKind::Checkpoint,
+            StageError::Io(_) | StageError::Write(_) | StageError::Dataset(_) => ErrorKind::Io,
+            StageError::ThreadPool(_) | StageError::Panicked | StageError::Cancelled => {
+                ErrorKind::Internal
+            }
+        }
+    }
+
     /// Whether the conversion was stopped on purpose rather than failing.
     pub fn is_cancelled(&self) -> bool {
         matches!(self.source, StageError::Cancelled)
@@ -305,13 +377,15 @@ impl ConvertError {
     }
 }
 
-/// Progress of a running conversion.
+/// Progress of a running conversion, cumulative since it started (this run, when resumed).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Progress {
     pub records_read: u64,
     pub rows_written: u64,
     /// Compressed bytes of the input consumed so far.
     pub bytes_read: u64,
+    /// Busy seconds per stage so far.
+    pub busy: StageSeconds,
 }
 
 /// Hears about a conversion as it runs (progress bar, metrics) and may cancel it.
@@ -319,8 +393,9 @@ pub trait Observer: Sync {
     /// Called once per window of batches, never per record.
     fn progress(&self, _progress: Progress) {}
 
-    /// Called after a checkpoint is saved (once per part).
-    fn checkpointed(&self) {}
+    /// Called once per part, after the part is durable and the checkpoint recording it is
+    /// saved; `commit_seconds` is how long closing, syncing and renaming the part took.
+    fn checkpointed(&self, _part: &PartInfo, _commit_seconds: f64) {}
 
     /// Called when the conversion continues from the checkpoint of an interrupted run.
     fn resumed(&self) {}
@@ -414,6 +489,7 @@ fn convert_on(
     let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let staging_dir = staging.path().to_owned();
+    let busy = Arc::new(BusyTimes::default());
     let build = Build {
         input,
         options,
@@ -424,6 +500,7 @@ fn convert_on(
         source: &source_info,
         metadata,
         decoder: &decoder,
+        busy: &busy,
     };
 
     let mut attempt = 1;
@@ -453,7 +530,17 @@ fn convert_on(
     };
 
     let seconds = clock.elapsed().as_secs_f64();
-    let manifest = manifest(source_info, done, options, profile, started, seconds);
+    let manifest = manifest(
+        source_info,
+        done,
+        options,
+        profile,
+        Timing {
+            started,
+            seconds,
+            stages: busy.snapshot(),
+        },
+    );
     let output = staging
         .publish(&manifest)
         .map_err(|e| fail(Stage::Publish, e.into()))?;
@@ -478,6 +565,7 @@ struct Build<'a> {
     source: &'a SourceInfo,
     metadata: Vec<KeyValue>,
     decoder: &'a Decoder,
+    busy: &'a Arc<BusyTimes>,
 }
 
 impl Build<'_> {
@@ -493,6 +581,7 @@ impl Build<'_> {
             &self.options.write_options(),
             self.metadata.clone(),
             Arc::clone(self.pool),
+            Arc::clone(self.busy),
         )
         .map_err(|e| fail(Stage::Write, e.into()))?
         .resume_after(checkpoint.parts.len());
@@ -505,13 +594,17 @@ impl Build<'_> {
             pool: self.pool,
             observer: self.observer,
             staging: self.staging,
+            busy: self.busy,
         };
-        let (sink, mut checkpoint) = run.stages(self.decoder, sink, checkpoint)?;
+        let (sink, mut checkpoint, mut progress) = run.stages(self.decoder, sink, checkpoint)?;
         let last = sink.finish().map_err(|e| fail(Stage::Write, e.into()))?;
         if let Some(committed) = last {
             run.save(&mut checkpoint, committed)
                 .map_err(|e| e.attribute(self.input))?;
         }
+        // The last part's time and bytes, and the stages' final totals.
+        progress.busy = self.busy.snapshot();
+        self.observer.progress(progress);
         Ok(Done {
             records_now: checkpoint.next_record - first_record,
             checkpoint,
@@ -613,20 +706,31 @@ fn part_metadata(header_text: &str, source: &SourceInfo) -> Result<Vec<KeyValue>
     ])
 }
 
+/// When a conversion ran and where its time went.
+struct Timing {
+    started: SystemTime,
+    seconds: f64,
+    stages: StageSeconds,
+}
+
 fn manifest(
     source: SourceInfo,
     done: Done,
     options: &ConvertOptions,
     profile: Profile,
-    started: SystemTime,
-    seconds: f64,
+    timing: Timing,
 ) -> Manifest {
+    let Timing {
+        started,
+        seconds,
+        stages,
+    } = timing;
     let Done {
         checkpoint,
         records_now,
     } = done;
     let bytes_in = source.size;
-    let bytes_out = checkpoint.parts.iter().map(|p| p.bytes).sum();
+    let bytes_out: u64 = checkpoint.parts.iter().map(|p| p.bytes).sum();
     Manifest {
         bamflow_version: env!("CARGO_PKG_VERSION"),
         schema_version: SCHEMA_VERSION,
@@ -648,6 +752,9 @@ fn manifest(
         started: dataset::timestamp(started),
         finished: dataset::timestamp(SystemTime::now()),
         seconds,
+        stage_seconds: stages,
+        peak_rss_bytes: crate::metrics::peak_rss_bytes(),
+        compression_ratio: bytes_out as f64 / bytes_in.max(1) as f64,
         bytes_in,
         bytes_out,
     }
@@ -664,6 +771,7 @@ struct Run<'a> {
     pool: &'a Arc<ThreadPool>,
     observer: &'a dyn Observer,
     staging: &'a Path,
+    busy: &'a Arc<BusyTimes>,
 }
 
 impl Run<'_> {
@@ -674,7 +782,7 @@ impl Run<'_> {
         decoder: &Decoder,
         sink: ParquetSink,
         checkpoint: Checkpoint,
-    ) -> Result<(ParquetSink, Checkpoint), ConvertError> {
+    ) -> Result<(ParquetSink, Checkpoint, Progress), ConvertError> {
         let window = self.plan.window;
         let limits = self.plan.limits(self.options.part_records);
         let (raw_tx, raw_rx) = bounded(window);
@@ -711,8 +819,9 @@ impl Run<'_> {
             reader.join().map_err(|_| panicked())?;
             let written = writer.join().map_err(|_| panicked())?;
             // A decode (or forwarded read) error explains a writer that stopped early.
-            decoded?;
-            written
+            let progress = decoded?;
+            let (sink, checkpoint) = written?;
+            Ok((sink, checkpoint, progress))
         })
     }
 
@@ -733,7 +842,8 @@ impl Run<'_> {
             BufReader::with_capacity(1 << 20, file),
             start,
             Arc::clone(self.pool),
-        );
+        )
+        .with_busy(Arc::clone(self.busy));
         let mut stream = BgzfStream::new(reader);
         if from.record == 0 {
             header::read_header(&mut stream, self.options.header_limits())
@@ -789,7 +899,7 @@ impl Run<'_> {
         }
     }
 
-    /// Calling thread: decodes windows of batches in parallel; returns the records read.
+    /// Calling thread: decodes windows of batches in parallel; returns the progress made.
     fn decode(
         &self,
         decoder: &Decoder,
@@ -797,7 +907,7 @@ impl Run<'_> {
         free: Sender<RawBatch>,
         out: Sender<DecodedWindow>,
         bytes_read: &AtomicU64,
-    ) -> Result<u64, ConvertError> {
+    ) -> Result<Progress, ConvertError> {
         let mut progress = Progress::default();
         let mut window = Vec::with_capacity(self.plan.window);
         loop {
@@ -816,12 +926,16 @@ impl Run<'_> {
                 }
             }
             if window.is_empty() {
-                return Ok(progress.records_read);
+                return Ok(progress);
             }
 
-            let decoded: Vec<_> = self
-                .pool
-                .install(|| window.par_iter().map(|b| decoder.decode(b)).collect());
+            let busy = &**self.busy;
+            let decoded: Vec<_> = self.pool.install(|| {
+                window
+                    .par_iter()
+                    .map(|b| busy.time(BusyStage::Decode, || decoder.decode(b)))
+                    .collect()
+            });
             let mut chunks = Vec::with_capacity(decoded.len());
             for (raw_batch, result) in window.drain(..).zip(decoded) {
                 let rows =
@@ -838,9 +952,10 @@ impl Run<'_> {
             }
             if out.send(chunks).is_err() {
                 // The writer failed; its error is reported by `stages`.
-                return Ok(progress.records_read);
+                return Ok(progress);
             }
             progress.bytes_read = bytes_read.load(Ordering::Relaxed);
+            progress.busy = busy.snapshot();
             self.observer.progress(progress);
         }
     }
@@ -862,11 +977,16 @@ impl Run<'_> {
 
     /// Records a durable part in the checkpoint and saves it.
     fn save(&self, checkpoint: &mut Checkpoint, committed: Committed) -> Result<(), SinkError> {
-        checkpoint.add_part(committed.part, committed.next_virtual_offset);
+        let Committed {
+            part,
+            next_virtual_offset,
+            seconds,
+        } = committed;
+        checkpoint.add_part(part.clone(), next_virtual_offset);
         checkpoint.save(self.staging).map_err(|e| {
             SinkError::Checkpoint(ConvertError::new(self.input, Stage::Checkpoint, e.into()))
         })?;
-        self.observer.checkpointed();
+        self.observer.checkpointed(&part, seconds);
         Ok(())
     }
 }

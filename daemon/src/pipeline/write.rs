@@ -12,12 +12,11 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use parquet::arrow::arrow_writer::{
-    compute_leaves, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory,
-};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowLeafColumn, ArrowRowGroupWriterFactory};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
@@ -29,6 +28,7 @@ use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde::{Deserialize, Serialize};
 
+use super::busy::{BusyStage, BusyTimes};
 use super::encode::ColumnEncoders;
 use crate::durable::{self, DurableError};
 use crate::faults;
@@ -111,6 +111,8 @@ pub struct Chunk {
 pub struct Committed {
     pub part: PartInfo,
     pub next_virtual_offset: u64,
+    /// How long closing, syncing and renaming the part took.
+    pub seconds: f64,
 }
 
 /// A part file being written: counts and checksums its bytes on their way to the disk.
@@ -141,6 +143,7 @@ struct RowGroupLimits {
 }
 
 struct OpenPart {
+    busy: Arc<BusyTimes>,
     path: PathBuf,
     file: SerializedFileWriter<PartFile>,
     factory: ArrowRowGroupWriterFactory,
@@ -163,6 +166,7 @@ pub struct ParquetSink {
     row_group_rows: usize,
     row_group_bytes: usize,
     pool: Arc<ThreadPool>,
+    busy: Arc<BusyTimes>,
     current: Option<OpenPart>,
     /// Parts committed so far, including those of an earlier run this one resumes.
     parts: usize,
@@ -183,6 +187,7 @@ impl ParquetSink {
         options: &WriteOptions,
         metadata: Vec<KeyValue>,
         pool: Arc<ThreadPool>,
+        busy: Arc<BusyTimes>,
     ) -> Result<Self, WriteError> {
         let level = ZstdLevel::try_new(options.zstd_level)
             .map_err(|_| WriteError::InvalidZstdLevel(options.zstd_level))?;
@@ -210,6 +215,7 @@ impl ParquetSink {
             row_group_rows: options.row_group_rows,
             row_group_bytes: options.row_group_bytes,
             pool,
+            busy,
             current: None,
             parts: 0,
             last_end: 0,
@@ -308,6 +314,7 @@ impl ParquetSink {
                         .and_then(ArrowWriter::into_serialized_writer)
                         .map_err(parquet)?;
                 OpenPart {
+                    busy: Arc::clone(&self.busy),
                     path,
                     file,
                     factory,
@@ -329,7 +336,22 @@ impl ParquetSink {
         let Some(mut part) = self.current.take() else {
             return Ok(None);
         };
+        let started = Instant::now();
+        // Times its own encoding and writing.
         part.flush_row_group()?;
+        let busy = Arc::clone(&self.busy);
+        let closing = Instant::now();
+        let result = self.close_part(part, started);
+        busy.add(BusyStage::Write, closing.elapsed());
+        result
+    }
+
+    /// Writes the footer, fsyncs and renames a part whose row groups are all flushed.
+    fn close_part(
+        &mut self,
+        part: OpenPart,
+        started: Instant,
+    ) -> Result<Option<Committed>, WriteError> {
         let OpenPart {
             path,
             file,
@@ -369,6 +391,7 @@ impl ParquetSink {
                 crc32: crc.sum(),
             },
             next_virtual_offset: self.last_end,
+            seconds: started.elapsed().as_secs_f64(),
         }))
     }
 }
@@ -399,14 +422,20 @@ impl OpenPart {
                 path: self.path.clone(),
                 source,
             };
-            let leaves = leaves_by_column(&self.schema, &take).map_err(parquet)?;
+            let leaves = self
+                .busy
+                .time(BusyStage::Encode, || leaves_by_column(&self.schema, &take))
+                .map_err(parquet)?;
             let encoders = match &mut self.row_group {
                 Some(encoders) => encoders,
                 None => {
                     let index = self.file.flushed_row_groups().len();
                     let writers = self.factory.create_column_writers(index).map_err(parquet)?;
-                    self.row_group
-                        .insert(ColumnEncoders::new(writers, Arc::clone(&self.pool)))
+                    self.row_group.insert(ColumnEncoders::new(
+                        writers,
+                        Arc::clone(&self.pool),
+                        Arc::clone(&self.busy),
+                    ))
                 }
             };
             encoders
@@ -438,21 +467,25 @@ impl OpenPart {
             source,
         };
         let writers = encoders.finish().map_err(parquet)?;
+        let busy = &self.busy;
         let chunks = self
             .pool
             .install(|| {
                 writers
                     .into_par_iter()
-                    .map(ArrowColumnWriter::close)
+                    .map(|writer| busy.time(BusyStage::Encode, || writer.close()))
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(parquet)?;
-        let mut row_group = self.file.next_row_group().map_err(parquet)?;
-        for chunk in chunks {
-            chunk.append_to_row_group(&mut row_group).map_err(parquet)?;
-        }
-        row_group.close().map_err(parquet)?;
-        Ok(())
+        self.busy
+            .time(BusyStage::Write, || {
+                let mut row_group = self.file.next_row_group()?;
+                for chunk in chunks {
+                    chunk.append_to_row_group(&mut row_group)?;
+                }
+                row_group.close().map(drop)
+            })
+            .map_err(parquet)
     }
 }
 
@@ -511,7 +544,7 @@ mod tests {
                 .build()
                 .unwrap(),
         );
-        ParquetSink::new(dir, schema, &options, Vec::new(), pool).unwrap()
+        ParquetSink::new(dir, schema, &options, Vec::new(), pool, Arc::default()).unwrap()
     }
 
     fn batch(start: i32, rows: i32) -> Chunk {

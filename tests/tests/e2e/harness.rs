@@ -74,6 +74,20 @@ impl Daemon {
         (status.code(), started.elapsed(), self.log())
     }
 
+    /// The address `/metrics` is served on, from the daemon's log (configs here use port 0).
+    pub fn metrics_address(&self) -> String {
+        let mut address = None;
+        self.wait_for("the metrics listener", || {
+            address = self.log().lines().find_map(|line| {
+                let rest = line.split("Serving metrics").nth(1)?;
+                let value = rest.split("address=").nth(1)?;
+                Some(value.split_whitespace().next()?.to_owned())
+            });
+            address.is_some()
+        });
+        address.unwrap_or_default()
+    }
+
     /// Kills the daemon with SIGKILL, as the OOM killer or a power cut would; returns its log.
     pub fn kill_9(mut self) -> String {
         let mut child = self.child.take().expect("running");
@@ -124,7 +138,7 @@ const _: () = assert!(LIMIT.as_secs() < 300);
 /// A config with fast settling and rescans, for tests.
 pub fn config(dir: &TestDir, inbox: &Path, extra_watch: &str) -> PathBuf {
     let text = format!(
-        "[daemon]\nstate_dir = \"{state}\"\nscan_interval_seconds = 1\n\n[[watch]]\nname = \"test\"\npath = \"{inbox}\"\nsettle_seconds = 1\noutput = \"{out}/{{watch}}/{{stem}}\"\n{extra_watch}\n",
+        "[daemon]\nstate_dir = \"{state}\"\nscan_interval_seconds = 1\nmetrics_listen = \"127.0.0.1:0\"\n\n[[watch]]\nname = \"test\"\npath = \"{inbox}\"\nsettle_seconds = 1\noutput = \"{out}/{{watch}}/{{stem}}\"\n{extra_watch}\n",
         state = dir.path("state").display(),
         inbox = inbox.display(),
         out = dir.path("lake").display(),

@@ -8,5 +8,6 @@ mod crash;
 mod daemon;
 mod fidelity;
 mod harness;
+mod metrics;
 mod options;
 mod support;

@@ -1,0 +1,500 @@
+//! Prometheus metrics (DESIGN.md §8) and the HTTP endpoint that serves them.
+//!
+//! Every series exists from the start at zero, so a dashboard shows a flat line rather than
+//! "no data" and `rate()` sees the first increment. Labels come only from closed sets: watch
+//! names from the configuration, and the fixed lists of outcomes, stages, error kinds and
+//! rescan reasons below. No file or sample name ever becomes a label, so the number of series
+//! depends on the configuration, never on how many files went through.
+//!
+//! Counters are updated once per window of batches or per part, never per record.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::pipeline::busy::{BusyStage, StageSeconds};
+use crate::pipeline::{ErrorKind, Stage};
+
+/// How a file ended, as the `outcome` label says.
+pub const OUTCOMES: [&str; 3] = ["success", "failure", "duplicate"];
+
+/// Why a full rescan ran, as the `reason` label says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RescanReason {
+    /// `scan_interval_seconds` elapsed (or the daemon started).
+    Interval,
+    /// A filesystem event (or an overflow of the event queue).
+    Event,
+    /// The configuration was reloaded.
+    Reload,
+}
+
+impl RescanReason {
+    const ALL: [Self; 3] = [Self::Interval, Self::Event, Self::Reload];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Interval => "interval",
+            Self::Event => "event",
+            Self::Reload => "reload",
+        }
+    }
+}
+
+/// Every metric family of the daemon, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    files_discovered: IntCounterVec,
+    files_processed: IntCounterVec,
+    files_in_progress: IntGaugeVec,
+    files_pending: IntGaugeVec,
+    oldest_pending: GaugeVec,
+    records_read: IntCounterVec,
+    records_written: IntCounterVec,
+    records_filtered: IntCounterVec,
+    input_bytes: IntCounterVec,
+    output_bytes: IntCounterVec,
+    file_duration: HistogramVec,
+    part_commit_duration: Histogram,
+    stage_busy: prometheus::CounterVec,
+    checkpoints: IntCounterVec,
+    resumes: IntCounterVec,
+    errors: IntCounterVec,
+    rescans: IntCounterVec,
+    last_success: GaugeVec,
+    config_reload_ok: IntGauge,
+    plugin_info: IntGaugeVec,
+    heartbeat: Gauge,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl Metrics {
+    /// Registers every family, the process collector and `bamflow_build_info`.
+    ///
+    /// # Errors
+    ///
+    /// Returns the registry's error (a duplicate or malformed family: a bug).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let family = IntCounterVec::new(opts(name, help), labels)?;
+            registry.register(Box::new(family.clone()))?;
+            Ok::<_, prometheus::Error>(family)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let family = IntGaugeVec::new(opts(name, help), labels)?;
+            registry.register(Box::new(family.clone()))?;
+            Ok::<_, prometheus::Error>(family)
+        };
+        let float_gauge = |name: &str, help: &str, labels: &[&str]| {
+            let family = GaugeVec::new(opts(name, help), labels)?;
+            registry.register(Box::new(family.clone()))?;
+            Ok::<_, prometheus::Error>(family)
+        };
+        let watch = &["watch"];
+
+        let build_info = gauge(
+            "bamflow_build_info",
+            "Always 1; the version label says which bamflow is running.",
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let file_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "bamflow_file_duration_seconds",
+                "Seconds from claiming a file to filing it away, per converted file.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+                14400.0, 28800.0, 86400.0,
+            ]),
+            watch,
+        )?;
+        registry.register(Box::new(file_duration.clone()))?;
+        let part_commit_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "bamflow_part_commit_duration_seconds",
+                "Seconds to close, fsync and rename one part file.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )?;
+        registry.register(Box::new(part_commit_duration.clone()))?;
+        let stage_busy = prometheus::CounterVec::new(
+            opts(
+                "bamflow_stage_busy_seconds_total",
+                "Seconds spent working in each pipeline stage, summed over threads.",
+            ),
+            &["stage"],
+        )?;
+        registry.register(Box::new(stage_busy.clone()))?;
+        let heartbeat = Gauge::with_opts(opts(
+            "bamflow_loop_heartbeat_timestamp_seconds",
+            "When the daemon's scan loop last ran (Unix time); /healthz fails when it stalls.",
+        ))?;
+        registry.register(Box::new(heartbeat.clone()))?;
+        let config_reload_ok = IntGauge::with_opts(opts(
+            "bamflow_config_last_reload_successful",
+            "1 when the last configuration (re)load succeeded, 0 when it was refused.",
+        ))?;
+        registry.register(Box::new(config_reload_ok.clone()))?;
+        config_reload_ok.set(1);
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        let metrics = Self {
+            files_discovered: counter(
+                "bamflow_files_discovered_total",
+                "Files matching a watch's pattern seen for the first time.",
+                watch,
+            )?,
+            files_processed: counter(
+                "bamflow_files_processed_total",
+                "Files finished, by outcome.",
+                &["watch", "outcome"],
+            )?,
+            files_in_progress: gauge(
+                "bamflow_files_in_progress",
+                "Files being converted now.",
+                watch,
+            )?,
+            files_pending: gauge(
+                "bamflow_files_pending",
+                "Files seen in a watched folder and not yet being converted.",
+                watch,
+            )?,
+            oldest_pending: float_gauge(
+                "bamflow_oldest_pending_file_timestamp_seconds",
+                "When the oldest pending file was first seen (Unix time); 0 when none is pending.",
+                watch,
+            )?,
+            records_read: counter(
+                "bamflow_records_read_total",
+                "BAM records read from inputs.",
+                watch,
+            )?,
+            records_written: counter(
+                "bamflow_records_written_total",
+                "Rows written to Parquet parts.",
+                watch,
+            )?,
+            records_filtered: counter(
+                "bamflow_records_filtered_total",
+                "Records dropped, by filter.",
+                &["watch", "filter"],
+            )?,
+            input_bytes: counter(
+                "bamflow_input_bytes_total",
+                "Compressed BAM bytes read.",
+                watch,
+            )?,
+            output_bytes: counter(
+                "bamflow_output_bytes_total",
+                "Parquet bytes written in committed parts.",
+                watch,
+            )?,
+            file_duration,
+            part_commit_duration,
+            stage_busy,
+            checkpoints: counter(
+                "bamflow_checkpoints_total",
+                "Checkpoints saved (one per committed part).",
+                watch,
+            )?,
+            resumes: counter(
+                "bamflow_resumes_total",
+                "Conversions continued from a checkpoint after an interruption.",
+                watch,
+            )?,
+            errors: counter(
+                "bamflow_errors_total",
+                "Failed conversions, by the stage that failed and the kind of error.",
+                &["stage", "kind"],
+            )?,
+            rescans: counter(
+                "bamflow_watch_rescans_total",
+                "Full rescans of the watched folders, by what triggered them.",
+                &["reason"],
+            )?,
+            last_success: float_gauge(
+                "bamflow_last_success_timestamp_seconds",
+                "When a file last converted successfully (Unix time); 0 before the first.",
+                watch,
+            )?,
+            config_reload_ok,
+            plugin_info: gauge(
+                "bamflow_plugin_info",
+                "Always 1 per loaded filter plugin; labels name it.",
+                &["plugin", "version", "abi"],
+            )?,
+            heartbeat,
+            registry,
+        };
+        for stage in BusyStage::ALL {
+            metrics.stage_busy.with_label_values(&[stage.name()]);
+        }
+        for stage in Stage::ALL {
+            for kind in ErrorKind::ALL {
+                metrics
+                    .errors
+                    .with_label_values(&[&stage.to_string(), kind.name()]);
+            }
+        }
+        for reason in RescanReason::ALL {
+            metrics.rescans.with_label_values(&[reason.name()]);
+        }
+        Ok(metrics)
+    }
+
+    /// Creates every series of a watch at zero (at start, and for watches a reload adds).
+    pub fn init_watch(&self, watch: &str) {
+        let labels = &[watch];
+        self.files_discovered.with_label_values(labels);
+        for outcome in OUTCOMES {
+            self.files_processed.with_label_values(&[watch, outcome]);
+        }
+        self.files_in_progress.with_label_values(labels);
+        self.files_pending.with_label_values(labels);
+        self.oldest_pending.with_label_values(labels);
+        self.records_read.with_label_values(labels);
+        self.records_written.with_label_values(labels);
+        self.input_bytes.with_label_values(labels);
+        self.output_bytes.with_label_values(labels);
+        self.file_duration.with_label_values(labels);
+        self.checkpoints.with_label_values(labels);
+        self.resumes.with_label_values(labels);
+        self.last_success.with_label_values(labels);
+    }
+
+    /// The Prometheus text format of every series.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let families = self.registry.gather();
+        if let Err(error) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(%error, "Cannot encode metrics.");
+        }
+        out
+    }
+
+    pub fn discovered(&self, watch: &str, files: u64) {
+        self.files_discovered
+            .with_label_values(&[watch])
+            .inc_by(files);
+    }
+
+    pub fn pending(&self, watch: &str, files: usize, oldest: Option<SystemTime>) {
+        self.files_pending
+            .with_label_values(&[watch])
+            .set(i64::try_from(files).unwrap_or(i64::MAX));
+        self.oldest_pending
+            .with_label_values(&[watch])
+            .set(oldest.map_or(0.0, unix_seconds));
+    }
+
+    pub fn rescanned(&self, reason: RescanReason) {
+        self.rescans.with_label_values(&[reason.name()]).inc();
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        self.config_reload_ok.set(i64::from(ok));
+    }
+
+    /// The scan loop is alive.
+    pub fn beat(&self) {
+        self.heartbeat.set(unix_seconds(SystemTime::now()));
+    }
+
+    fn heartbeat_age(&self) -> Duration {
+        let now = unix_seconds(SystemTime::now());
+        Duration::from_secs_f64((now - self.heartbeat.get()).max(0.0))
+    }
+
+    pub fn file_started(&self, watch: &str) {
+        self.files_in_progress.with_label_values(&[watch]).inc();
+    }
+
+    /// A file ended with `outcome` (one of [`OUTCOMES`]) after `seconds`; `None` when it did
+    /// not finish (shutdown, skipped).
+    pub fn file_finished(&self, watch: &str, outcome: Option<&str>, seconds: f64) {
+        self.files_in_progress.with_label_values(&[watch]).dec();
+        let Some(outcome) = outcome else { return };
+        self.files_processed
+            .with_label_values(&[watch, outcome])
+            .inc();
+        if outcome == "success" {
+            self.file_duration
+                .with_label_values(&[watch])
+                .observe(seconds);
+            self.last_success
+                .with_label_values(&[watch])
+                .set(unix_seconds(SystemTime::now()));
+        }
+    }
+
+    pub fn error(&self, stage: Stage, kind: ErrorKind) {
+        self.errors
+            .with_label_values(&[&stage.to_string(), kind.name()])
+            .inc();
+    }
+
+    /// Adds a conversion's progress since `last` (both cumulative for that conversion).
+    pub fn progressed(&self, watch: &str, last: &Counters, now: &Counters) {
+        let labels = &[watch];
+        self.records_read
+            .with_label_values(labels)
+            .inc_by(since(last.records_read, now.records_read));
+        self.records_written
+            .with_label_values(labels)
+            .inc_by(since(last.rows_written, now.rows_written));
+        self.input_bytes
+            .with_label_values(labels)
+            .inc_by(since(last.bytes_read, now.bytes_read));
+        for stage in BusyStage::ALL {
+            let (before, after) = (last.busy.get(stage), now.busy.get(stage));
+            let delta = if after >= before {
+                after - before
+            } else {
+                after
+            };
+            self.stage_busy
+                .with_label_values(&[stage.name()])
+                .inc_by(delta);
+        }
+    }
+
+    pub fn part_committed(&self, watch: &str, bytes: u64, commit_seconds: f64) {
+        self.checkpoints.with_label_values(&[watch]).inc();
+        self.output_bytes.with_label_values(&[watch]).inc_by(bytes);
+        self.part_commit_duration.observe(commit_seconds);
+    }
+
+    /// Records dropped by a filter (built-in or plugin), once per batch.
+    pub fn filtered(&self, watch: &str, filter: &str, records: u64) {
+        self.records_filtered
+            .with_label_values(&[watch, filter])
+            .inc_by(records);
+    }
+
+    /// A filter plugin was loaded.
+    pub fn plugin_loaded(&self, plugin: &str, version: &str, abi: &str) {
+        self.plugin_info
+            .with_label_values(&[plugin, version, abi])
+            .set(1);
+    }
+
+    pub fn resumed(&self, watch: &str) {
+        self.resumes.with_label_values(&[watch]).inc();
+    }
+}
+
+/// The cumulative figures of one conversion the metrics are fed from.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub records_read: u64,
+    pub rows_written: u64,
+    pub bytes_read: u64,
+    pub busy: StageSeconds,
+}
+
+/// Growth from `before` to `after`; a counter that went back (a retried attempt counting from
+/// zero again) counts from zero.
+fn since(before: u64, after: u64) -> u64 {
+    after.checked_sub(before).unwrap_or(after)
+}
+
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Peak resident set size of this process (`VmHWM`), 0 when unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let kib = line.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?;
+                kib.trim().parse::<u64>().ok()
+            })
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `address` from a thread of its own, so a slow
+/// scraper never touches the pipeline. Returns the address actually bound (port 0 picks one).
+///
+/// `/healthz` answers 200 while the scan loop has run within `stall_after`, 503 otherwise.
+///
+/// # Errors
+///
+/// Returns the error of binding the address.
+pub fn serve(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    stall_after: Duration,
+) -> io::Result<SocketAddr> {
+    let server = tiny_http::Server::http(address).map_err(io::Error::other)?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| io::Error::other("metrics listener has no IP address"))?;
+    std::thread::Builder::new()
+        .name("bamflow-metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                respond(request, &metrics, stall_after);
+            }
+        })?;
+    Ok(bound)
+}
+
+fn respond(request: tiny_http::Request, metrics: &Metrics, stall_after: Duration) {
+    use tiny_http::{Header, Method, Response};
+    let text = |body: Vec<u8>, status: u16, content_type: &str| {
+        let mut response = Response::from_data(body).with_status_code(status);
+        if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
+            response.add_header(header);
+        }
+        response
+    };
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let response = match (request.method(), path.as_str()) {
+        (Method::Get, "/metrics") => text(
+            metrics.render(),
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (Method::Get, "/healthz") => {
+            let age = metrics.heartbeat_age();
+            if age <= stall_after {
+                text(b"ok\n".to_vec(), 200, "text/plain")
+            } else {
+                let body = format!("stalled: the scan loop last ran {}s ago\n", age.as_secs());
+                text(body.into_bytes(), 503, "text/plain")
+            }
+        }
+        _ => text(b"not found\n".to_vec(), 404, "text/plain"),
+    };
+    if let Err(error) = request.respond(response) {
+        tracing::debug!(%error, "Metrics client went away.");
+    }
+}
