@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::tags::Tags;
+use crate::tags::{TagError, TagValue, Tags};
 
 /// Length of the fixed-size part of a record, from `refID` through `tlen`.
 const FIXED_LEN: usize = 32;
@@ -206,6 +206,50 @@ impl<'a> RecordView<'a> {
     /// Iterates over the optional fields, in file order.
     pub fn tags(&self) -> Tags<'a> {
         Tags::new(self.data_bytes())
+    }
+
+    /// Reference bases the alignment covers (CIGAR `M`, `D`, `N`, `=`, `X`), from the `CG` tag
+    /// when the CIGAR is the placeholder of a record with over 65,535 operations.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`TagError`] when the `CG` tag is malformed.
+    pub fn reference_span(&self) -> Result<u64, TagError> {
+        self.sum_cigar(|op| matches!(op, 0 | 2 | 3 | 7 | 8))
+    }
+
+    /// Query bases aligned to the reference (CIGAR `M`, `=`, `X`), from the `CG` tag when the
+    /// CIGAR is a placeholder.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`TagError`] when the `CG` tag is malformed.
+    pub fn aligned_length(&self) -> Result<u64, TagError> {
+        self.sum_cigar(|op| matches!(op, 0 | 7 | 8))
+    }
+
+    /// Sums the lengths of the operations `counts` selects, over the real CIGAR.
+    fn sum_cigar(&self, counts: impl Fn(u8) -> bool) -> Result<u64, TagError> {
+        let mut ops = self.cigar_ops();
+        // SAMv1 §4.2.2: `<l_seq>S<reference length>N` stands for the CIGAR in the CG tag.
+        let placeholder = self.cigar_op_count() == 2
+            && ops.next() == Some((4, self.sequence_len() as u32))
+            && ops.next().is_some_and(|(op, _)| op == 3);
+        if placeholder {
+            if let Some(TagValue::Array(array)) = self.tags().find(*b"CG")? {
+                return Ok(array
+                    .integers()
+                    .map(|n| n as u32)
+                    .filter(|n| counts((n & 0xf) as u8))
+                    .map(|n| u64::from(n >> 4))
+                    .sum());
+            }
+        }
+        Ok(self
+            .cigar_ops()
+            .filter(|&(op, _)| counts(op))
+            .map(|(_, len)| u64::from(len))
+            .sum())
     }
 }
 
