@@ -47,6 +47,25 @@ pub enum Command {
         /// The TOML config file.
         file: PathBuf,
     },
+    /// Filter plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a plugin library as the daemon would and run the conformance checks on it: empty
+    /// and one-record batches, the largest records, determinism, nanoseconds per record.
+    Check {
+        /// The plugin's shared library (.so).
+        path: PathBuf,
+        /// The plugin's config, as JSON (the `config` table of its [[plugin]] entry).
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Pinned SHA-256 of the library, checked as the daemon does.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +98,23 @@ pub struct ConvertArgs {
     /// Records per batch; 0 (default) sizes batches from the profile and batch_memory_mb.
     #[arg(long)]
     pub batch_records: Option<usize>,
+    /// Keep only records with MAPQ at least this (samtools view -q).
+    #[arg(long)]
+    pub min_mapq: Option<u8>,
+    /// Keep only records with all these flag bits set (samtools view -f); decimal or 0x hex.
+    #[arg(long, value_parser = parse_flags)]
+    pub include_flags: Option<u16>,
+    /// Drop records with any of these flag bits set (samtools view -F); decimal or 0x hex.
+    #[arg(long, value_parser = parse_flags)]
+    pub exclude_flags: Option<u16>,
+    /// Keep only records overlapping this region: chr, chr:beg or chr:beg-end, 1-based and
+    /// inclusive (repeatable; needs a .bai or .csi index beside the BAM).
+    #[arg(long = "region")]
+    pub regions: Vec<String>,
+    /// Run this filter plugin library with an empty config (repeatable; after the built-in
+    /// filters; use --config with [[plugin]] tables to configure plugins).
+    #[arg(long = "plugin")]
+    pub plugins: Vec<PathBuf>,
     /// Convert a file that lacks the BGZF EOF block (it may be truncated).
     #[arg(long)]
     pub allow_missing_eof: bool,
@@ -86,6 +122,15 @@ pub struct ConvertArgs {
     /// interrupted run's parts are discarded and the conversion starts over.
     #[arg(long)]
     pub resume: bool,
+}
+
+/// Flag bits as samtools takes them: decimal, or hex with `0x`.
+fn parse_flags(text: &str) -> Result<u16, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not a flag value (0-65535, or 0x hex): {e}"))
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pipeline::filter::{FilterOptions, PluginSpec, Region};
 use crate::pipeline::schema::{OutputSchema, PromotedTag, SchemaError};
 use crate::pipeline::ConvertOptions;
 
@@ -182,6 +183,60 @@ pub struct RawFilter {
     pub regions: Option<Vec<String>>,
 }
 
+impl RawFilter {
+    /// Later values win: `self` is the base, `over` the override.
+    pub fn merged(&self, over: &RawFilter) -> RawFilter {
+        RawFilter {
+            min_mapq: over.min_mapq.or(self.min_mapq),
+            include_flags: over.include_flags.or(self.include_flags),
+            exclude_flags: over.exclude_flags.or(self.exclude_flags),
+            regions: over.regions.clone().or_else(|| self.regions.clone()),
+        }
+    }
+
+    /// The filters to run: these built-ins, then `plugins` in order.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for a region that does not parse.
+    pub fn resolve(
+        &self,
+        plugins: &[RawPlugin],
+        path: &Path,
+    ) -> Result<FilterOptions, ConfigError> {
+        let regions = self
+            .regions
+            .iter()
+            .flatten()
+            .map(|text| Region::parse(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "filter.regions".to_owned(),
+                message,
+            })?;
+        let plugins = plugins
+            .iter()
+            .map(|plugin| PluginSpec {
+                path: plugin.path.clone(),
+                sha256: plugin.sha256.clone().filter(|s| !s.is_empty()),
+                config_json: plugin
+                    .config
+                    .as_ref()
+                    .and_then(|c| serde_json::to_string(c).ok())
+                    .unwrap_or_else(|| "{}".to_owned()),
+            })
+            .collect();
+        Ok(FilterOptions {
+            min_mapq: self.min_mapq.unwrap_or(0),
+            include_flags: self.include_flags.unwrap_or(0),
+            exclude_flags: self.exclude_flags.unwrap_or(0),
+            regions,
+            plugins,
+        })
+    }
+}
+
 /// `[[plugin]]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -259,6 +314,9 @@ pub struct ConvertOverrides {
     pub batch_records: Option<usize>,
     pub allow_missing_eof: bool,
     pub resume: bool,
+    pub filter: RawFilter,
+    /// Plugin libraries, each with an empty config.
+    pub plugins: Vec<PathBuf>,
 }
 
 impl RawConvert {
@@ -360,6 +418,7 @@ impl RawConvert {
             allow_missing_eof: false,
             // The daemon always continues an interrupted conversion; `convert` asks.
             resume: true,
+            filters: FilterOptions::default(),
         })
     }
 }
@@ -410,6 +469,13 @@ pub fn convert_options(
     let mut options = raw.convert.merged(&over).resolve(&path, threads)?;
     options.allow_missing_eof = flags.allow_missing_eof;
     options.resume = flags.resume;
+    let mut plugins = raw.plugin.clone();
+    plugins.extend(flags.plugins.iter().map(|path| RawPlugin {
+        path: path.clone(),
+        sha256: None,
+        config: None,
+    }));
+    options.filters = raw.filter.merged(&flags.filter).resolve(&plugins, &path)?;
     Ok(options)
 }
 
@@ -421,24 +487,13 @@ fn refuse_unsupported(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
         key: key.to_owned(),
         message: "not supported by this version of bamflow yet".to_owned(),
     };
-    let filters =
-        std::iter::once(&raw.filter).chain(raw.watch.iter().filter_map(|w| w.filter.as_ref()));
-    for filter in filters {
-        if filter.min_mapq.unwrap_or(0) != 0 {
-            return Err(unsupported("filter.min_mapq"));
-        }
-        if filter.include_flags.unwrap_or(0) != 0 {
-            return Err(unsupported("filter.include_flags"));
-        }
-        if filter.exclude_flags.unwrap_or(0) != 0 {
-            return Err(unsupported("filter.exclude_flags"));
-        }
-        if filter.regions.as_ref().is_some_and(|r| !r.is_empty()) {
-            return Err(unsupported("filter.regions"));
-        }
-    }
-    if !raw.plugin.is_empty() {
-        return Err(unsupported("plugin"));
+    if raw
+        .coordination
+        .postgres_url
+        .as_ref()
+        .is_some_and(|url| !url.is_empty())
+    {
+        return Err(unsupported("coordination.postgres_url"));
     }
     Ok(())
 }
@@ -562,6 +617,12 @@ impl RawConfig {
                 Some(over) => self.convert.merged(over),
                 None => self.convert.clone(),
             };
+            let filter = match &raw.filter {
+                Some(over) => self.filter.merged(over),
+                None => self.filter.clone(),
+            };
+            let mut convert = convert.resolve(path, threads)?;
+            convert.filters = filter.resolve(&self.plugin, path)?;
             watches.push(WatchConfig {
                 name: raw.name.clone(),
                 path: raw.path.clone(),
@@ -571,7 +632,7 @@ impl RawConfig {
                 output,
                 on_success,
                 on_failure,
-                convert: convert.resolve(path, threads)?,
+                convert,
             });
         }
         let scan_interval = self.daemon.scan_interval_seconds.unwrap_or(10);
@@ -778,12 +839,31 @@ mod tests {
     }
 
     #[test]
-    fn filters_are_refused_until_supported_rather_than_ignored() {
+    fn filters_merge_per_watch_and_flags_win() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.toml");
-        std::fs::write(&path, "[filter]\nmin_mapq = 20\n").unwrap();
+        std::fs::write(
+            &path,
+            "[filter]\nmin_mapq = 20\nexclude_flags = 1024\nregions = [\"chr1:1,000-2,000\"]\n\n\
+             [[plugin]]\npath = \"/opt/p.so\"\nconfig = { tag = \"CB\" }\n",
+        )
+        .unwrap();
+        let flags = ConvertOverrides {
+            filter: RawFilter {
+                min_mapq: Some(30),
+                ..RawFilter::default()
+            },
+            ..ConvertOverrides::default()
+        };
+        let filters = convert_options(Some(&path), &flags).unwrap().filters;
+        assert_eq!(filters.min_mapq, 30);
+        assert_eq!(filters.exclude_flags, 1024);
+        assert_eq!(filters.regions[0].to_string(), "chr1:1000-2000");
+        assert_eq!(filters.plugins[0].config_json, r#"{"tag":"CB"}"#);
+
+        std::fs::write(&path, "[filter]\nregions = [\"chr1:5-1\"]\n").unwrap();
         let err = convert_options(Some(&path), &ConvertOverrides::default()).unwrap_err();
-        assert!(err.to_string().contains("filter.min_mapq"), "{err}");
+        assert!(err.to_string().contains("filter.regions"), "{err}");
     }
 
     #[test]

@@ -25,5 +25,6 @@ pub mod faults;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugin;
 pub mod service;
 pub mod watch;

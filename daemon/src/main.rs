@@ -18,7 +18,7 @@ use bamflow::service::Notifier;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{Cli, Command, ConvertArgs, LogFormat, ProfileArgs};
+use crate::cli::{Cli, Command, ConvertArgs, LogFormat, PluginCommand, ProfileArgs};
 
 /// Exit status for a failed input or output (the message names file, stage and offset).
 const EXIT_FAILURE: u8 = 1;
@@ -40,6 +40,11 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert(args),
         Command::Profile(args) => profile(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Plugin(PluginCommand::Check {
+            path,
+            config,
+            sha256,
+        }) => plugin_check(&path, &config, sha256.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,6 +157,13 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         batch_records: args.batch_records,
         allow_missing_eof: args.allow_missing_eof,
         resume: args.resume,
+        filter: config::RawFilter {
+            min_mapq: args.min_mapq,
+            include_flags: args.include_flags,
+            exclude_flags: args.exclude_flags,
+            regions: (!args.regions.is_empty()).then_some(args.regions),
+        },
+        plugins: args.plugins,
     };
     let options = config::convert_options(args.config.as_deref(), &flags)?;
     let size = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
@@ -199,6 +211,38 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(&profile).context("cannot print the profile")?
+    );
+    Ok(())
+}
+
+/// Loads a plugin as the daemon would and runs the conformance harness on it.
+fn plugin_check(path: &std::path::Path, config: &str, sha256: Option<&str>) -> anyhow::Result<()> {
+    serde_json::from_str::<serde_json::Value>(config).context("--config must be JSON")?;
+    let plugin = bamflow::plugin::Plugin::load(path, sha256)?;
+    println!(
+        "{} {} ({}), ABI {}{}",
+        plugin.name(),
+        plugin.version(),
+        path.display(),
+        bamflow_plugin_api::ABI_MAJOR,
+        if plugin.thread_safe() {
+            ", thread-safe"
+        } else {
+            ""
+        }
+    );
+    let report = plugin.conformance(config);
+    for check in &report.checks {
+        let mark = if check.passed { "ok  " } else { "FAIL" };
+        println!("  {mark} {:<18} {}", check.name, check.detail);
+    }
+    if let Some(kept) = report.kept_fraction {
+        println!("  kept {:.1}% of the timing run's records", kept * 100.0);
+    }
+    anyhow::ensure!(
+        report.passed(),
+        "{} failed its conformance checks",
+        path.display()
     );
     Ok(())
 }

@@ -71,6 +71,11 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// The buffer and the offsets, as the C ABI passes them.
+    pub fn parts(&self) -> (&'a [u8], &'a [u32]) {
+        (self.data, self.offsets)
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.offsets.len().saturating_sub(1)

@@ -23,6 +23,7 @@ pub mod busy;
 pub mod columns;
 pub mod decode;
 pub mod encode;
+pub mod filter;
 pub mod header;
 pub mod profile;
 pub mod sam_text;
@@ -47,6 +48,7 @@ use rayon::ThreadPool;
 use self::bgzf::{BgzfError, BgzfStream, BlockReader};
 use self::busy::{BusyStage, BusyTimes, StageSeconds};
 use self::decode::{DecodeError, Decoder};
+use self::filter::{FilterChain, FilterError, FilterOptions, PluginFilter};
 use self::header::{HeaderError, HeaderLimits};
 use self::profile::{BatchPlan, Profile, ProfileOptions};
 use self::schema::{OutputSchema, SCHEMA_VERSION};
@@ -92,6 +94,24 @@ impl RawBatch {
         self.len() == 0
     }
 
+    /// Keeps the records whose `keep` byte is 1, in order, moving them to the front of the
+    /// buffer (no allocation).
+    pub fn retain(&mut self, keep: &[u8]) {
+        let mut write = 0;
+        let mut kept = 1;
+        for i in 0..self.len() {
+            let (start, end) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+            if keep.get(i) == Some(&1) {
+                self.data.copy_within(start..end, write);
+                write += end - start;
+                self.offsets[kept] = write as u32;
+                kept += 1;
+            }
+        }
+        self.data.truncate(write);
+        self.offsets.truncate(kept);
+    }
+
     /// The records' bytes, in order.
     pub fn records(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         self.offsets
@@ -118,6 +138,7 @@ pub struct ConvertOptions {
     /// Continue from the checkpoint of an interrupted conversion into the same output (the
     /// daemon always does); otherwise such leftovers are discarded.
     pub resume: bool,
+    pub filters: FilterOptions,
 }
 
 impl ConvertOptions {
@@ -147,7 +168,7 @@ impl ConvertOptions {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            filters: Vec::new(),
+            filters: self.filters.describe(),
             part_records: self.part_records,
         }
     }
@@ -170,6 +191,7 @@ pub enum Stage {
     Inflate,
     Header,
     Frame,
+    Filter,
     Decode,
     Write,
     Checkpoint,
@@ -177,12 +199,13 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Open,
         Self::Read,
         Self::Inflate,
         Self::Header,
         Self::Frame,
+        Self::Filter,
         Self::Decode,
         Self::Write,
         Self::Checkpoint,
@@ -201,16 +224,19 @@ pub enum ErrorKind {
     Limit,
     /// An interrupted conversion's checkpoint cannot be trusted.
     Checkpoint,
+    /// A filter plugin was refused, rejected its config or failed.
+    Plugin,
     /// Something in bamflow itself (a thread pool, a panic, an encoder).
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Io,
         Self::InvalidInput,
         Self::Limit,
         Self::Checkpoint,
+        Self::Plugin,
         Self::Internal,
     ];
 
@@ -220,6 +246,7 @@ impl ErrorKind {
             Self::InvalidInput => "invalid_input",
             Self::Limit => "limit",
             Self::Checkpoint => "checkpoint",
+            Self::Plugin => "plugin",
             Self::Internal => "internal",
         }
     }
@@ -233,6 +260,7 @@ impl fmt::Display for Stage {
             Self::Inflate => "inflate",
             Self::Header => "header",
             Self::Frame => "frame",
+            Self::Filter => "filter",
             Self::Decode => "decode",
             Self::Write => "write",
             Self::Checkpoint => "checkpoint",
@@ -260,6 +288,8 @@ pub enum StageError {
     Dataset(#[from] DatasetError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     #[error("cannot start the worker pool")]
     ThreadPool(#[from] rayon::ThreadPoolBuildError),
     #[error("a pipeline thread panicked")]
@@ -332,6 +362,7 @@ impl ConvertError {
             | StageError::Source(SourceError::Bgzf(e)) => e.offset().map(Location::Byte),
             StageError::Source(e) => e.offset().map(Location::Byte),
             StageError::Decode(e) => e.record().map(Location::Record),
+            StageError::Filter(e) => e.record().map(Location::Record),
             _ => None,
         }
     }
@@ -346,6 +377,8 @@ impl ConvertError {
                 ErrorKind::InvalidInput
             }
             StageError::Decode(_) => ErrorKind::InvalidInput,
+            StageError::Filter(FilterError::Region { .. }) => ErrorKind::Limit,
+            StageError::Filter(_) => ErrorKind::Plugin,
             StageError::Checkpoint(
                 CheckpointError::Durable(_) | CheckpointError::Cleanup { .. },
             ) => ErrorKind::Io,
@@ -399,6 +432,12 @@ pub trait Observer: Sync {
 
     /// Called when the conversion continues from the checkpoint of an interrupted run.
     fn resumed(&self) {}
+
+    /// Called once per window with the records each filter dropped in it.
+    fn filtered(&self, _filter: &str, _records: u64) {}
+
+    /// Called when a filter plugin is loaded for the conversion.
+    fn plugin_loaded(&self, _name: &str, _version: &str) {}
 
     /// Checked once per window; `true` stops the conversion with [`StageError::Cancelled`].
     fn cancelled(&self) -> bool {
@@ -488,6 +527,8 @@ fn convert_on(
     let mut staging = Staging::open(output).map_err(|e| fail(Stage::Publish, e.into()))?;
     let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
+    let filters = filter_chain(&options.filters, &header, observer)
+        .map_err(|e| fail(Stage::Filter, e.into()))?;
     let staging_dir = staging.path().to_owned();
     let busy = Arc::new(BusyTimes::default());
     let build = Build {
@@ -500,6 +541,7 @@ fn convert_on(
         source: &source_info,
         metadata,
         decoder: &decoder,
+        filters: &filters,
         busy: &busy,
     };
 
@@ -565,6 +607,7 @@ struct Build<'a> {
     source: &'a SourceInfo,
     metadata: Vec<KeyValue>,
     decoder: &'a Decoder,
+    filters: &'a FilterChain,
     busy: &'a Arc<BusyTimes>,
 }
 
@@ -594,6 +637,7 @@ impl Build<'_> {
             pool: self.pool,
             observer: self.observer,
             staging: self.staging,
+            filters: self.filters,
             busy: self.busy,
         };
         let (sink, mut checkpoint, mut progress) = run.stages(self.decoder, sink, checkpoint)?;
@@ -746,7 +790,7 @@ fn manifest(
             .iter()
             .map(ToString::to_string)
             .collect(),
-        filters: Vec::new(),
+        filters: options.filters.describe(),
         profile,
         resumes: checkpoint.resumes,
         started: dataset::timestamp(started),
@@ -771,6 +815,7 @@ struct Run<'a> {
     pool: &'a Arc<ThreadPool>,
     observer: &'a dyn Observer,
     staging: &'a Path,
+    filters: &'a FilterChain,
     busy: &'a Arc<BusyTimes>,
 }
 
@@ -930,22 +975,37 @@ impl Run<'_> {
             }
 
             let busy = &**self.busy;
+            let filters = self.filters;
+            let input = self.input;
             let decoded: Vec<_> = self.pool.install(|| {
                 window
-                    .par_iter()
-                    .map(|b| busy.time(BusyStage::Decode, || decoder.decode(b)))
-                    .collect()
+                    .par_iter_mut()
+                    .map(|b| {
+                        let records = b.len() as u64;
+                        let dropped = busy
+                            .time(BusyStage::Filter, || filter_batch(filters, b))
+                            .map_err(|e| ConvertError::new(input, Stage::Filter, e.into()))?;
+                        let rows = busy
+                            .time(BusyStage::Decode, || decoder.decode(b))
+                            .map_err(|e| ConvertError::new(input, Stage::Decode, e.into()))?;
+                        Ok((rows, records, dropped))
+                    })
+                    .collect::<Vec<Result<_, ConvertError>>>()
             });
             let mut chunks = Vec::with_capacity(decoded.len());
+            let mut dropped_in_window = vec![0; self.filters.names().len()];
             for (raw_batch, result) in window.drain(..).zip(decoded) {
-                let rows =
-                    result.map_err(|e| ConvertError::new(self.input, Stage::Decode, e.into()))?;
-                progress.records_read += raw_batch.len() as u64;
+                let (rows, records, dropped) = result?;
+                progress.records_read += records;
                 progress.rows_written += rows.num_rows() as u64;
+                for (total, n) in dropped_in_window.iter_mut().zip(&dropped) {
+                    *total += n;
+                }
                 chunks.push(Chunk {
                     rows,
-                    records: raw_batch.len() as u64,
+                    records,
                     end: u64::from(raw_batch.end),
+                    filtered: dropped,
                 });
                 // There is room for every buffer, so this never blocks.
                 let _ = free.send(raw_batch);
@@ -956,6 +1016,9 @@ impl Run<'_> {
             }
             progress.bytes_read = bytes_read.load(Ordering::Relaxed);
             progress.busy = busy.snapshot();
+            for (name, n) in self.filters.names().iter().zip(dropped_in_window) {
+                self.observer.filtered(name, n);
+            }
             self.observer.progress(progress);
         }
     }
@@ -981,8 +1044,12 @@ impl Run<'_> {
             part,
             next_virtual_offset,
             seconds,
+            filtered,
         } = committed;
         checkpoint.add_part(part.clone(), next_virtual_offset);
+        for (name, n) in self.filters.names().into_iter().zip(filtered) {
+            *checkpoint.counts.filtered.entry(name).or_default() += n;
+        }
         checkpoint.save(self.staging).map_err(|e| {
             SinkError::Checkpoint(ConvertError::new(self.input, Stage::Checkpoint, e.into()))
         })?;
@@ -1010,6 +1077,35 @@ impl From<WriteError> for SinkError {
     fn from(error: WriteError) -> Self {
         Self::Write(error)
     }
+}
+
+/// Filters a batch in place; returns what each filter dropped.
+fn filter_batch(filters: &FilterChain, batch: &mut RawBatch) -> Result<Vec<u64>, FilterError> {
+    if filters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut keep = Vec::with_capacity(batch.len());
+    filters.apply(batch, &mut keep)
+}
+
+/// The built-in filters and the plugins of a conversion, plugins loaded and their first state
+/// created with this file's header.
+fn filter_chain(
+    options: &FilterOptions,
+    header: &header::BamHeader,
+    observer: &dyn Observer,
+) -> Result<FilterChain, FilterError> {
+    let mut filters = FilterChain::builtins(options, &header.reference_names)?;
+    for spec in &options.plugins {
+        let plugin = crate::plugin::Plugin::load(&spec.path, spec.sha256.as_deref())?;
+        observer.plugin_loaded(plugin.name(), plugin.version());
+        filters.push(Box::new(PluginFilter::new(
+            plugin,
+            &spec.config_json,
+            &header.text,
+        )?));
+    }
+    Ok(FilterChain::new(filters))
 }
 
 /// Where reading starts: record number and virtual offset (record 0: after the header).

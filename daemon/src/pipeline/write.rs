@@ -104,6 +104,8 @@ pub struct Chunk {
     pub records: u64,
     /// BGZF virtual offset just after the last of those records.
     pub end: u64,
+    /// Records each filter dropped, in filter order.
+    pub filtered: Vec<u64>,
 }
 
 /// A part that has just become durable, and where the input of the next one starts.
@@ -113,6 +115,8 @@ pub struct Committed {
     pub next_virtual_offset: u64,
     /// How long closing, syncing and renaming the part took.
     pub seconds: f64,
+    /// Records each filter dropped from the part's input, in filter order.
+    pub filtered: Vec<u64>,
 }
 
 /// A part file being written: counts and checksums its bytes on their way to the disk.
@@ -155,6 +159,7 @@ struct OpenPart {
     row_group_rows: usize,
     rows: u64,
     records: u64,
+    filtered: Vec<u64>,
 }
 
 /// Writes part files into a directory, in order.
@@ -259,6 +264,9 @@ impl ParquetSink {
             let part = self.open_part()?;
             part.write_rows(now.iter().map(|chunk| chunk.rows.clone()).collect())?;
             part.records += records;
+            for chunk in now {
+                add_counts(&mut part.filtered, &chunk.filtered);
+            }
             if part.records >= self.part_records {
                 if let Some(committed) = self.commit()? {
                     on_commit(committed)?;
@@ -325,6 +333,7 @@ impl ParquetSink {
                     row_group_rows: 0,
                     rows: 0,
                     records: 0,
+                    filtered: Vec::new(),
                 }
             }
         };
@@ -357,6 +366,7 @@ impl ParquetSink {
             file,
             rows,
             records,
+            filtered,
             ..
         } = part;
         let parquet = |source| WriteError::Parquet {
@@ -392,6 +402,7 @@ impl ParquetSink {
             },
             next_virtual_offset: self.last_end,
             seconds: started.elapsed().as_secs_f64(),
+            filtered,
         }))
     }
 }
@@ -510,6 +521,16 @@ fn leaves_by_column(
     Ok(columns)
 }
 
+/// Adds per-filter counts element by element.
+fn add_counts(total: &mut Vec<u64>, more: &[u64]) {
+    if total.len() < more.len() {
+        total.resize(more.len(), 0);
+    }
+    for (t, m) in total.iter_mut().zip(more) {
+        *t += m;
+    }
+}
+
 /// `part-00000.parquet`, `part-00001.parquet`, …
 pub fn part_file_name(index: usize) -> String {
     format!("part-{index:05}.parquet")
@@ -554,6 +575,7 @@ mod tests {
             rows: RecordBatch::try_new(schema, vec![column]).unwrap(),
             records: rows as u64,
             end: (start + rows) as u64,
+            filtered: Vec::new(),
         }
     }
 
