@@ -26,6 +26,7 @@ pub mod encode;
 pub mod filter;
 pub mod header;
 pub mod profile;
+pub mod region;
 pub mod sam_text;
 pub mod schema;
 pub mod source;
@@ -51,6 +52,7 @@ use self::decode::{DecodeError, Decoder};
 use self::filter::{FilterChain, FilterError, FilterOptions, PluginFilter};
 use self::header::{HeaderError, HeaderLimits};
 use self::profile::{BatchPlan, Profile, ProfileOptions};
+use self::region::Span;
 use self::schema::{OutputSchema, SCHEMA_VERSION};
 use self::source::{BatchLimits, RecordSource, SourceError};
 use self::write::{Chunk, Committed, ParquetSink, PartInfo, WriteError, WriteOptions};
@@ -529,6 +531,13 @@ fn convert_on(
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let filters = filter_chain(&options.filters, &header, observer)
         .map_err(|e| fail(Stage::Filter, e.into()))?;
+    let spans = if options.filters.regions.is_empty() {
+        None
+    } else {
+        let spans = region::spans(input, &options.filters.regions, &header.reference_names)
+            .map_err(|e| fail(Stage::Filter, e.into()))?;
+        Some(spans)
+    };
     let staging_dir = staging.path().to_owned();
     let busy = Arc::new(BusyTimes::default());
     let build = Build {
@@ -542,6 +551,7 @@ fn convert_on(
         metadata,
         decoder: &decoder,
         filters: &filters,
+        spans: spans.as_deref(),
         busy: &busy,
     };
 
@@ -608,6 +618,7 @@ struct Build<'a> {
     metadata: Vec<KeyValue>,
     decoder: &'a Decoder,
     filters: &'a FilterChain,
+    spans: Option<&'a [Span]>,
     busy: &'a Arc<BusyTimes>,
 }
 
@@ -638,6 +649,7 @@ impl Build<'_> {
             observer: self.observer,
             staging: self.staging,
             filters: self.filters,
+            spans: self.spans,
             busy: self.busy,
         };
         let (sink, mut checkpoint, mut progress) = run.stages(self.decoder, sink, checkpoint)?;
@@ -816,6 +828,8 @@ struct Run<'a> {
     observer: &'a dyn Observer,
     staging: &'a Path,
     filters: &'a FilterChain,
+    /// Index spans to read instead of the whole file (region queries).
+    spans: Option<&'a [Span]>,
     busy: &'a Arc<BusyTimes>,
 }
 
@@ -873,14 +887,43 @@ impl Run<'_> {
     /// Opens the input positioned at `from`: after the header at the start, or at a checkpoint's
     /// virtual offset.
     fn open(&self, from: Position) -> Result<RecordSource<BufReader<File>>, ConvertError> {
+        if from.record == 0 {
+            let mut stream = self.stream_at(0)?;
+            header::read_header(&mut stream, self.options.header_limits())
+                .map_err(|e| ConvertError::from_header(self.input, e))?;
+            return Ok(RecordSource::new(stream, 0, self.options.max_record_bytes));
+        }
+        let position = VirtualPosition::from(from.virtual_offset);
+        self.open_at(position, from.record)?.ok_or_else(|| {
+            let corrupt = CheckpointError::Corrupt {
+                path: self.staging.join(checkpoint::FILE_NAME),
+                reason: format!(
+                    "virtual offset {} of record {} is not in the input",
+                    from.virtual_offset, from.record
+                ),
+            };
+            ConvertError::new(self.input, Stage::Checkpoint, corrupt.into())
+        })
+    }
+
+    /// Opens the input at a record's virtual position; `None` when the file has no such
+    /// position.
+    fn open_at(
+        &self,
+        position: VirtualPosition,
+        record: u64,
+    ) -> Result<Option<RecordSource<BufReader<File>>>, ConvertError> {
+        let mut stream = self.stream_at(position.compressed())?;
+        let found = stream
+            .seek_in_first_block(position)
+            .map_err(|e| ConvertError::from_bgzf(self.input, e))?;
+        Ok(found.then(|| RecordSource::new(stream, record, self.options.max_record_bytes)))
+    }
+
+    /// A BGZF stream over the input from compressed offset `start` (a block boundary).
+    fn stream_at(&self, start: u64) -> Result<BgzfStream<BufReader<File>>, ConvertError> {
         let fail = |stage, source: StageError| ConvertError::new(self.input, stage, source);
         let mut file = File::open(self.input).map_err(|e| fail(Stage::Open, e.into()))?;
-        let position = VirtualPosition::from(from.virtual_offset);
-        let start = if from.record == 0 {
-            0
-        } else {
-            position.compressed()
-        };
         file.seek(SeekFrom::Start(start))
             .map_err(|e| fail(Stage::Read, e.into()))?;
         let reader = BlockReader::new(
@@ -889,31 +932,11 @@ impl Run<'_> {
             Arc::clone(self.pool),
         )
         .with_busy(Arc::clone(self.busy));
-        let mut stream = BgzfStream::new(reader);
-        if from.record == 0 {
-            header::read_header(&mut stream, self.options.header_limits())
-                .map_err(|e| ConvertError::from_header(self.input, e))?;
-        } else if !stream
-            .seek_in_first_block(position)
-            .map_err(|e| ConvertError::from_bgzf(self.input, e))?
-        {
-            let corrupt = CheckpointError::Corrupt {
-                path: self.staging.join(checkpoint::FILE_NAME),
-                reason: format!(
-                    "virtual offset {} of record {} is not in the input",
-                    from.virtual_offset, from.record
-                ),
-            };
-            return Err(fail(Stage::Checkpoint, corrupt.into()));
-        }
-        Ok(RecordSource::new(
-            stream,
-            from.record,
-            self.options.max_record_bytes,
-        ))
+        Ok(BgzfStream::new(reader))
     }
 
-    /// Reader thread: frames batches into free buffers and sends them on, in order.
+    /// Reader thread: frames batches into free buffers and sends them on, in order: the whole
+    /// file, or the index spans of the regions.
     fn read(
         &self,
         from: Position,
@@ -923,19 +946,49 @@ impl Run<'_> {
         bytes_read: &AtomicU64,
     ) {
         let result = (|| {
-            let mut source = self.open(from)?;
-            // A closed channel means the decoder stopped; its error is the one reported.
-            while let Ok(mut batch) = free.recv() {
-                let more = source
-                    .read_batch(&mut batch, limits)
-                    .map_err(|e| ConvertError::from_source(self.input, e))?;
-                if !more {
-                    break;
+            let mut feed = Feed {
+                free: &free,
+                out: &out,
+                spare: None,
+                bytes_read,
+                base: if from.record == 0 {
+                    0
+                } else {
+                    VirtualPosition::from(from.virtual_offset).compressed()
+                },
+            };
+            let Some(spans) = self.spans else {
+                let mut source = self.open(from)?;
+                feed.drain(&mut source, limits, self.input)?;
+                return Ok(());
+            };
+            let mut record = from.record;
+            // Resuming: spans wholly before the checkpoint are done; the one holding it
+            // continues from it.
+            let resume_at = (from.record > 0).then_some(from.virtual_offset);
+            for span in spans {
+                let (start, end) = (u64::from(span.start), u64::from(span.end));
+                let start = match resume_at {
+                    Some(at) if end <= at => continue,
+                    Some(at) if start < at => at,
+                    _ => start,
+                };
+                let mut source = self
+                    .open_at(VirtualPosition::from(start), record)?
+                    .ok_or_else(|| {
+                        let error = FilterError::Region {
+                            region: format!("index span {start}-{end}"),
+                            reason:
+                                "the index points outside the file; rebuild it with samtools index"
+                                    .to_owned(),
+                        };
+                        ConvertError::new(self.input, Stage::Filter, error.into())
+                    })?
+                    .ending_at(span.end);
+                if !feed.drain(&mut source, limits, self.input)? {
+                    return Ok(());
                 }
-                bytes_read.store(batch.end.compressed(), Ordering::Relaxed);
-                if out.send(Ok(batch)).is_err() {
-                    break;
-                }
+                record = source.next_record();
             }
             Ok(())
         })();
@@ -1106,6 +1159,52 @@ fn filter_chain(
         )?));
     }
     Ok(FilterChain::new(filters))
+}
+
+/// The reader thread's end of the buffer loop: takes free buffers, fills them, sends them on.
+struct Feed<'a> {
+    free: &'a Receiver<RawBatch>,
+    out: &'a Sender<Result<RawBatch, ConvertError>>,
+    /// A free buffer a finished span did not fill, kept for the next one.
+    spare: Option<RawBatch>,
+    bytes_read: &'a AtomicU64,
+    /// Compressed offset reading started from, so progress counts this run's bytes only.
+    base: u64,
+}
+
+impl Feed<'_> {
+    /// Sends batches from `source` until it ends; `Ok(false)` when the decoder stopped.
+    fn drain(
+        &mut self,
+        source: &mut RecordSource<BufReader<File>>,
+        limits: BatchLimits,
+        input: &Path,
+    ) -> Result<bool, ConvertError> {
+        loop {
+            let mut batch = match self.spare.take() {
+                Some(batch) => batch,
+                // A closed channel means the decoder stopped; its error is the one reported.
+                None => match self.free.recv() {
+                    Ok(batch) => batch,
+                    Err(_) => return Ok(false),
+                },
+            };
+            let more = source
+                .read_batch(&mut batch, limits)
+                .map_err(|e| ConvertError::from_source(input, e))?;
+            if !more {
+                self.spare = Some(batch);
+                return Ok(true);
+            }
+            self.bytes_read.store(
+                batch.end.compressed().saturating_sub(self.base),
+                Ordering::Relaxed,
+            );
+            if self.out.send(Ok(batch)).is_err() {
+                return Ok(false);
+            }
+        }
+    }
 }
 
 /// Where reading starts: record number and virtual offset (record 0: after the header).

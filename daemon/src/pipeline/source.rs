@@ -61,6 +61,8 @@ pub struct RecordSource<R> {
     next_record: u64,
     next_seq: u64,
     max_record_bytes: usize,
+    /// Records starting at or after this position are not read (an index span's end).
+    end: Option<VirtualPosition>,
 }
 
 impl<R: Read> RecordSource<R> {
@@ -71,7 +73,15 @@ impl<R: Read> RecordSource<R> {
             next_record: first_record,
             next_seq: 0,
             max_record_bytes,
+            end: None,
         }
+    }
+
+    /// Stops before the first record that starts at or after `end`.
+    #[must_use]
+    pub fn ending_at(mut self, end: VirtualPosition) -> Self {
+        self.end = Some(end);
+        self
     }
 
     /// Index of the next record to be read (0-based), i.e. records read so far.
@@ -96,6 +106,11 @@ impl<R: Read> RecordSource<R> {
         batch.start = self.stream.virtual_position()?;
 
         while batch.len() < limits.max_records && batch.data.len() < limits.max_bytes {
+            if let Some(end) = self.end {
+                if self.stream.virtual_position()? >= end {
+                    break;
+                }
+            }
             if !self.read_record(&mut batch.data)? {
                 break;
             }

@@ -1,0 +1,117 @@
+//! Region queries through the BAI or CSI index: only the BGZF blocks that can hold records
+//! overlapping a region are read, so time follows the region, not the file.
+//!
+//! The index maps each region to chunks (virtual-offset ranges); chunks of every region are
+//! merged into one sorted list of disjoint ranges, read in file order. A record in the
+//! overlap of two regions lies in one merged chunk, so it is read, and written, once. Chunks
+//! also hold records near a region that do not overlap it; the region filter drops those.
+
+use std::path::{Path, PathBuf};
+
+use noodles_bgzf::VirtualPosition;
+use noodles_core::Position;
+use noodles_csi::binning_index::index::reference_sequence::bin::Chunk;
+use noodles_csi::binning_index::{merge_chunks, BinningIndex};
+
+use super::filter::{FilterError, Region};
+
+/// A range of the input to read: records starting at or after `start` and before `end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: VirtualPosition,
+    pub end: VirtualPosition,
+}
+
+/// The index files samtools would use for `bam`, in its order of preference.
+fn index_candidates(bam: &Path) -> Vec<PathBuf> {
+    let with = |suffix: &str| {
+        let mut name = bam.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    vec![with(".bai"), with(".csi"), bam.with_extension("bai")]
+}
+
+/// The spans of `bam` that hold every record overlapping `regions`, merged, in file order.
+///
+/// # Errors
+///
+/// No index beside the file, an unreadable index, or a region naming a reference the file does
+/// not have.
+pub fn spans(
+    bam: &Path,
+    regions: &[Region],
+    reference_names: &[String],
+) -> Result<Vec<Span>, FilterError> {
+    let region_error = |region: &Region, reason: String| FilterError::Region {
+        region: region.to_string(),
+        reason,
+    };
+    let Some(index_path) = index_candidates(bam).into_iter().find(|p| p.is_file()) else {
+        let first = &regions[0];
+        return Err(region_error(
+            first,
+            format!(
+                "regions need an index: no {}.bai or .csi beside the file (samtools index makes one)",
+                bam.display()
+            ),
+        ));
+    };
+    warn_if_stale(bam, &index_path);
+    let index: Box<dyn BinningIndex> = if index_path.extension().is_some_and(|e| e == "csi") {
+        Box::new(noodles_csi::fs::read(&index_path).map_err(|e| {
+            region_error(
+                &regions[0],
+                format!("cannot read {}: {e}", index_path.display()),
+            )
+        })?)
+    } else {
+        Box::new(noodles_bam::bai::fs::read(&index_path).map_err(|e| {
+            region_error(
+                &regions[0],
+                format!("cannot read {}: {e}", index_path.display()),
+            )
+        })?)
+    };
+
+    let mut chunks: Vec<Chunk> = Vec::new();
+    for region in regions {
+        let id = reference_names
+            .iter()
+            .position(|name| *name == region.name)
+            .ok_or_else(|| region_error(region, "the file has no such reference".to_owned()))?;
+        let position = |n: u64| {
+            usize::try_from(n)
+                .ok()
+                .and_then(Position::new)
+                .ok_or_else(|| region_error(region, format!("position {n} is out of range")))
+        };
+        let start = position(region.start)?;
+        let interval = match region.end {
+            Some(end) => (start..=position(end)?).into(),
+            None => (start..).into(),
+        };
+        let found = index
+            .query(id, interval)
+            .map_err(|e| region_error(region, format!("index query failed: {e}")))?;
+        chunks.extend(found);
+    }
+    chunks.sort_by_key(Chunk::start);
+    Ok(merge_chunks(&chunks)
+        .into_iter()
+        .map(|chunk| Span {
+            start: chunk.start(),
+            end: chunk.end(),
+        })
+        .collect())
+}
+
+/// samtools warns when the index is older than the data; so do we.
+fn warn_if_stale(bam: &Path, index: &Path) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(data), Some(index_time)) = (modified(bam), modified(index)) {
+        if index_time < data {
+            tracing::warn!(index = %index.display(), bam = %bam.display(), "The index is older than the BAM file; region results may be wrong.");
+        }
+    }
+}
