@@ -34,8 +34,9 @@ pub fn bamflow_bin() -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         // `--workspace` resolves features as `cargo test --workspace` does; `-p bamflow` alone
-        // would resolve them differently and rebuild parquet and the binary.
-        build.args(["build", "--quiet", "--workspace", "--bins"]);
+        // would resolve them differently and rebuild parquet and the binary. `--lib` builds the
+        // plugin libraries the filter tests load.
+        build.args(["build", "--quiet", "--workspace", "--bins", "--lib"]);
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }
@@ -44,6 +45,11 @@ pub fn bamflow_bin() -> PathBuf {
         profile_dir.join("bamflow")
     })
     .clone()
+}
+
+/// A plugin library built with the workspace (`libNAME.so` beside the binary).
+pub fn plugin_library(name: &str) -> PathBuf {
+    bamflow_bin().with_file_name(format!("lib{name}.so"))
 }
 
 /// A `bamflow` command with the given arguments.

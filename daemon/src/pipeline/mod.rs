@@ -526,9 +526,8 @@ fn convert_on(
     check_complete(input, options.allow_missing_eof)?;
 
     let (profile, header) = profile::profile(input, &options.profile_options(), pool)?;
-    let mut staging = Staging::open(output).map_err(|e| fail(Stage::Publish, e.into()))?;
-    let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
-    let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
+    // Filters and the index first: a plugin or region that cannot work fails the file before
+    // anything is written.
     let filters = filter_chain(&options.filters, &header, observer)
         .map_err(|e| fail(Stage::Filter, e.into()))?;
     let spans = if options.filters.regions.is_empty() {
@@ -538,6 +537,9 @@ fn convert_on(
             .map_err(|e| fail(Stage::Filter, e.into()))?;
         Some(spans)
     };
+    let mut staging = Staging::open(output).map_err(|e| fail(Stage::Publish, e.into()))?;
+    let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
+    let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let staging_dir = staging.path().to_owned();
     let busy = Arc::new(BusyTimes::default());
     let build = Build {

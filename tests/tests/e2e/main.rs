@@ -7,6 +7,7 @@ mod bad_input;
 mod crash;
 mod daemon;
 mod fidelity;
+mod filters;
 mod harness;
 mod metrics;
 mod options;
