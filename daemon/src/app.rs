@@ -108,6 +108,15 @@ impl Observer for JobObserver<'_> {
         self.metrics.resumed(self.watch);
     }
 
+    fn filtered(&self, filter: &str, records: u64) {
+        self.metrics.filtered(self.watch, filter, records);
+    }
+
+    fn plugin_loaded(&self, name: &str, version: &str) {
+        self.metrics
+            .plugin_loaded(name, version, &bamflow_plugin_api::ABI_MAJOR.to_string());
+    }
+
     fn cancelled(&self) -> bool {
         self.control.shutdown_requested()
     }
@@ -145,7 +154,7 @@ pub fn run(
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     for watch in &config.watches {
-        metrics.init_watch(&watch.name);
+        metrics.init_watch(&watch.name, &watch.convert.filters.builtin_names());
     }
     metrics.beat();
     if let Some(address) = config.metrics_listen {
@@ -421,7 +430,8 @@ impl<'a> Dispatcher<'a> {
             Ok(new) => {
                 self.metrics.reloaded(true);
                 for watch in &new.watches {
-                    self.metrics.init_watch(&watch.name);
+                    self.metrics
+                        .init_watch(&watch.name, &watch.convert.filters.builtin_names());
                 }
                 self.trackers = new.watches.iter().map(|_| Tracker::default()).collect();
                 self.events = Events::watch(new.watches.iter().map(|w| w.path.as_path()));

@@ -260,9 +260,13 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Creates every series of a watch at zero (at start, and for watches a reload adds).
-    pub fn init_watch(&self, watch: &str) {
+    /// Creates every series of a watch at zero (at start, and for watches a reload adds),
+    /// including one per built-in filter it runs; a plugin's appears when it is first loaded.
+    pub fn init_watch(&self, watch: &str, filters: &[&str]) {
         let labels = &[watch];
+        for filter in filters {
+            self.records_filtered.with_label_values(&[watch, filter]);
+        }
         self.files_discovered.with_label_values(labels);
         for outcome in OUTCOMES {
             self.files_processed.with_label_values(&[watch, outcome]);

@@ -134,6 +134,24 @@ pub struct FilterOptions {
 }
 
 impl FilterOptions {
+    /// The names of the built-in filters these options run, in order.
+    pub fn builtin_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.include_flags != 0 {
+            names.push("include_flags");
+        }
+        if self.exclude_flags != 0 {
+            names.push("exclude_flags");
+        }
+        if self.min_mapq != 0 {
+            names.push("min_mapq");
+        }
+        if !self.regions.is_empty() {
+            names.push("regions");
+        }
+        names
+    }
+
     /// One line per filter, for the manifest and the checkpoint's settings.
     pub fn describe(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -17,9 +17,8 @@ fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-/// Every family DESIGN.md §8 names, but `bamflow_records_filtered_total{filter}` and
-/// `bamflow_plugin_info`, whose label values come from configured filters and plugins: with
-/// none configured they have no series.
+/// Every family DESIGN.md §8 names, but `bamflow_plugin_info`, whose labels come from loaded
+/// plugins: with none configured it has no series.
 const FAMILIES: &[&str] = &[
     "bamflow_build_info",
     "bamflow_files_discovered_total",
@@ -29,6 +28,7 @@ const FAMILIES: &[&str] = &[
     "bamflow_oldest_pending_file_timestamp_seconds",
     "bamflow_records_read_total",
     "bamflow_records_written_total",
+    "bamflow_records_filtered_total",
     "bamflow_input_bytes_total",
     "bamflow_output_bytes_total",
     "bamflow_file_duration_seconds",
@@ -237,9 +237,14 @@ fn metrics_pass_promtool_and_prometheus_evaluates_the_dashboard_and_alerts() {
     let dir = TestDir::new();
     let inbox = dir.path("inbox");
     std::fs::create_dir(&inbox).unwrap();
-    let config = config(&dir, &inbox, "[watch.convert]\npart_records = 1000\n");
+    let config = config(
+        &dir,
+        &inbox,
+        "[watch.convert]\npart_records = 1000\n[watch.filter]\nexclude_flags = 1024\n",
+    );
     let daemon = Daemon::start(dir.root(), Some(&config));
     let address = daemon.metrics_address();
+    let filtered = "bamflow_records_filtered_total{filter=\"exclude_flags\",watch=\"test\"}";
 
     // Every series exists from the start, at zero.
     let (status, text) = http_get(&address, "/metrics");
@@ -258,6 +263,7 @@ fn metrics_pass_promtool_and_prometheus_evaluates_the_dashboard_and_alerts() {
         sample(&text, "bamflow_stage_busy_seconds_total{stage=\"encode\"}"),
         0.0
     );
+    assert_eq!(sample(&text, filtered), 0.0);
     assert_eq!(http_get(&address, "/healthz"), (200, "ok\n".to_owned()));
 
     let prometheus = Prometheus::start(&dir, &address);
@@ -316,6 +322,14 @@ fn metrics_pass_promtool_and_prometheus_evaluates_the_dashboard_and_alerts() {
         .sum();
     assert_eq!(errors, 1.0, "{text}");
     assert!(sample(&text, "bamflow_stage_busy_seconds_total{stage=\"encode\"}") > 0.0);
+    let read = sample(&text, "bamflow_records_read_total{watch=\"test\"}");
+    let dropped = sample(&text, filtered);
+    assert!(dropped > 0.0, "duplicates flagged 1024 were dropped");
+    // The failed file's records were read too, up to its corrupt block.
+    assert!(
+        read >= written + dropped,
+        "{read} read, {written} written, {dropped} dropped"
+    );
     assert!(sample(&text, "bamflow_checkpoints_total{watch=\"test\"}") >= 6.0);
     assert!(sample(&text, "bamflow_part_commit_duration_seconds_count") >= 6.0);
     assert!(
