@@ -117,6 +117,11 @@ impl ColumnEncoders {
         Ok(())
     }
 
+    /// Whether every queued leaf has been written (so [`ColumnEncoders::finish`] will not wait).
+    pub fn is_idle(&self) -> bool {
+        self.shared.lock().columns.iter().all(|c| !c.running)
+    }
+
     /// Estimated encoded size of the row group so far (as of the last finished writes).
     pub fn estimated_bytes(&self) -> usize {
         self.shared

@@ -181,6 +181,10 @@ impl ConvertOptions {
             part_records: self.part_records,
             row_group_rows: self.row_group_rows,
             row_group_bytes: self.row_group_bytes,
+            // QUAL compresses as one chain per row group: on 2 cores that chain keeps a core
+            // busy anyway, and another row group in memory only costs RSS; from 4 threads up a
+            // second (and more) lets QUAL use more than one core.
+            row_groups_in_flight: 1 + self.threads / 4,
         }
     }
 }

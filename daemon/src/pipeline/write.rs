@@ -82,6 +82,9 @@ pub struct WriteOptions {
     /// Row groups close at whichever limit comes first.
     pub row_group_rows: usize,
     pub row_group_bytes: usize,
+    /// Full row groups whose columns may still be encoding while the next one starts: more
+    /// than one lets the heaviest column (QUAL) compress on several cores at once.
+    pub row_groups_in_flight: usize,
 }
 
 /// One finished part, as the manifest and the checkpoint list it.
@@ -139,11 +142,12 @@ impl Write for PartFile {
     }
 }
 
-/// Row groups close at whichever limit comes first.
+/// Row groups close at whichever limit comes first; `in_flight` may still be encoding.
 #[derive(Clone, Copy, Debug)]
 struct RowGroupLimits {
     rows: usize,
     bytes: usize,
+    in_flight: usize,
 }
 
 struct OpenPart {
@@ -156,6 +160,10 @@ struct OpenPart {
     limits: RowGroupLimits,
     /// Encoders of the open row group, one per leaf column, in schema order.
     row_group: Option<ColumnEncoders>,
+    /// Full row groups still encoding, oldest first; appended to the file in this order.
+    closing: std::collections::VecDeque<ColumnEncoders>,
+    /// Row groups started in this part (the index of the next one).
+    row_groups_started: usize,
     row_group_rows: usize,
     rows: u64,
     records: u64,
@@ -170,6 +178,7 @@ pub struct ParquetSink {
     part_records: u64,
     row_group_rows: usize,
     row_group_bytes: usize,
+    row_groups_in_flight: usize,
     pool: Arc<ThreadPool>,
     busy: Arc<BusyTimes>,
     current: Option<OpenPart>,
@@ -219,6 +228,7 @@ impl ParquetSink {
             part_records: options.part_records,
             row_group_rows: options.row_group_rows,
             row_group_bytes: options.row_group_bytes,
+            row_groups_in_flight: options.row_groups_in_flight.max(1),
             pool,
             busy,
             current: None,
@@ -295,6 +305,7 @@ impl ParquetSink {
         let limits = RowGroupLimits {
             rows: self.row_group_rows,
             bytes: self.row_group_bytes,
+            in_flight: self.row_groups_in_flight,
         };
         let part = match self.current.take() {
             Some(part) => part,
@@ -330,6 +341,8 @@ impl ParquetSink {
                     pool: Arc::clone(&self.pool),
                     limits,
                     row_group: None,
+                    closing: std::collections::VecDeque::new(),
+                    row_groups_started: 0,
                     row_group_rows: 0,
                     rows: 0,
                     records: 0,
@@ -347,7 +360,8 @@ impl ParquetSink {
         };
         let started = Instant::now();
         // Times its own encoding and writing.
-        part.flush_row_group()?;
+        part.close_row_group();
+        part.flush_closing(0)?;
         let busy = Arc::clone(&self.busy);
         let closing = Instant::now();
         let result = self.close_part(part, started);
@@ -440,7 +454,8 @@ impl OpenPart {
             let encoders = match &mut self.row_group {
                 Some(encoders) => encoders,
                 None => {
-                    let index = self.file.flushed_row_groups().len();
+                    let index = self.row_groups_started;
+                    self.row_groups_started += 1;
                     let writers = self.factory.create_column_writers(index).map_err(parquet)?;
                     self.row_group.insert(ColumnEncoders::new(
                         writers,
@@ -460,19 +475,39 @@ impl OpenPart {
 
             let bytes = encoders.estimated_bytes();
             if self.row_group_rows >= self.limits.rows || bytes >= self.limits.bytes {
-                self.flush_row_group()?;
+                self.close_row_group();
+                // Waits for the oldest only when too many are in flight; appends any done.
+                self.flush_closing(self.limits.in_flight - 1)?;
             }
         }
         Ok(())
     }
 
-    /// Closes the open row group's column writers (in parallel: closing compresses the last
-    /// pages) and appends their chunks to the file in schema order.
-    fn flush_row_group(&mut self) -> Result<(), WriteError> {
-        let Some(encoders) = self.row_group.take() else {
-            return Ok(());
-        };
+    /// Ends the open row group: it goes on encoding in the background until flushed.
+    fn close_row_group(&mut self) {
+        if let Some(encoders) = self.row_group.take() {
+            self.closing.push_back(encoders);
+        }
         self.row_group_rows = 0;
+    }
+
+    /// Appends closing row groups, oldest first, until at most `keep` remain: waits for those
+    /// over the limit, and takes any others whose columns are already done.
+    fn flush_closing(&mut self, keep: usize) -> Result<(), WriteError> {
+        while let Some(front) = self.closing.front() {
+            if self.closing.len() <= keep && !front.is_idle() {
+                break;
+            }
+            if let Some(encoders) = self.closing.pop_front() {
+                self.append_row_group(encoders)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a row group's column writers (in parallel: closing compresses the last pages)
+    /// and appends their chunks to the file in schema order.
+    fn append_row_group(&mut self, encoders: ColumnEncoders) -> Result<(), WriteError> {
         let parquet = |source| WriteError::Parquet {
             path: self.path.clone(),
             source,
@@ -552,12 +587,22 @@ mod tests {
     use super::*;
 
     fn sink(dir: &Path, part_records: u64, row_group_rows: usize) -> ParquetSink {
+        sink_in_flight(dir, part_records, row_group_rows, 1)
+    }
+
+    fn sink_in_flight(
+        dir: &Path,
+        part_records: u64,
+        row_group_rows: usize,
+        row_groups_in_flight: usize,
+    ) -> ParquetSink {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
         let options = WriteOptions {
             zstd_level: 3,
             part_records,
             row_group_rows,
             row_group_bytes: 1 << 30,
+            row_groups_in_flight,
         };
         let pool = Arc::new(
             rayon::ThreadPoolBuilder::new()
@@ -673,6 +718,26 @@ mod tests {
             (0..700).collect::<Vec<_>>(),
             "rows in order, each once"
         );
+    }
+
+    #[test]
+    fn row_groups_in_flight_are_appended_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let windows: Vec<_> = (0..40).map(|i| [batch(i * 250, 250)]).collect();
+        let windows: Vec<&[Chunk]> = windows.iter().map(|w| &w[..]).collect();
+        let committed = write_all(sink_in_flight(dir.path(), 6_000, 700, 3), &windows);
+        let mut values = Vec::new();
+        for c in &committed {
+            let path = dir.path().join(&c.part.file);
+            let groups = row_groups(&path);
+            assert!(
+                groups[..groups.len() - 1].iter().all(|&n| n == 700),
+                "{groups:?}"
+            );
+            values.extend(read_values(&path));
+        }
+        assert_eq!(committed.len(), 2);
+        assert_eq!(values, (0..10_000).collect::<Vec<_>>());
     }
 
     #[test]
