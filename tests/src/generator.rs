@@ -332,6 +332,8 @@ fn short_reads(
         cursor += step * rng.unit() * 2.0;
         let contig_len = genome.contigs[contig].1.len();
         if cursor as usize + 1200 >= contig_len {
+            // The mates still waiting end the contig, in position order too.
+            pending.sort_by_key(|r| r.alignment_start());
             for mate in pending.drain(..) {
                 emit(mate)?;
                 written += 1;

@@ -378,3 +378,17 @@ fn a_panicking_plugin_fails_its_file_and_the_daemon_goes_on() {
     let (code, _, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[test]
+fn generated_short_reads_are_coordinate_sorted_as_their_header_says() {
+    // samtools index refuses unsorted positions; the generator once emitted a contig's last
+    // mates out of order.
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 60_000, 88);
+    let output = Command::new("samtools").arg("index").arg(&bam).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
