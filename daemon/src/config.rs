@@ -67,16 +67,22 @@ impl ConfigError {
     }
 }
 
-/// Finds `table.key` or `watch[i].key` in config text: the key's line within its table (the
-/// i-th `[[watch]]` for watches), or the table header when the key is not written there.
+/// Finds `table.key`, `watch[i].key` or `plugin[i].key` in config text: the key's line within
+/// its table (the i-th `[[watch]]` or `[[plugin]]`), or the table header when the key is not
+/// written there.
 fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
-    let (table, index, field) = match key.split_once('.') {
-        Some((table, field)) => match table
-            .strip_prefix("watch[")
+    let array = |table: &str, name: &'static str| {
+        table
+            .strip_prefix(name)
+            .and_then(|t| t.strip_prefix('['))
             .and_then(|t| t.strip_suffix(']'))
-        {
-            Some(i) => ("[[watch]]", i.parse().ok()?, field),
-            None => (table, 0, field),
+            .and_then(|i| i.parse::<usize>().ok())
+    };
+    let (table, index, field) = match key.split_once('.') {
+        Some((table, field)) => match (array(table, "watch"), array(table, "plugin")) {
+            (Some(i), _) => ("[[watch]]", i, field),
+            (_, Some(i)) => ("[[plugin]]", i, field),
+            _ => (table, 0, field),
         },
         None => (key, 0, ""),
     };
@@ -725,10 +731,24 @@ pub fn check(path: &Path) -> Result<RawConfig, ConfigError> {
         if !raw.watch.is_empty() {
             check_filesystem(&raw.resolve_daemon(path)?, path)?;
         }
-        Ok(())
+        check_plugins(&raw, path)
     })();
     checked.map_err(|e: ConfigError| e.located(&text))?;
     Ok(raw)
+}
+
+/// Loads every `[[plugin]]` as a conversion would (permissions, pin, symbol, ABI), so an
+/// operator learns of a bad plugin before the first file fails on it.
+fn check_plugins(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
+    for (i, plugin) in raw.plugin.iter().enumerate() {
+        let sha256 = plugin.sha256.as_deref().filter(|s| !s.is_empty());
+        crate::plugin::Plugin::load(&plugin.path, sha256).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: format!("plugin[{i}].path"),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Loads the daemon's configuration from a file and checks it as `check-config` does.
@@ -864,6 +884,20 @@ mod tests {
         std::fs::write(&path, "[filter]\nregions = [\"chr1:5-1\"]\n").unwrap();
         let err = convert_options(Some(&path), &ConvertOverrides::default()).unwrap_err();
         assert!(err.to_string().contains("filter.regions"), "{err}");
+    }
+
+    #[test]
+    fn check_config_loads_plugins_and_points_at_the_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[filter]\nmin_mapq = 1\n\n[[plugin]]\npath = \"/nonexistent/libx.so\"\n",
+        )
+        .unwrap();
+        let err = check(&path).unwrap_err().to_string();
+        assert!(err.contains("p.toml:5:1: plugin[0].path"), "{err}");
+        assert!(err.contains("cannot read it"), "{err}");
     }
 
     #[test]

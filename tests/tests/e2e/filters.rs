@@ -385,7 +385,11 @@ fn generated_short_reads_are_coordinate_sorted_as_their_header_says() {
     // mates out of order.
     let dir = TestDir::new();
     let bam = dir.generated(DataKind::Short, 60_000, 88);
-    let output = Command::new("samtools").arg("index").arg(&bam).output().unwrap();
+    let output = Command::new("samtools")
+        .arg("index")
+        .arg(&bam)
+        .output()
+        .unwrap();
     assert!(
         output.status.success(),
         "{}",
