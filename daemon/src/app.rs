@@ -433,7 +433,25 @@ impl<'a> Dispatcher<'a> {
                     self.metrics
                         .init_watch(&watch.name, &watch.convert.filters.builtin_names());
                 }
-                self.trackers = new.watches.iter().map(|_| Tracker::default()).collect();
+                // A watch that keeps its name and folder keeps what it has seen: settle clocks run
+                // on, and files already discovered are not discovered again.
+                let mut old: Vec<_> = self
+                    .config
+                    .watches
+                    .iter()
+                    .map(|w| (w.name.clone(), w.path.clone()))
+                    .zip(std::mem::take(&mut self.trackers))
+                    .collect();
+                self.trackers = new
+                    .watches
+                    .iter()
+                    .map(|w| {
+                        old.iter()
+                            .position(|((name, path), _)| *name == w.name && *path == w.path)
+                            .map(|i| old.swap_remove(i).1)
+                            .unwrap_or_default()
+                    })
+                    .collect();
                 self.events = Events::watch(new.watches.iter().map(|w| w.path.as_path()));
                 self.config = new;
                 info!(

@@ -426,6 +426,36 @@ fn the_number_of_series_does_not_grow_with_the_number_of_files() {
         210.0
     );
     assert_eq!(at_start, after_10, "series appeared after 10 files");
+
+    // A reload keeps what the watch has seen: a file still being written is not discovered twice.
+    std::fs::write(inbox.join("unfinished.bam"), b"still being written").unwrap();
+    let discovered = "bamflow_files_discovered_total{watch=\"test\"}";
+    daemon.wait_for("the unfinished file to be seen", || {
+        sample(&http_get(&address, "/metrics").1, discovered) == 211.0
+    });
+    let status = Command::new("kill")
+        .args(["-HUP", &daemon.pid()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    daemon.wait_for("the reload", || {
+        sample(
+            &http_get(&address, "/metrics").1,
+            "bamflow_watch_rescans_total{reason=\"reload\"}",
+        ) >= 1.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, reloaded) = http_get(&address, "/metrics");
+    assert_eq!(sample(&reloaded, discovered), 211.0);
+    assert_eq!(
+        sample(&reloaded, "bamflow_config_last_reload_successful"),
+        1.0
+    );
+    assert_eq!(
+        after_210,
+        series(&reloaded),
+        "series appeared after a reload"
+    );
     assert_eq!(after_10, after_210, "series appeared after 210 files");
     assert!(!text.contains("f0001"), "no file name ever becomes a label");
     let (code, _, log) = daemon.terminate();
