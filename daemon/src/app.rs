@@ -532,6 +532,11 @@ fn process(
         return Outcome::Duplicate;
     }
 
+    if !book.begin_converting(&hash) {
+        // Taken up again after the other copy is done, when it is a plain duplicate.
+        info!(watch = %watch.name, path = %file.path.display(), "The same content is being converted now; this copy waits.");
+        return Outcome::Skipped;
+    }
     let attempts = book.attempts(&file.path) + 1;
     let output = render_output(watch, &file.path);
     record(
@@ -543,6 +548,11 @@ fn process(
         },
     );
     drop(book);
+    // Created only now: its drop takes the ledger lock.
+    let _converting = ConvertingGuard {
+        ledger,
+        hash: hash.clone(),
+    };
     let record = |ledger: &Mutex<Ledger>, entry: Entry| {
         record(&mut ledger.lock().unwrap_or_else(|p| p.into_inner()), entry)
     };
@@ -628,6 +638,21 @@ fn process(
     };
     drop(claim);
     outcome
+}
+
+/// Ends a content hash's conversion in the ledger's in-memory view when dropped.
+struct ConvertingGuard<'a> {
+    ledger: &'a Mutex<Ledger>,
+    hash: String,
+}
+
+impl Drop for ConvertingGuard<'_> {
+    fn drop(&mut self) {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .end_converting(&self.hash);
+    }
 }
 
 /// The complete dataset at `output`, when it was made from exactly this `input`.

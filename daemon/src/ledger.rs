@@ -101,6 +101,8 @@ pub struct Ledger {
     converted: HashMap<String, usize>,
     /// Path → index of its latest entry.
     latest: HashMap<PathBuf, usize>,
+    /// Content hashes a worker of this process is converting right now (not persisted).
+    converting: std::collections::HashSet<String>,
 }
 
 impl Ledger {
@@ -127,6 +129,7 @@ impl Ledger {
             entries: Vec::new(),
             converted: HashMap::new(),
             latest: HashMap::new(),
+            converting: std::collections::HashSet::new(),
         };
         let reader = BufReader::new(File::open(&path).map_err(open)?);
         for (number, line) in reader.lines().enumerate() {
@@ -172,6 +175,16 @@ impl Ledger {
     /// The successful conversion of the same content, if any.
     pub fn converted(&self, content_hash: &str) -> Option<&Entry> {
         self.converted.get(content_hash).map(|&i| &self.entries[i])
+    }
+
+    /// Marks content as being converted; `false` when another worker already is, so the same
+    /// content dropped twice at once is converted once and the other copy waits.
+    pub fn begin_converting(&mut self, content_hash: &str) -> bool {
+        self.converting.insert(content_hash.to_owned())
+    }
+
+    pub fn end_converting(&mut self, content_hash: &str) {
+        self.converting.remove(content_hash);
     }
 
     /// Attempts recorded so far for a path.

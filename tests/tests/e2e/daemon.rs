@@ -354,6 +354,34 @@ fn systemd_unit_verifies_and_is_hardened() {
 }
 
 #[test]
+fn the_same_content_dropped_twice_at_once_is_converted_once() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let config = config(&dir, &inbox, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[daemon]\n", "[daemon]\nmax_concurrent_files = 2\n");
+    std::fs::write(&config, text).unwrap();
+    // Both copies settle in the same round, so two idle workers take them together.
+    let bam = dir.generated(DataKind::Short, 20_000, 38);
+    std::fs::copy(&bam, inbox.join("copy1.bam")).unwrap();
+    std::fs::copy(&bam, inbox.join("copy2.bam")).unwrap();
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    daemon.wait_for("both copies filed away", || {
+        inbox.join("done/copy1.bam").exists() && inbox.join("done/copy2.bam").exists()
+    });
+    let datasets: Vec<_> = std::fs::read_dir(dir.path("lake/test"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(datasets.len(), 1, "one dataset: {datasets:?}");
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(log.matches("outcome=\"duplicate\"").count(), 1, "{log}");
+}
+
+#[test]
 fn the_same_content_twice_gives_one_dataset_and_status_shows_it() {
     let dir = TestDir::new();
     let inbox = dir.path("inbox");
