@@ -159,6 +159,7 @@ pub struct RawWatch {
     pub output: Option<String>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
+    pub follow_symlinks: Option<bool>,
     pub convert: Option<RawConvert>,
     pub filter: Option<RawFilter>,
 }
@@ -540,6 +541,8 @@ pub struct WatchConfig {
     pub output: String,
     pub on_success: Disposition,
     pub on_failure: Disposition,
+    /// Take symlinks to files (DESIGN.md §9: not followed unless configured).
+    pub follow_symlinks: bool,
     pub convert: ConvertOptions,
 }
 
@@ -638,6 +641,7 @@ impl RawConfig {
                 output,
                 on_success,
                 on_failure,
+                follow_symlinks: raw.follow_symlinks.unwrap_or(false),
                 convert,
             });
         }

@@ -93,8 +93,14 @@ impl Tracker {
     ) -> Vec<Ready> {
         let mut present = HashMap::new();
         for path in candidates {
-            // Symlinks are not followed: symlink_metadata describes the link itself.
-            let Ok(metadata) = path.symlink_metadata() else {
+            // Symlinks are not followed unless configured: symlink_metadata describes the link
+            // itself, which is never a file.
+            let metadata = if watch.follow_symlinks {
+                path.metadata()
+            } else {
+                path.symlink_metadata()
+            };
+            let Ok(metadata) = metadata else {
                 continue;
             };
             if metadata.file_type().is_file() {

@@ -537,3 +537,41 @@ fn max_concurrent_files_converts_files_side_by_side() {
         "the second file started only after the first finished:\n{log}"
     );
 }
+
+#[test]
+fn symlinks_are_taken_only_when_the_watch_follows_them() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let outside = dir.generated(DataKind::Short, 500, 39);
+    std::os::unix::fs::symlink(&outside, inbox.join("link.bam")).unwrap();
+
+    // Not followed: a regular file dropped after it is converted, the link never.
+    let config_path = config(&dir, &inbox, "");
+    let daemon = Daemon::start(dir.root(), Some(&config_path));
+    std::fs::copy(
+        dir.generated(DataKind::Short, 500, 40),
+        inbox.join("regular.bam"),
+    )
+    .unwrap();
+    daemon.wait_for("the regular file", || {
+        inbox.join("done/regular.bam").exists()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(inbox.join("link.bam").symlink_metadata().is_ok());
+    assert!(!dir.path("lake/test/link").exists(), "the link was taken");
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    // Followed when configured: the link's target is converted and the link filed away.
+    let config_path = config(&dir, &inbox, "follow_symlinks = true\n");
+    let daemon = Daemon::start(dir.root(), Some(&config_path));
+    daemon.wait_for("the link", || {
+        inbox.join("done/link.bam").symlink_metadata().is_ok()
+    });
+    let dataset = sam_text::read_dataset(&dir.path("lake/test/link")).unwrap();
+    assert_dataset_matches_samtools(&dataset, &outside);
+    assert!(outside.exists(), "the target stays where it is");
+    let (code, _, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
