@@ -604,6 +604,7 @@ fn process(
                 peak_rss_bytes = m.peak_rss_bytes,
                 busy_read = format!("{:.3}", s.read),
                 busy_inflate = format!("{:.3}", s.inflate),
+                busy_filter = format!("{:.3}", s.filter),
                 busy_decode = format!("{:.3}", s.decode),
                 busy_encode = format!("{:.3}", s.encode),
                 busy_write = format!("{:.3}", s.write),
