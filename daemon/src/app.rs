@@ -508,10 +508,20 @@ fn process(
     };
 
     // Check for a duplicate and record the attempt under one lock, so two workers of this
-    // daemon never both see the content as new once it has been converted.
+    // daemon, or two daemons sharing the ledger, never both see the content as new.
     let mut book = ledger
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let shared = match book.exclusive() {
+        Ok(lock) => Some(lock),
+        Err(error) => {
+            warn!(
+                error = chain(&error),
+                "Cannot lock the ledger; checking duplicates in this process only."
+            );
+            None
+        }
+    };
     if let Some(previous) = book.converted(&hash) {
         if previous.path == file.path {
             return Outcome::AlreadyDone;
@@ -525,6 +535,7 @@ fn process(
                 ..entry(FileState::Duplicate)
             },
         );
+        drop(shared);
         drop(book);
         if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
             warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away duplicate input.");
@@ -532,7 +543,7 @@ fn process(
         return Outcome::Duplicate;
     }
 
-    if !book.begin_converting(&hash) {
+    if book.converting_elsewhere(&hash) || !book.begin_converting(&hash) {
         // Taken up again after the other copy is done, when it is a plain duplicate.
         info!(watch = %watch.name, path = %file.path.display(), "The same content is being converted now; this copy waits.");
         return Outcome::Skipped;
@@ -547,6 +558,7 @@ fn process(
             ..entry(FileState::Converting)
         },
     );
+    drop(shared);
     drop(book);
     // Created only now: its drop takes the ledger lock.
     let _converting = ConvertingGuard {

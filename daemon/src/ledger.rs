@@ -4,6 +4,12 @@
 //! failure, duplicate), each fsynced, so a crash loses at most the line being written — and a
 //! torn last line is skipped on load. The latest entry per path is its state. The same content
 //! dropped again (under any name) is found by its content hash and not converted twice.
+//!
+//! Several daemons may share one `state_dir` (and so one ledger). The file is the truth: each
+//! process indexes every line as it appears, its own included, and checks for a duplicate and
+//! records its attempt under an exclusive `flock` of the file ([`Ledger::exclusive`]), after
+//! reading what the others appended. A `converting` entry carries its process id, so the same
+//! content is not converted by two processes at once while its converter lives.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -64,6 +70,9 @@ pub struct Entry {
     pub records_written: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<PathBuf>,
+    /// For a `converting` entry: the process converting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     /// For a duplicate: the file whose conversion it repeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<PathBuf>,
@@ -85,10 +94,17 @@ impl Entry {
             records_read: None,
             records_written: None,
             output: None,
+            pid: (state == FileState::Converting).then(std::process::id),
             duplicate_of: None,
             error: None,
         }
     }
+}
+
+/// An exclusive `flock` on the ledger file, released when dropped.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
 }
 
 /// The ledger file and its entries.
@@ -101,6 +117,10 @@ pub struct Ledger {
     converted: HashMap<String, usize>,
     /// Path → index of its latest entry.
     latest: HashMap<PathBuf, usize>,
+    /// Content hash → index of its latest entry.
+    latest_by_hash: HashMap<String, usize>,
+    /// Bytes of the file indexed so far (whole lines only).
+    read_offset: u64,
     /// Content hashes a worker of this process is converting right now (not persisted).
     converting: std::collections::HashSet<String>,
 }
@@ -129,20 +149,35 @@ impl Ledger {
             entries: Vec::new(),
             converted: HashMap::new(),
             latest: HashMap::new(),
+            latest_by_hash: HashMap::new(),
+            read_offset: 0,
             converting: std::collections::HashSet::new(),
         };
-        let reader = BufReader::new(File::open(&path).map_err(open)?);
-        for (number, line) in reader.lines().enumerate() {
-            let line = line.map_err(open)?;
-            match serde_json::from_str::<Entry>(&line) {
-                Ok(entry) => ledger.index(entry),
-                // A crash can tear the last line; anything else unreadable is reported too.
+        ledger.read_new().map_err(open)?;
+        Ok(ledger)
+    }
+
+    /// Indexes the whole lines appended since the last read, by any process.
+    fn read_new(&mut self) -> io::Result<()> {
+        let mut file = File::open(&self.path)?;
+        file.seek(SeekFrom::Start(self.read_offset))?;
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            // A line still being written (or torn by a crash) waits for its newline.
+            if n == 0 || line.last() != Some(&b'\n') {
+                return Ok(());
+            }
+            self.read_offset += n as u64;
+            match serde_json::from_slice::<Entry>(&line) {
+                Ok(entry) => self.index(entry),
                 Err(error) => {
-                    tracing::warn!(path = %path.display(), line = number + 1, %error, "Skipping unreadable ledger line.")
+                    tracing::warn!(path = %self.path.display(), offset = self.read_offset - n as u64, %error, "Skipping unreadable ledger line.")
                 }
             }
         }
-        Ok(ledger)
     }
 
     fn index(&mut self, entry: Entry) {
@@ -151,7 +186,43 @@ impl Ledger {
             self.converted.insert(entry.content_hash.clone(), i);
         }
         self.latest.insert(entry.path.clone(), i);
+        self.latest_by_hash.insert(entry.content_hash.clone(), i);
         self.entries.push(entry);
+    }
+
+    /// Takes the file's exclusive lock and reads what other processes appended, so a check and
+    /// the entry recording its outcome happen as one step across processes.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`LedgerError::Open`] when the file cannot be locked or read.
+    pub fn exclusive(&mut self) -> Result<FileLock, LedgerError> {
+        let path = self.path.clone();
+        let open = |source| LedgerError::Open { path, source };
+        let file = match File::open(&self.path).and_then(|file| {
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+            self.read_new()?;
+            Ok(file)
+        }) {
+            Ok(file) => file,
+            Err(e) => return Err(open(e)),
+        };
+        Ok(FileLock { _file: file })
+    }
+
+    /// Whether another live process is converting this content now.
+    pub fn converting_elsewhere(&self, content_hash: &str) -> bool {
+        let Some(&i) = self.latest_by_hash.get(content_hash) else {
+            return false;
+        };
+        let entry = &self.entries[i];
+        match (entry.state, entry.pid) {
+            (FileState::Converting, Some(pid)) if pid != std::process::id() => {
+                rustix::process::Pid::from_raw(pid as i32)
+                    .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+            }
+            _ => false,
+        }
     }
 
     /// Appends an entry durably (write, fsync).
@@ -160,16 +231,17 @@ impl Ledger {
     ///
     /// Returns [`LedgerError::Append`] when it cannot be written.
     pub fn append(&mut self, entry: Entry) -> Result<(), LedgerError> {
+        let path = self.path.clone();
         let append = |source| LedgerError::Append {
-            path: self.path.clone(),
+            path: path.clone(),
             source,
         };
         let mut line = serde_json::to_vec(&entry).map_err(|e| append(e.into()))?;
         line.push(b'\n');
         self.file.write_all(&line).map_err(append)?;
         self.file.sync_data().map_err(append)?;
-        self.index(entry);
-        Ok(())
+        // Indexed as read back, in file order, with whatever others appended before it.
+        self.read_new().map_err(append)
     }
 
     /// The successful conversion of the same content, if any.

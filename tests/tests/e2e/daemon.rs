@@ -575,3 +575,34 @@ fn symlinks_are_taken_only_when_the_watch_follows_them() {
     let (code, _, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[test]
+fn two_daemons_convert_the_same_content_under_two_names_once() {
+    let dir = TestDir::new();
+    let inbox = dir.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let config = config(&dir, &inbox, "");
+    let bam = dir.generated(DataKind::Short, 20_000, 41);
+    std::fs::copy(&bam, inbox.join("copy1.bam")).unwrap();
+    std::fs::copy(&bam, inbox.join("copy2.bam")).unwrap();
+    let first = Daemon::start(dir.root(), Some(&config));
+    let second = Daemon::start(dir.root(), Some(&config));
+    first.wait_for("both copies filed away", || {
+        inbox.join("done/copy1.bam").exists() && inbox.join("done/copy2.bam").exists()
+    });
+    let (c1, _, log1) = first.terminate();
+    let (c2, _, log2) = second.terminate();
+    assert_eq!((c1, c2), (Some(0), Some(0)), "{log1}\n{log2}");
+    let datasets: Vec<_> = std::fs::read_dir(dir.path("lake/test"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        datasets.len(),
+        1,
+        "one dataset: {datasets:?}\n{log1}\n{log2}"
+    );
+    let logs = format!("{log1}{log2}");
+    assert_eq!(logs.matches("Converted file.").count(), 1, "{logs}");
+    assert_eq!(logs.matches("outcome=\"duplicate\"").count(), 1, "{logs}");
+}
