@@ -12,15 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCALE=${SCALE:-1}
-THREADS=${THREADS:-$(nproc)}
-BENCH_DIR=${BENCH_DIR:-target/bench}
-mkdir -p "$BENCH_DIR"
-command -v samtools >/dev/null || { echo "needs samtools" >&2; exit 2; }
-[ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time)" >&2; exit 2; }
+. bench/common.sh
 
 cargo build --release --quiet -p bamflow -p bamflow-tests -p bamflow-test-noop
-BIN=target/release
 
 records=$((2000000 * SCALE))
 raw="$BENCH_DIR/short-$records.bam"
@@ -33,11 +27,7 @@ fi
 total=$(samtools view -c -@"$THREADS" "$bam")
 
 # wall seconds of a command
-wall() {
-  local log; log=$(mktemp)
-  /usr/bin/time -f '%e' -o "$log" "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-  cat "$log"; rm -f "$log"
-}
+wall() { measure "$@" | cut -d' ' -f1; }
 convert() { # out args...
   local out="$BENCH_DIR/filters.d/$1"; shift
   rm -rf "$out"; mkdir -p "$(dirname "$out")"

@@ -12,15 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCALE=${SCALE:-1}
-THREADS=${THREADS:-$(nproc)}
-BENCH_DIR=${BENCH_DIR:-target/bench}
-mkdir -p "$BENCH_DIR"
-command -v samtools >/dev/null || { echo "needs samtools" >&2; exit 2; }
-[ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time)" >&2; exit 2; }
+. bench/common.sh
 
 cargo build --release --quiet -p bamflow -p bamflow-tests
-BIN=target/release
 
 # name kind records extra-args
 inputs=(
@@ -29,14 +23,6 @@ inputs=(
   "unaligned unaligned $((2000000 * SCALE))"
 )
 
-# measure LABEL CMD... → prints wall, cpu, rss (kB) as "wall cpu rss"
-measure() {
-  local log
-  log=$(mktemp)
-  /usr/bin/time -f '%e %U %S %M' -o "$log" "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; cat "$log" >&2; exit 1; }
-  awk '{printf "%s %.2f %s\n", $1, $2 + $3, $4}' "$log"
-  rm -f "$log"
-}
 
 printf '%-10s %-26s %8s %8s %6s %12s %9s %10s\n' input tool wall_s cpu_s cpu/w records/s rss_MB out/bam
 for spec in "${inputs[@]}"; do

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, DaemonConfig, Disposition, WatchConfig};
 use crate::dataset;
 use crate::ledger::{self, Entry, FileState, Ledger};
-use crate::metrics::{Counters, Metrics, RescanReason};
+use crate::metrics::{Metrics, RescanReason};
 use crate::pipeline::write::PartInfo;
 use crate::pipeline::{self, ConvertError, Engine, Location, Observer};
 use crate::service::Notifier;
@@ -82,21 +82,15 @@ struct JobObserver<'a> {
     metrics: &'a Metrics,
     watch: &'a str,
     /// The conversion's figures at the last report, to add only what changed since.
-    last: Mutex<Counters>,
+    last: Mutex<pipeline::Progress>,
 }
 
 impl Observer for JobObserver<'_> {
     fn progress(&self, progress: pipeline::Progress) {
         self.notifier.watchdog();
-        let now = Counters {
-            records_read: progress.records_read,
-            rows_written: progress.rows_written,
-            bytes_read: progress.bytes_read,
-            busy: progress.busy,
-        };
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        self.metrics.progressed(self.watch, &last, &now);
-        *last = now;
+        self.metrics.progressed(self.watch, &last, &progress);
+        *last = progress;
     }
 
     fn checkpointed(&self, part: &PartInfo, commit_seconds: f64) {
@@ -568,15 +562,14 @@ fn process(
     let record = |ledger: &Mutex<Ledger>, entry: Entry| {
         record(&mut ledger.lock().unwrap_or_else(|p| p.into_inner()), entry)
     };
-    if let Some(published) = published_from(&output, &file.path) {
-        // A crash struck after the dataset was published but before the input was filed away.
-        info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), outcome = "success", "Dataset was already published from this input; filing the input away.");
+    // Records the success in the ledger and files the input away.
+    let succeeded = |counts: &dataset::Counts| {
         record(
             ledger,
             Entry {
                 attempts,
-                records_read: Some(published.counts.read),
-                records_written: Some(published.counts.written),
+                records_read: Some(counts.read),
+                records_written: Some(counts.written),
                 output: Some(output.clone()),
                 ..entry(FileState::Success)
             },
@@ -584,6 +577,11 @@ fn process(
         if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
             warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away converted input.");
         }
+    };
+    if let Some(published) = published_from(&output, &file.path) {
+        // A crash struck after the dataset was published but before the input was filed away.
+        info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), outcome = "success", "Dataset was already published from this input; filing the input away.");
+        succeeded(&published.counts);
         return Outcome::Success;
     }
     info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, "Converting file.");
@@ -592,16 +590,6 @@ fn process(
             // Published, but not yet in the ledger nor filed away: a restart must cope.
             let _ = crate::faults::point("dataset-published");
             let m = &summary.manifest;
-            record(
-                ledger,
-                Entry {
-                    attempts,
-                    records_read: Some(m.counts.read),
-                    records_written: Some(m.counts.written),
-                    output: Some(output.clone()),
-                    ..entry(FileState::Success)
-                },
-            );
             let s = &m.stage_seconds;
             info!(
                 watch = %watch.name,
@@ -624,9 +612,7 @@ fn process(
                 outcome = "success",
                 "Converted file."
             );
-            if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
-                warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away converted input.");
-            }
+            succeeded(&m.counts);
             Outcome::Success
         }
         Err(error) if error.is_cancelled() => {

@@ -144,11 +144,20 @@ impl Checkpoint {
         }
     }
 
-    /// Records a part that is durable, and where the next one starts.
-    pub fn add_part(&mut self, part: PartInfo, next_virtual_offset: u64) {
+    /// Records a part that is durable, where the next one starts, and what each filter dropped
+    /// from the part's input.
+    pub fn add_part(
+        &mut self,
+        part: PartInfo,
+        next_virtual_offset: u64,
+        filtered: impl IntoIterator<Item = (String, u64)>,
+    ) {
         self.next_record += part.records;
         self.counts.read += part.records;
         self.counts.written += part.rows;
+        for (filter, n) in filtered {
+            *self.counts.filtered.entry(filter).or_default() += n;
+        }
         self.next_virtual_offset = next_virtual_offset;
         self.parts.push(part);
     }
@@ -395,7 +404,7 @@ mod tests {
                 records: 10,
                 crc32,
             };
-            checkpoint.add_part(part, 1000 * (i as u64 + 1));
+            checkpoint.add_part(part, 1000 * (i as u64 + 1), []);
             checkpoint.save(dir.path()).unwrap();
         }
         (dir, checkpoint)

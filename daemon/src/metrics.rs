@@ -18,8 +18,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::pipeline::busy::{BusyStage, StageSeconds};
-use crate::pipeline::{ErrorKind, Stage};
+use crate::pipeline::busy::BusyStage;
+use crate::pipeline::{ErrorKind, Progress, Stage};
 
 /// How a file ended, as the `outcome` label says.
 pub const OUTCOMES: [&str; 3] = ["success", "failure", "duplicate"];
@@ -356,7 +356,7 @@ impl Metrics {
     }
 
     /// Adds a conversion's progress since `last` (both cumulative for that conversion).
-    pub fn progressed(&self, watch: &str, last: &Counters, now: &Counters) {
+    pub fn progressed(&self, watch: &str, last: &Progress, now: &Progress) {
         let labels = &[watch];
         self.records_read
             .with_label_values(labels)
@@ -403,15 +403,6 @@ impl Metrics {
     pub fn resumed(&self, watch: &str) {
         self.resumes.with_label_values(&[watch]).inc();
     }
-}
-
-/// The cumulative figures of one conversion the metrics are fed from.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
-    pub records_read: u64,
-    pub rows_written: u64,
-    pub bytes_read: u64,
-    pub busy: StageSeconds,
 }
 
 /// Growth from `before` to `after`; a counter that went back (a retried attempt counting from
@@ -500,5 +491,39 @@ fn respond(request: tiny_http::Request, metrics: &Metrics, stall_after: Duration
     };
     if let Err(error) = request.respond(response) {
         tracing::debug!(%error, "Metrics client went away.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn get(address: SocketAddr, path: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+
+    #[test]
+    fn healthz_fails_while_the_scan_loop_is_stalled() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let address = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::clone(&metrics),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        // Never beaten: as if the loop had stalled since 1970.
+        let stalled = get(address, "/healthz");
+        assert!(stalled.starts_with("HTTP/1.0 503"), "{stalled}");
+        assert!(stalled.contains("stalled"), "{stalled}");
+        metrics.beat();
+        let healthy = get(address, "/healthz");
+        assert!(healthy.starts_with("HTTP/1.0 200"), "{healthy}");
+        assert!(get(address, "/nope").starts_with("HTTP/1.0 404"));
     }
 }

@@ -10,15 +10,15 @@
 //! unloading code still referenced is undefined behaviour. Loading the same path again reuses
 //! the same handle (the dynamic loader counts references).
 
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bamflow_plugin_api::abi::{
-    EntryPoint, PluginTable, RawBatch, ENTRY_SYMBOL, FLAG_THREAD_SAFE, STATUS_OK, STATUS_PANIC,
-    TABLE_SIZE,
+    text, EntryPoint, PluginTable, RawBatch, ENTRY_SYMBOL, FLAG_THREAD_SAFE, STATUS_OK,
+    STATUS_PANIC, TABLE_SIZE,
 };
 use bamflow_plugin_api::{Batch, ABI_MAJOR};
 use sha2::{Digest, Sha256};
@@ -137,7 +137,7 @@ impl Plugin {
         // SAFETY: same major and at least our table's size: every field we read exists.
         let table: &'static PluginTable = unsafe { &*table };
         // SAFETY: the ABI requires NUL-terminated strings that live as long as the library.
-        let (name, version) = unsafe { (c_text(table.name), c_text(table.version)) };
+        let (name, version) = unsafe { (text(table.name), text(table.version)) };
         Ok(Self {
             path: path.to_owned(),
             name,
@@ -193,7 +193,7 @@ impl Plugin {
             });
         }
         // SAFETY: `last_error(NULL)` returns this thread's create error, NUL-terminated.
-        let message = unsafe { c_text((self.table.last_error)(std::ptr::null_mut())) };
+        let message = unsafe { text((self.table.last_error)(std::ptr::null_mut())) };
         let name = self.name.clone();
         Err(if status == STATUS_PANIC {
             PluginError::Panicked { name, message }
@@ -251,7 +251,7 @@ impl PluginState {
             return Ok(());
         }
         // SAFETY: `last_error` on a live state returns a NUL-terminated string.
-        let message = unsafe { c_text((self.plugin.table.last_error)(self.ptr)) };
+        let message = unsafe { text((self.plugin.table.last_error)(self.ptr)) };
         let name = self.plugin.name.clone();
         Err(if status == STATUS_PANIC {
             PluginError::Panicked { name, message }
@@ -266,19 +266,6 @@ impl Drop for PluginState {
         // SAFETY: the state came from `create` and is destroyed exactly once.
         unsafe { (self.plugin.table.destroy)(self.ptr) }
     }
-}
-
-/// # Safety
-///
-/// `ptr` is null or a NUL-terminated string.
-unsafe fn c_text(ptr: *const std::ffi::c_char) -> String {
-    if ptr.is_null() {
-        return String::new();
-    }
-    // SAFETY: the caller guarantees a NUL-terminated string.
-    unsafe { CStr::from_ptr(ptr) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Refuses a library (or its folder) that group or others can write.

@@ -80,6 +80,22 @@ pub struct PluginTable {
 /// The size of this version's table, as plugins report it in `table_size`.
 pub const TABLE_SIZE: u32 = std::mem::size_of::<PluginTable>() as u32;
 
+/// Copies a string the ABI hands over (a table's name, `last_error`) into an owned `String`;
+/// empty for NULL, invalid UTF-8 replaced.
+///
+/// # Safety
+///
+/// `ptr` is null or a NUL-terminated string valid for the call.
+pub unsafe fn text(ptr: *const c_char) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller guarantees a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A [`PluginTable`] that can live in a `static`: its pointers are to `'static` data.
 #[repr(transparent)]
 pub struct StaticTable(pub PluginTable);

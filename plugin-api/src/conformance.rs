@@ -2,10 +2,10 @@
 //! batches and the largest records, answer with a valid mask, answer the same way twice, and
 //! how many nanoseconds does it spend per record? `bamflow plugin check PATH` runs it.
 
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::abi::{PluginTable, RawBatch, STATUS_OK};
+use crate::abi::{text, PluginTable, RawBatch, STATUS_OK};
 use crate::RecordBuilder;
 
 /// The header plugins are created with: two references and a read group.
@@ -165,7 +165,7 @@ struct State<'t> {
 impl State<'_> {
     fn error(&self) -> String {
         // SAFETY: `last_error` returns a valid NUL-terminated string for a live state.
-        unsafe { c_text((self.table.last_error)(self.ptr)) }
+        unsafe { text((self.table.last_error)(self.ptr)) }
     }
 
     /// Runs the plugin on `batch`; returns the mask.
@@ -191,19 +191,6 @@ impl Drop for State<'_> {
     }
 }
 
-/// # Safety
-///
-/// `ptr` is null or a NUL-terminated string.
-unsafe fn c_text(ptr: *const std::ffi::c_char) -> String {
-    if ptr.is_null() {
-        return String::new();
-    }
-    // SAFETY: the caller guarantees a NUL-terminated string.
-    unsafe { CStr::from_ptr(ptr) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 fn create<'t>(table: &'t PluginTable, config_json: &str) -> Result<State<'t>, String> {
     let mut ptr = std::ptr::null_mut();
     // SAFETY: the buffers are valid for their lengths and `ptr` is writable.
@@ -218,7 +205,7 @@ fn create<'t>(table: &'t PluginTable, config_json: &str) -> Result<State<'t>, St
     };
     if status != STATUS_OK || ptr.is_null() {
         // SAFETY: `last_error(NULL)` returns the create error of this thread.
-        let message = unsafe { c_text((table.last_error)(std::ptr::null_mut())) };
+        let message = unsafe { text((table.last_error)(std::ptr::null_mut())) };
         return Err(format!("create failed (status {status}): {message}"));
     }
     Ok(State { table, ptr })
@@ -233,8 +220,8 @@ fn create<'t>(table: &'t PluginTable, config_json: &str) -> Result<State<'t>, St
 pub unsafe fn check(table: &PluginTable, config_json: &str) -> Report {
     let mut report = Report {
         // SAFETY: the table's strings are NUL-terminated and live as long as the library.
-        name: unsafe { c_text(table.name) },
-        version: unsafe { c_text(table.version) },
+        name: unsafe { text(table.name) },
+        version: unsafe { text(table.version) },
         ..Report::default()
     };
     let mut state = match create(table, config_json) {

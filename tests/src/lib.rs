@@ -103,10 +103,24 @@ pub fn sam_to_bam(sam: &str, bam: &Path) -> anyhow::Result<()> {
 ///
 /// Fails when samtools fails.
 pub fn samtools_view(bam: &Path, extra: &[&str]) -> anyhow::Result<Vec<String>> {
+    samtools_view_regions(bam, extra, &[])
+}
+
+/// [`samtools_view`] of only the records overlapping `regions` (which need an index).
+///
+/// # Errors
+///
+/// Fails when samtools fails.
+pub fn samtools_view_regions(
+    bam: &Path,
+    extra: &[&str],
+    regions: &[&str],
+) -> anyhow::Result<Vec<String>> {
     let output = Command::new("samtools")
         .args(["view", "-h", "--no-PG"])
         .args(extra)
         .arg(bam)
+        .args(regions)
         .output()?;
     ensure!(
         output.status.success(),

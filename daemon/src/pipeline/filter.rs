@@ -134,40 +134,32 @@ pub struct FilterOptions {
 }
 
 impl FilterOptions {
-    /// The names of the built-in filters these options run, in order.
-    pub fn builtin_names(&self) -> Vec<&'static str> {
-        let mut names = Vec::new();
+    /// The built-in filters these options run, in the order they run.
+    fn builtins(&self) -> Vec<Builtin<'_>> {
+        let mut out = Vec::new();
         if self.include_flags != 0 {
-            names.push("include_flags");
+            out.push(Builtin::IncludeFlags(self.include_flags));
         }
         if self.exclude_flags != 0 {
-            names.push("exclude_flags");
+            out.push(Builtin::ExcludeFlags(self.exclude_flags));
         }
         if self.min_mapq != 0 {
-            names.push("min_mapq");
+            out.push(Builtin::MinMapq(self.min_mapq));
         }
         if !self.regions.is_empty() {
-            names.push("regions");
+            out.push(Builtin::Regions(&self.regions));
         }
-        names
+        out
+    }
+
+    /// The names of the built-in filters these options run, in order.
+    pub fn builtin_names(&self) -> Vec<&'static str> {
+        self.builtins().iter().map(Builtin::name).collect()
     }
 
     /// One line per filter, for the manifest and the checkpoint's settings.
     pub fn describe(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.include_flags != 0 {
-            out.push(format!("include_flags={:#x}", self.include_flags));
-        }
-        if self.exclude_flags != 0 {
-            out.push(format!("exclude_flags={:#x}", self.exclude_flags));
-        }
-        if self.min_mapq != 0 {
-            out.push(format!("min_mapq={}", self.min_mapq));
-        }
-        if !self.regions.is_empty() {
-            let regions: Vec<_> = self.regions.iter().map(ToString::to_string).collect();
-            out.push(format!("regions={}", regions.join(",")));
-        }
+        let mut out: Vec<String> = self.builtins().iter().map(Builtin::describe).collect();
         for plugin in &self.plugins {
             out.push(format!(
                 "plugin={} config={}",
@@ -176,6 +168,39 @@ impl FilterOptions {
             ));
         }
         out
+    }
+}
+
+/// A configured built-in filter.
+enum Builtin<'a> {
+    IncludeFlags(u16),
+    ExcludeFlags(u16),
+    MinMapq(u8),
+    Regions(&'a [Region]),
+}
+
+impl Builtin<'_> {
+    fn name(&self) -> &'static str {
+        let name = match self {
+            Self::IncludeFlags(_) => IncludeFlags::NAME,
+            Self::ExcludeFlags(_) => ExcludeFlags::NAME,
+            Self::MinMapq(_) => MinMapq::NAME,
+            Self::Regions(_) => Overlaps::NAME,
+        };
+        name.to_str().unwrap_or_default()
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::IncludeFlags(bits) | Self::ExcludeFlags(bits) => {
+                format!("{}={bits:#x}", self.name())
+            }
+            Self::MinMapq(min) => format!("{}={min}", self.name()),
+            Self::Regions(regions) => {
+                let regions: Vec<_> = regions.iter().map(ToString::to_string).collect();
+                format!("{}={}", self.name(), regions.join(","))
+            }
+        }
     }
 }
 
@@ -192,40 +217,65 @@ pub trait BatchFilter: Send + Sync {
     fn apply(&self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), String>;
 }
 
-/// A [`Filter`] run in-process, one state per concurrent caller.
-pub struct InProcess<F> {
-    name: String,
-    states: Mutex<Vec<F>>,
-    make: Box<dyn Fn() -> Result<F, String> + Send + Sync>,
+/// Filter states for concurrent callers: a caller takes one (or makes one when none is free),
+/// uses it alone, and puts it back, so there are never more states than callers at once.
+struct StatePool<S> {
+    free: Mutex<Vec<S>>,
 }
 
-impl<F: Filter> InProcess<F> {
-    pub fn new(make: impl Fn() -> Result<F, String> + Send + Sync + 'static) -> Self {
+impl<S> StatePool<S> {
+    fn new(first: Vec<S>) -> Self {
+        Self {
+            free: Mutex::new(first),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        make: impl FnOnce() -> Result<S, String>,
+        work: impl FnOnce(&mut S) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let taken = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut state = match taken {
+            Some(state) => state,
+            None => make()?,
+        };
+        let result = work(&mut state);
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state);
+        result
+    }
+}
+
+/// A built-in [`Filter`] run in-process; states are copies of a prototype.
+pub struct InProcess<F> {
+    name: String,
+    prototype: F,
+    states: StatePool<F>,
+}
+
+impl<F: Filter + Clone + Sync> InProcess<F> {
+    pub fn new(prototype: F) -> Self {
         Self {
             name: F::NAME.to_string_lossy().into_owned(),
-            states: Mutex::new(Vec::new()),
-            make: Box::new(make),
+            prototype,
+            states: StatePool::new(Vec::new()),
         }
     }
 }
 
-impl<F: Filter> BatchFilter for InProcess<F> {
+impl<F: Filter + Clone + Sync> BatchFilter for InProcess<F> {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn apply(&self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), String> {
-        let taken = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut state = match taken {
-            Some(state) => state,
-            None => (self.make)()?,
-        };
-        let result = state.filter(batch, keep);
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(state);
-        result
+        self.states.with(
+            || Ok(self.prototype.clone()),
+            |state| state.filter(batch, keep),
+        )
     }
 }
 
@@ -235,7 +285,7 @@ pub struct PluginFilter {
     plugin: Plugin,
     config_json: String,
     header: String,
-    states: Mutex<Vec<PluginState>>,
+    states: StatePool<PluginState>,
     shared: Option<PluginState>,
 }
 
@@ -257,7 +307,7 @@ impl PluginFilter {
             plugin,
             config_json: config_json.to_owned(),
             header: header.to_owned(),
-            states: Mutex::new(states),
+            states: StatePool::new(states),
             shared,
         })
     }
@@ -272,58 +322,59 @@ impl BatchFilter for PluginFilter {
         if let Some(shared) = &self.shared {
             return shared.filter_shared(batch, keep).map_err(|e| e.to_string());
         }
-        let taken = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut state = match taken {
-            Some(state) => state,
-            None => self
-                .plugin
-                .create(&self.config_json, &self.header)
-                .map_err(|e| e.to_string())?,
-        };
-        let result = state.filter(batch, keep).map_err(|e| e.to_string());
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(state);
-        result
+        self.states.with(
+            || {
+                self.plugin
+                    .create(&self.config_json, &self.header)
+                    .map_err(|e| e.to_string())
+            },
+            |state| state.filter(batch, keep).map_err(|e| e.to_string()),
+        )
     }
 }
 
-/// Keeps records with all of `include` set and none of `exclude` (`samtools view -f/-F`).
-pub struct Flags {
-    include: u16,
-    exclude: u16,
+/// Sets each record's keep byte from `keeps(record)`.
+fn keep_where(
+    batch: &Batch<'_>,
+    keep: &mut [u8],
+    keeps: impl Fn(&bamflow_plugin_api::RecordView<'_>) -> bool,
+) -> Result<(), String> {
+    for (i, record) in batch.records().enumerate() {
+        keep[i] = u8::from(keeps(&record.map_err(|e| e.to_string())?));
+    }
+    Ok(())
 }
 
-/// `samtools view -f`.
-pub struct IncludeFlags(Flags);
-/// `samtools view -F`.
-pub struct ExcludeFlags(Flags);
+/// Keeps records with all these flag bits set (`samtools view -f`).
+#[derive(Clone, Copy, Debug)]
+pub struct IncludeFlags(pub u16);
 
-impl Flags {
-    fn keep(&self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), String> {
-        for (i, record) in batch.records().enumerate() {
-            let flags = record.map_err(|e| e.to_string())?.flags();
-            keep[i] = u8::from(flags & self.include == self.include && flags & self.exclude == 0);
-        }
-        Ok(())
-    }
+/// Drops records with any of these flag bits set (`samtools view -F`).
+#[derive(Clone, Copy, Debug)]
+pub struct ExcludeFlags(pub u16);
+
+/// Keeps records with MAPQ at least the minimum (`samtools view -q`; 255 counts as 255).
+#[derive(Clone, Copy, Debug)]
+pub struct MinMapq(pub u8);
+
+/// Built-ins take their settings from bamflow's config, never as JSON.
+fn not_from_json<T>(name: &CStr) -> Result<T, String> {
+    Err(format!(
+        "the built-in filter {name:?} is configured in [filter], not as a plugin"
+    ))
 }
 
 impl Filter for IncludeFlags {
     const NAME: &'static CStr = c"include_flags";
     const VERSION: &'static CStr = c"builtin";
 
-    fn new(config_json: &str, _: &str) -> Result<Self, String> {
-        let include = config_json.parse().map_err(|e| format!("{e}"))?;
-        Ok(Self(Flags {
-            include,
-            exclude: 0,
-        }))
+    fn new(_: &str, _: &str) -> Result<Self, String> {
+        not_from_json(Self::NAME)
     }
 
     fn filter(&mut self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), String> {
-        self.0.keep(batch, keep)
+        let bits = self.0;
+        keep_where(batch, keep, |r| r.flags() & bits == bits)
     }
 }
 
@@ -331,35 +382,27 @@ impl Filter for ExcludeFlags {
     const NAME: &'static CStr = c"exclude_flags";
     const VERSION: &'static CStr = c"builtin";
 
-    fn new(config_json: &str, _: &str) -> Result<Self, String> {
-        let exclude = config_json.parse().map_err(|e| format!("{e}"))?;
-        Ok(Self(Flags {
-            include: 0,
-            exclude,
-        }))
+    fn new(_: &str, _: &str) -> Result<Self, String> {
+        not_from_json(Self::NAME)
     }
 
     fn filter(&mut self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), String> {
-        self.0.keep(batch, keep)
+        let bits = self.0;
+        keep_where(batch, keep, |r| r.flags() & bits == 0)
     }
 }
-
-/// Keeps records with MAPQ at least the minimum (`samtools view -q`; 255 counts as 255).
-pub struct MinMapq(u8);
 
 impl Filter for MinMapq {
     const NAME: &'static CStr = c"min_mapq";
     const VERSION: &'static CStr = c"builtin";
 
-    fn new(config_json: &str, _: &str) -> Result<Self, String> {
-        config_json.parse().map(Self).map_err(|e| format!("{e}"))
+    fn new(_: &str, _: &str) -> Result<Self, String> {
+        not_from_json(Self::NAME)
     }
 
     fn filter(&mut self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), String> {
-        for (i, record) in batch.records().enumerate() {
-            keep[i] = u8::from(record.map_err(|e| e.to_string())?.mapping_quality() >= self.0);
-        }
-        Ok(())
+        let min = self.0;
+        keep_where(batch, keep, |r| r.mapping_quality() >= min)
     }
 }
 
@@ -401,7 +444,7 @@ impl Filter for Overlaps {
     const VERSION: &'static CStr = c"builtin";
 
     fn new(_: &str, _: &str) -> Result<Self, String> {
-        Err("the regions filter is built from resolved regions".to_owned())
+        not_from_json(Self::NAME)
     }
 
     fn filter(&mut self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), String> {
@@ -451,43 +494,29 @@ impl FilterChain {
         options: &FilterOptions,
         reference_names: &[String],
     ) -> Result<Vec<Box<dyn BatchFilter>>, FilterError> {
-        let mut filters: Vec<Box<dyn BatchFilter>> = Vec::new();
-        if options.include_flags != 0 {
-            let include = options.include_flags;
-            filters.push(Box::new(InProcess::new(move || {
-                IncludeFlags::new(&include.to_string(), "")
-            })));
-        }
-        if options.exclude_flags != 0 {
-            let exclude = options.exclude_flags;
-            filters.push(Box::new(InProcess::new(move || {
-                ExcludeFlags::new(&exclude.to_string(), "")
-            })));
-        }
-        if options.min_mapq != 0 {
-            let min = options.min_mapq;
-            filters.push(Box::new(InProcess::new(move || {
-                MinMapq::new(&min.to_string(), "")
-            })));
-        }
-        if !options.regions.is_empty() {
-            let overlaps = Overlaps::new(&options.regions, reference_names)?;
-            filters.push(Box::new(InProcess::new(move || Ok(overlaps.clone()))));
-        }
-        Ok(filters)
+        options
+            .builtins()
+            .into_iter()
+            .map(|builtin| -> Result<Box<dyn BatchFilter>, FilterError> {
+                Ok(match builtin {
+                    Builtin::IncludeFlags(bits) => Box::new(InProcess::new(IncludeFlags(bits))),
+                    Builtin::ExcludeFlags(bits) => Box::new(InProcess::new(ExcludeFlags(bits))),
+                    Builtin::MinMapq(min) => Box::new(InProcess::new(MinMapq(min))),
+                    Builtin::Regions(regions) => {
+                        Box::new(InProcess::new(Overlaps::new(regions, reference_names)?))
+                    }
+                })
+            })
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()
     }
 
-    pub fn push(&mut self, filter: Box<dyn BatchFilter>) {
-        self.filters.push(filter);
-    }
-
     /// The filters' names, in order.
-    pub fn names(&self) -> Vec<String> {
-        self.filters.iter().map(|f| f.name().to_owned()).collect()
+    pub fn names(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.filters.iter().map(|f| f.name())
     }
 
     /// Runs every filter over `batch`, compacting it after each; returns how many records each

@@ -624,6 +624,7 @@ struct Build<'a> {
     metadata: Vec<KeyValue>,
     decoder: &'a Decoder,
     filters: &'a FilterChain,
+    /// Index spans to read instead of the whole file (region queries).
     spans: Option<&'a [Span]>,
     busy: &'a Arc<BusyTimes>,
 }
@@ -647,21 +648,10 @@ impl Build<'_> {
         .resume_after(checkpoint.parts.len());
 
         let first_record = checkpoint.next_record;
-        let run = Run {
-            input: self.input,
-            options: self.options,
-            plan: self.plan,
-            pool: self.pool,
-            observer: self.observer,
-            staging: self.staging,
-            filters: self.filters,
-            spans: self.spans,
-            busy: self.busy,
-        };
-        let (sink, mut checkpoint, mut progress) = run.stages(self.decoder, sink, checkpoint)?;
+        let (sink, mut checkpoint, mut progress) = self.stages(sink, checkpoint)?;
         let last = sink.finish().map_err(|e| fail(Stage::Write, e.into()))?;
         if let Some(committed) = last {
-            run.save(&mut checkpoint, committed)
+            self.save(&mut checkpoint, committed)
                 .map_err(|e| e.attribute(self.input))?;
         }
         // The last part's time and bytes, and the stages' final totals.
@@ -825,26 +815,12 @@ fn manifest(
 /// Decoded chunks on their way to the writer, in record order.
 type DecodedWindow = Vec<Chunk>;
 
-/// One conversion's running pipeline.
-struct Run<'a> {
-    input: &'a Path,
-    options: &'a ConvertOptions,
-    plan: BatchPlan,
-    pool: &'a Arc<ThreadPool>,
-    observer: &'a dyn Observer,
-    staging: &'a Path,
-    filters: &'a FilterChain,
-    /// Index spans to read instead of the whole file (region queries).
-    spans: Option<&'a [Span]>,
-    busy: &'a Arc<BusyTimes>,
-}
-
-impl Run<'_> {
+/// The running pipeline of one attempt: reader, decoder and writer.
+impl Build<'_> {
     /// Runs reader, decoder and writer from the checkpoint until the input is consumed or a
     /// stage fails; returns the sink (its last part still open) and the checkpoint so far.
     fn stages(
         &self,
-        decoder: &Decoder,
         sink: ParquetSink,
         checkpoint: Checkpoint,
     ) -> Result<(ParquetSink, Checkpoint, Progress), ConvertError> {
@@ -879,7 +855,7 @@ impl Run<'_> {
                 }
             };
 
-            let decoded = self.decode(decoder, raw_rx, free_tx, decoded_tx, &bytes_read);
+            let decoded = self.decode(raw_rx, free_tx, decoded_tx, &bytes_read);
             let panicked = || ConvertError::new(self.input, Stage::Decode, StageError::Panicked);
             reader.join().map_err(|_| panicked())?;
             let written = writer.join().map_err(|_| panicked())?;
@@ -1006,7 +982,6 @@ impl Run<'_> {
     /// Calling thread: decodes windows of batches in parallel; returns the progress made.
     fn decode(
         &self,
-        decoder: &Decoder,
         raw: Receiver<Result<RawBatch, ConvertError>>,
         free: Sender<RawBatch>,
         out: Sender<DecodedWindow>,
@@ -1045,7 +1020,7 @@ impl Run<'_> {
                             .time(BusyStage::Filter, || filter_batch(filters, b))
                             .map_err(|e| ConvertError::new(input, Stage::Filter, e.into()))?;
                         let rows = busy
-                            .time(BusyStage::Decode, || decoder.decode(b))
+                            .time(BusyStage::Decode, || self.decoder.decode(b))
                             .map_err(|e| ConvertError::new(input, Stage::Decode, e.into()))?;
                         Ok((rows, records, dropped))
                     })
@@ -1075,7 +1050,7 @@ impl Run<'_> {
             }
             progress.bytes_read = bytes_read.load(Ordering::Relaxed);
             progress.busy = busy.snapshot();
-            for (name, n) in self.filters.names().iter().zip(dropped_in_window) {
+            for (name, n) in self.filters.names().zip(dropped_in_window) {
                 self.observer.filtered(name, n);
             }
             self.observer.progress(progress);
@@ -1105,10 +1080,8 @@ impl Run<'_> {
             seconds,
             filtered,
         } = committed;
-        checkpoint.add_part(part.clone(), next_virtual_offset);
-        for (name, n) in self.filters.names().into_iter().zip(filtered) {
-            *checkpoint.counts.filtered.entry(name).or_default() += n;
-        }
+        let filtered = self.filters.names().map(str::to_owned).zip(filtered);
+        checkpoint.add_part(part.clone(), next_virtual_offset, filtered);
         checkpoint.save(self.staging).map_err(|e| {
             SinkError::Checkpoint(ConvertError::new(self.input, Stage::Checkpoint, e.into()))
         })?;

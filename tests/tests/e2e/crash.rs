@@ -6,11 +6,12 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bamflow_tests::bamflow_bin;
 use bamflow_tests::generator::{DataKind, Rng};
 use bamflow_tests::sam_text::{self, Dataset};
-use bamflow_tests::{bamflow, bamflow_bin};
 use serde_json::Value;
 
 use crate::harness::{config, Daemon, LIMIT};
@@ -56,8 +57,7 @@ fn count(logs: &[String], needle: &str) -> usize {
 #[test]
 fn kill_dash_nine_at_any_moment_loses_and_duplicates_nothing() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let bam = dir.generated(DataKind::Short, RECORDS, 41);
     std::fs::copy(&bam, inbox.join("sample.bam")).unwrap();
     let config = config(
@@ -127,9 +127,7 @@ fn kill_dash_nine_at_any_moment_loses_and_duplicates_nothing() {
     daemon.wait_for("the input to be filed away", || {
         dir.path("inbox/done/sample.bam").exists()
     });
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
-    logs.push(log);
+    logs.push(daemon.stop());
 
     assert!(
         kills >= 20,
@@ -198,35 +196,41 @@ fn assert_same_rows(ours: &Dataset, theirs: &Dataset) {
     assert_eq!(ours.parts, theirs.parts);
 }
 
-/// `bamflow convert` killed by the fault point `fault`; returns its stderr.
-fn convert_killed_at(input: &Path, output: &Path, fault: &str) -> String {
-    let result = bamflow(&["convert", "--part-records", "1000"])
+/// `bamflow convert --part-records 1000 [flags] IN OUT` with info logs and the fault points
+/// `faults` (none when empty); returns the exit code (`None` when killed) and stderr.
+fn convert_parts(
+    input: &Path,
+    output: &Path,
+    flags: &[&str],
+    faults: &str,
+) -> (Option<i32>, String) {
+    let mut command = Command::new(bamflow_bin());
+    command
+        .args(["convert", "--part-records", "1000"])
+        .args(flags)
         .arg(input)
         .arg(output)
-        .env("BAMFLOW_FAULTS", fault)
-        .output()
-        .unwrap();
-    assert!(
-        !result.status.success(),
-        "the fault point {fault} was not reached"
-    );
-    String::from_utf8_lossy(&result.stderr).into_owned()
-}
-
-/// `bamflow convert --resume` with info logs; returns its stderr.
-fn convert_resume(input: &Path, output: &Path, extra: &[&str]) -> (bool, String) {
-    let result = std::process::Command::new(bamflow_bin())
-        .args(["convert", "--resume", "--part-records", "1000"])
-        .args(extra)
-        .arg(input)
-        .arg(output)
-        .env("BAMFLOW_LOG", "info")
-        .output()
-        .unwrap();
+        .env("BAMFLOW_LOG", "info");
+    if !faults.is_empty() {
+        command.env("BAMFLOW_FAULTS", faults);
+    }
+    let result = command.output().unwrap();
     (
-        result.status.success(),
+        result.status.code(),
         String::from_utf8_lossy(&result.stderr).into_owned(),
     )
+}
+
+/// `bamflow convert` killed by the fault point `fault`.
+fn convert_killed_at(input: &Path, output: &Path, fault: &str) {
+    let (code, log) = convert_parts(input, output, &[], fault);
+    assert_eq!(code, None, "the fault point {fault} was not reached: {log}");
+}
+
+/// `bamflow convert --resume`: whether it succeeded, and its log.
+fn convert_resume(input: &Path, output: &Path) -> (bool, String) {
+    let (code, log) = convert_parts(input, output, &["--resume"], "");
+    (code == Some(0), log)
 }
 
 fn staging_of(output: &Path) -> PathBuf {
@@ -249,7 +253,7 @@ fn convert_resume_continues_and_a_changed_input_starts_over() {
         2,
         "the third part beat its checkpoint"
     );
-    let (ok, log) = convert_resume(&bam, &out, &[]);
+    let (ok, log) = convert_resume(&bam, &out);
     assert!(ok, "{log}");
     assert!(
         log.contains("Resuming conversion from its checkpoint."),
@@ -268,7 +272,7 @@ fn convert_resume_continues_and_a_changed_input_starts_over() {
     let out = dir.path("changed");
     convert_killed_at(&bam, &out, "part-renamed=kill@3");
     std::fs::copy(dir.generated(DataKind::Short, 5_000, 52), &bam).unwrap();
-    let (ok, log) = convert_resume(&bam, &out, &[]);
+    let (ok, log) = convert_resume(&bam, &out);
     assert!(ok, "{log}");
     assert!(
         log.contains("Starting over: the input changed since the checkpoint."),
@@ -281,13 +285,8 @@ fn convert_resume_continues_and_a_changed_input_starts_over() {
     // Without --resume, leftovers are discarded, and say so.
     let out = dir.path("fresh");
     convert_killed_at(&bam, &out, "durable-renamed=kill@2");
-    let result = bamflow(&["convert", "--part-records", "1000"])
-        .arg(&bam)
-        .arg(&out)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "{log}");
+    let (code, log) = convert_parts(&bam, &out, &[], "");
+    assert_eq!(code, Some(0), "{log}");
     assert!(
         log.contains("Discarding the work of an interrupted conversion"),
         "{log}"
@@ -300,14 +299,8 @@ fn an_fsync_error_abandons_the_part_and_redoes_it_on_a_fresh_file() {
     let dir = TestDir::new();
     let bam = dir.generated(DataKind::Short, 5_000, 53);
     let out = dir.path("out");
-    let result = bamflow(&["convert", "--part-records", "1000"])
-        .arg(&bam)
-        .arg(&out)
-        .env("BAMFLOW_FAULTS", "part-fsync=eio@3")
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "{log}");
+    let (code, log) = convert_parts(&bam, &out, &[], "part-fsync=eio@3");
+    assert_eq!(code, Some(0), "{log}");
     assert!(
         log.contains("redoing the part from the last checkpoint"),
         "{log}"
@@ -323,17 +316,9 @@ fn an_fsync_error_abandons_the_part_and_redoes_it_on_a_fresh_file() {
 
     // A disk that keeps failing fails the file after three attempts, and says where.
     let out = dir.path("failing");
-    let result = bamflow(&["convert", "--part-records", "1000"])
-        .arg(&bam)
-        .arg(&out)
-        .env(
-            "BAMFLOW_FAULTS",
-            "part-fsync=eio@1,part-fsync=eio@2,part-fsync=eio@3",
-        )
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{log}");
+    let faults = "part-fsync=eio@1,part-fsync=eio@2,part-fsync=eio@3";
+    let (code, log) = convert_parts(&bam, &out, &[], faults);
+    assert_eq!(code, Some(1), "{log}");
     assert!(
         log.contains("write failed") && log.contains("cannot sync"),
         "{log}"
@@ -344,8 +329,7 @@ fn an_fsync_error_abandons_the_part_and_redoes_it_on_a_fresh_file() {
 #[test]
 fn a_corrupt_checkpoint_or_a_missing_part_sets_the_file_aside() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let config = config(&dir, &inbox, "[watch.convert]\npart_records = 1000\n");
 
     // Two interrupted conversions into the daemon's output folder, each then damaged.
@@ -397,7 +381,6 @@ fn a_corrupt_checkpoint_or_a_missing_part_sets_the_file_aside() {
     assert!(staging_of(&lake.join("missing"))
         .join("part-00002.parquet")
         .exists());
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    let log = daemon.stop();
     assert!(!log.contains("Starting over"), "{log}");
 }

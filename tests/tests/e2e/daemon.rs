@@ -9,14 +9,13 @@ use bamflow_tests::sam_text::{self, TagOrder};
 use bamflow_tests::{bamflow_bin, samtools_view};
 use serde_json::Value;
 
-use crate::harness::{config, Daemon};
+use crate::harness::{config, config_with, Daemon};
 use crate::support::{assert_dataset_matches_samtools, TestDir};
 
 #[test]
 fn converts_good_files_quarantines_bad_ones_and_stops_on_sigterm() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     // A file present before the daemon starts is taken too.
     let early = dir.generated(DataKind::Short, 2_000, 31);
     std::fs::copy(&early, inbox.join("early.bam")).unwrap();
@@ -106,8 +105,7 @@ fn converts_good_files_quarantines_bad_ones_and_stops_on_sigterm() {
 #[test]
 fn a_file_is_taken_only_once_complete_and_settled() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let config = config(&dir, &inbox, "require_sentinel = \"{name}.done\"");
     let daemon = Daemon::start(dir.root(), Some(&config));
 
@@ -150,8 +148,7 @@ fn a_file_is_taken_only_once_complete_and_settled() {
         dir.path("lake/test/renamed/_SUCCESS").exists()
     });
 
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    daemon.stop();
 }
 
 #[test]
@@ -167,15 +164,13 @@ fn embedded_default_watches_inbox_and_writes_outbox() {
     });
     assert!(dir.path("inbox/done/sample.bam").exists());
     assert!(dir.path(".bamflow/claims").is_dir());
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    daemon.stop();
 }
 
 #[test]
 fn sigterm_mid_file_publishes_nothing_keeps_the_input_and_resumes_on_restart() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     // Tiny batches and parts make the conversion slow enough to interrupt.
     let config = config(
         &dir,
@@ -218,8 +213,7 @@ fn sigterm_mid_file_publishes_nothing_keeps_the_input_and_resumes_on_restart() {
     let dataset = sam_text::read_dataset(&output).unwrap();
     assert_dataset_matches_samtools(&dataset, &bam);
     assert!(!dir.path("lake/test/.big.staging").exists());
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    daemon.stop();
 }
 
 /// Receives sd_notify datagrams until one contains `wanted`; returns everything received.
@@ -242,8 +236,7 @@ fn notifies_systemd_and_keeps_the_old_config_on_a_bad_reload() {
     use std::os::unix::net::UnixDatagram;
 
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let config = config(&dir, &inbox, "");
     let socket_path = dir.path("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -356,13 +349,8 @@ fn systemd_unit_verifies_and_is_hardened() {
 #[test]
 fn the_same_content_dropped_twice_at_once_is_converted_once() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
-    let config = config(&dir, &inbox, "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[daemon]\n", "[daemon]\nmax_concurrent_files = 2\n");
-    std::fs::write(&config, text).unwrap();
+    let inbox = dir.inbox();
+    let config = config_with(&dir, &inbox, "max_concurrent_files = 2\n", "");
     // Both copies settle in the same round, so two idle workers take them together.
     let bam = dir.generated(DataKind::Short, 20_000, 38);
     std::fs::copy(&bam, inbox.join("copy1.bam")).unwrap();
@@ -376,16 +364,14 @@ fn the_same_content_dropped_twice_at_once_is_converted_once() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(datasets.len(), 1, "one dataset: {datasets:?}");
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    let log = daemon.stop();
     assert_eq!(log.matches("outcome=\"duplicate\"").count(), 1, "{log}");
 }
 
 #[test]
 fn the_same_content_twice_gives_one_dataset_and_status_shows_it() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let config = config(&dir, &inbox, "");
     let daemon = Daemon::start(dir.root(), Some(&config));
 
@@ -400,8 +386,7 @@ fn the_same_content_twice_gives_one_dataset_and_status_shows_it() {
         "the same content is not converted twice"
     );
 
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    let log = daemon.stop();
     assert!(log.contains("outcome=\"duplicate\""), "{log}");
 
     let ledger = std::fs::read_to_string(dir.path("state/ledger.jsonl")).unwrap();
@@ -434,8 +419,7 @@ fn the_same_content_twice_gives_one_dataset_and_status_shows_it() {
 #[test]
 fn filesystem_events_find_a_new_file_long_before_the_next_rescan() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let config = config(&dir, &inbox, "");
     let text = std::fs::read_to_string(&config)
         .unwrap()
@@ -449,15 +433,13 @@ fn filesystem_events_find_a_new_file_long_before_the_next_rescan() {
     daemon.wait_for("the file, well before the 300 s rescan", || {
         dir.path("lake/test/evented/_SUCCESS").exists()
     });
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    daemon.stop();
 }
 
 #[test]
 fn two_daemons_sharing_a_state_folder_convert_each_file_once() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let config = config(&dir, &inbox, "");
     let first = Daemon::start(dir.root(), Some(&config));
     let second = Daemon::start(dir.root(), Some(&config));
@@ -498,15 +480,14 @@ fn two_daemons_sharing_a_state_folder_convert_each_file_once() {
 #[test]
 fn max_concurrent_files_converts_files_side_by_side() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     // Single-record batches make each conversion last long enough to overlap.
-    let config = config(&dir, &inbox, "[watch.convert]\nbatch_records = 1\n");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[daemon]\n",
-        "[daemon]\nmax_concurrent_files = 2\nthreads = 2\n",
+    let config = config_with(
+        &dir,
+        &inbox,
+        "max_concurrent_files = 2\nthreads = 2\n",
+        "[watch.convert]\nbatch_records = 1\n",
     );
-    std::fs::write(&config, text).unwrap();
 
     // Both files are in place before the daemon starts, so both are ready at once.
     for (name, seed) in [("one", 50), ("two", 51)] {
@@ -517,8 +498,7 @@ fn max_concurrent_files_converts_files_side_by_side() {
     daemon.wait_for("both files", || {
         inbox.join("done/one.bam").exists() && inbox.join("done/two.bam").exists()
     });
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    let log = daemon.stop();
 
     let lines: Vec<&str> = log.lines().collect();
     let second_start = lines
@@ -541,8 +521,7 @@ fn max_concurrent_files_converts_files_side_by_side() {
 #[test]
 fn symlinks_are_taken_only_when_the_watch_follows_them() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let outside = dir.generated(DataKind::Short, 500, 39);
     std::os::unix::fs::symlink(&outside, inbox.join("link.bam")).unwrap();
 
@@ -560,8 +539,7 @@ fn symlinks_are_taken_only_when_the_watch_follows_them() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(inbox.join("link.bam").symlink_metadata().is_ok());
     assert!(!dir.path("lake/test/link").exists(), "the link was taken");
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    daemon.stop();
 
     // Followed when configured: the link's target is converted and the link filed away.
     let config_path = config(&dir, &inbox, "follow_symlinks = true\n");
@@ -572,15 +550,13 @@ fn symlinks_are_taken_only_when_the_watch_follows_them() {
     let dataset = sam_text::read_dataset(&dir.path("lake/test/link")).unwrap();
     assert_dataset_matches_samtools(&dataset, &outside);
     assert!(outside.exists(), "the target stays where it is");
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    daemon.stop();
 }
 
 #[test]
 fn two_daemons_convert_the_same_content_under_two_names_once() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let config = config(&dir, &inbox, "");
     let bam = dir.generated(DataKind::Short, 20_000, 41);
     std::fs::copy(&bam, inbox.join("copy1.bam")).unwrap();

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use bamflow_tests::generator::DataKind;
 use bamflow_tests::sam_text::{self, Dataset, TagOrder};
-use bamflow_tests::{convert, plugin_library};
+use bamflow_tests::{convert, plugin_library, samtools_view_regions};
 use serde_json::Value;
 
 use crate::harness::{config, Daemon};
@@ -15,24 +15,19 @@ use crate::support::{convert_ok, TestDir};
 
 /// `samtools view -h --no-PG [args] BAM [regions]`, as lines.
 fn samtools(bam: &Path, args: &[&str], regions: &[&str]) -> Vec<String> {
-    let output = Command::new("samtools")
-        .args(["view", "-h", "--no-PG"])
-        .args(args)
-        .arg(bam)
-        .args(regions)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "samtools: {}",
-        String::from_utf8_lossy(&output.stderr)
+    samtools_view_regions(bam, args, regions).expect("samtools view")
+}
+
+/// A config file `NAME.toml` with one `[[plugin]]`: the workspace library `library` and
+/// further keys (`sha256 = …`, `config = { … }`).
+fn plugin_config(dir: &TestDir, name: &str, library: &str, keys: &str) -> String {
+    let path = dir.path(&format!("{name}.toml"));
+    let text = format!(
+        "[[plugin]]\npath = \"{}\"\n{keys}\n",
+        plugin_library(library).display()
     );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim_start_matches('\0').to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
 }
 
 fn assert_same(dataset: &Dataset, theirs: &[String], what: &str) {
@@ -186,18 +181,17 @@ fn tag_allowlist_plugin_keeps_what_samtools_keeps() {
     assert!(barcodes.len() > 10, "{barcodes:?}");
     let allowlist = dir.path("barcodes.txt");
     std::fs::write(&allowlist, format!("# cells\n{}\n", barcodes.join("\n"))).unwrap();
-    let config = dir.path("plugins.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[plugin]]\npath = \"{}\"\nconfig = {{ tag = \"CB\", allowlist = \"{}\" }}\n",
-            plugin_library("bamflow_tag_allowlist").display(),
+    let config = plugin_config(
+        &dir,
+        "plugins",
+        "bamflow_tag_allowlist",
+        &format!(
+            "config = {{ tag = \"CB\", allowlist = \"{}\" }}",
             allowlist.display()
         ),
-    )
-    .unwrap();
+    );
     let out = dir.path("cells");
-    let dataset = convert_ok(&bam, &out, &["--config", config.to_str().unwrap()]);
+    let dataset = convert_ok(&bam, &out, &["--config", &config]);
     let tag_file = format!("CB:{}", allowlist.display());
     assert_same(
         &dataset,
@@ -271,19 +265,15 @@ fn bad_plugins_are_refused_with_a_clear_message() {
         &["writable by group or others"],
     );
 
-    let pinned = dir.path("pinned.toml");
-    std::fs::write(
-        &pinned,
-        format!(
-            "[[plugin]]\npath = \"{}\"\nsha256 = \"{}\"\n",
-            plugin_library("bamflow_test_noop").display(),
-            "0".repeat(64)
-        ),
-    )
-    .unwrap();
+    let pinned = plugin_config(
+        &dir,
+        "pinned",
+        "bamflow_test_noop",
+        &format!("sha256 = \"{}\"", "0".repeat(64)),
+    );
     refused(
         "sha",
-        &["--config", pinned.to_str().unwrap()],
+        &["--config", &pinned],
         &["SHA-256 is", "but the config pins"],
     );
 
@@ -293,18 +283,15 @@ fn bad_plugins_are_refused_with_a_clear_message() {
         &["cannot read it"],
     );
 
-    let rejecting = dir.path("rejecting.toml");
-    std::fs::write(
-        &rejecting,
-        format!(
-            "[[plugin]]\npath = \"{}\"\nconfig = {{ mode = \"reject\" }}\n",
-            plugin_library("bamflow_test_misbehaving").display()
-        ),
-    )
-    .unwrap();
+    let rejecting = plugin_config(
+        &dir,
+        "rejecting",
+        "bamflow_test_misbehaving",
+        "config = { mode = \"reject\" }",
+    );
     refused(
         "rejecting",
-        &["--config", rejecting.to_str().unwrap()],
+        &["--config", &rejecting],
         &["misbehaving", "rejected on purpose"],
     );
 
@@ -331,8 +318,7 @@ fn bad_plugins_are_refused_with_a_clear_message() {
 #[test]
 fn a_panicking_plugin_fails_its_file_and_the_daemon_goes_on() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let config = config(&dir, &inbox, "");
     let text = std::fs::read_to_string(&config).unwrap()
         + &format!(
@@ -375,8 +361,7 @@ fn a_panicking_plugin_fails_its_file_and_the_daemon_goes_on() {
         dataset.rows.len(),
         samtools(&good, &["-c"], &[])[0].parse::<usize>().unwrap()
     );
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    daemon.stop();
 }
 
 #[test]

@@ -107,6 +107,13 @@ impl Daemon {
         self.terminate_after_signal_since(Instant::now())
     }
 
+    /// Sends SIGTERM, checks the daemon exits 0, and returns its log.
+    pub fn stop(self) -> String {
+        let (code, _, log) = self.terminate();
+        assert_eq!(code, Some(0), "{log}");
+        log
+    }
+
     /// Sends SIGTERM and returns the exit code and how long the exit took.
     pub fn terminate(self) -> (Option<i32>, Duration, String) {
         let started = Instant::now();
@@ -135,10 +142,15 @@ pub const LIMIT: Duration = Duration::from_secs(120);
 // The events test must finish well before its 300 s rescan, and LIMIT is 120 s.
 const _: () = assert!(LIMIT.as_secs() < 300);
 
-/// A config with fast settling and rescans, for tests.
+/// A config with fast settling and rescans, for tests; `extra_watch` goes into the `[[watch]]`.
 pub fn config(dir: &TestDir, inbox: &Path, extra_watch: &str) -> PathBuf {
+    config_with(dir, inbox, "", extra_watch)
+}
+
+/// [`config`] with `extra_daemon` keys in `[daemon]` too.
+pub fn config_with(dir: &TestDir, inbox: &Path, extra_daemon: &str, extra_watch: &str) -> PathBuf {
     let text = format!(
-        "[daemon]\nstate_dir = \"{state}\"\nscan_interval_seconds = 1\nmetrics_listen = \"127.0.0.1:0\"\n\n[[watch]]\nname = \"test\"\npath = \"{inbox}\"\nsettle_seconds = 1\noutput = \"{out}/{{watch}}/{{stem}}\"\n{extra_watch}\n",
+        "[daemon]\nstate_dir = \"{state}\"\nscan_interval_seconds = 1\nmetrics_listen = \"127.0.0.1:0\"\n{extra_daemon}\n[[watch]]\nname = \"test\"\npath = \"{inbox}\"\nsettle_seconds = 1\noutput = \"{out}/{{watch}}/{{stem}}\"\n{extra_watch}\n",
         state = dir.path("state").display(),
         inbox = inbox.display(),
         out = dir.path("lake").display(),

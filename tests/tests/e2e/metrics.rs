@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bamflow_tests::generator::DataKind;
 use serde_json::Value;
 
-use crate::harness::{config, Daemon, LIMIT};
+use crate::harness::{config, config_with, Daemon, LIMIT};
 use crate::support::{http_get, url_encode, TestDir};
 
 fn repo_file(path: &str) -> PathBuf {
@@ -235,8 +235,7 @@ fn collect_names(expr: &str, names: &mut BTreeSet<String>) {
 #[test]
 fn metrics_pass_promtool_and_prometheus_evaluates_the_dashboard_and_alerts() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
+    let inbox = dir.inbox();
     let config = config(
         &dir,
         &inbox,
@@ -384,20 +383,14 @@ fn metrics_pass_promtool_and_prometheus_evaluates_the_dashboard_and_alerts() {
         );
     }
 
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    daemon.stop();
 }
 
 #[test]
 fn the_number_of_series_does_not_grow_with_the_number_of_files() {
     let dir = TestDir::new();
-    let inbox = dir.path("inbox");
-    std::fs::create_dir(&inbox).unwrap();
-    let config = config(&dir, &inbox, "");
-    let config_text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[daemon]\n", "[daemon]\nmax_concurrent_files = 2\n");
-    std::fs::write(&config, config_text).unwrap();
+    let inbox = dir.inbox();
+    let config = config_with(&dir, &inbox, "max_concurrent_files = 2\n", "");
     let daemon = Daemon::start(dir.root(), Some(&config));
     let address = daemon.metrics_address();
 
@@ -458,6 +451,5 @@ fn the_number_of_series_does_not_grow_with_the_number_of_files() {
     );
     assert_eq!(after_10, after_210, "series appeared after 210 files");
     assert!(!text.contains("f0001"), "no file name ever becomes a label");
-    let (code, _, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    daemon.stop();
 }

@@ -32,6 +32,13 @@ impl TestDir {
         self.dir.path().join(name)
     }
 
+    /// A watched folder `inbox`, created.
+    pub fn inbox(&self) -> PathBuf {
+        let inbox = self.path("inbox");
+        std::fs::create_dir(&inbox).unwrap();
+        inbox
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
