@@ -209,10 +209,8 @@ impl Decoder {
             match scores.first() {
                 None | Some(0xff) => b.qual.push_null(),
                 Some(_) => {
-                    if let Some(&score) = scores.iter().find(|&&q| q > 93) {
-                        return Err(DecodeError::InvalidQuality { record, score });
-                    }
-                    sam_text::push_quality(b.qual.buffer(), scores);
+                    sam_text::push_quality(b.qual.buffer(), scores)
+                        .map_err(|score| DecodeError::InvalidQuality { record, score })?;
                     b.qual.close_value()?;
                 }
             }
