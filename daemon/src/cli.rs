@@ -39,7 +39,7 @@ pub enum Command {
         limit: usize,
     },
     /// Convert one BAM file into a Parquet dataset folder.
-    Convert(ConvertArgs),
+    Convert(Box<ConvertArgs>),
     /// Print the profile of a BAM file as JSON: sizes, tags, sort order, index, batch plan.
     Profile(ProfileArgs),
     /// Validate a config file; errors name the file, line and column.
@@ -83,9 +83,13 @@ pub struct ConvertArgs {
     /// Promote tags to typed columns, e.g. NM:i,CB:Z,ML:B:i (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub tags: Option<Vec<String>>,
-    /// Zstandard level, 1-22 (default 3).
+    /// Zstandard level, 1-22 (default 3), of every column without its own level.
     #[arg(long)]
     pub zstd_level: Option<i32>,
+    /// Columns with their own zstd level, as COLUMN=LEVEL (comma-separated; default qual=1).
+    /// Replaces the config's list; qual=3 compresses QUAL like the rest.
+    #[arg(long, value_delimiter = ',', value_parser = parse_column_level)]
+    pub column_zstd_level: Option<Vec<(String, i32)>>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -122,6 +126,17 @@ pub struct ConvertArgs {
     /// interrupted run's parts are discarded and the conversion starts over.
     #[arg(long)]
     pub resume: bool,
+}
+
+/// `COLUMN=LEVEL`; the level's range is checked with the config's.
+fn parse_column_level(text: &str) -> Result<(String, i32), String> {
+    let (column, level) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not COLUMN=LEVEL"))?;
+    let level = level
+        .parse()
+        .map_err(|e| format!("{text:?}: {level:?} is not a level: {e}"))?;
+    Ok((column.to_owned(), level))
 }
 
 /// Flag bits as samtools takes them: decimal, or hex with `0x`.

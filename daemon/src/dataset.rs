@@ -100,6 +100,9 @@ pub struct Manifest {
     /// Promoted tags, as configured (e.g. `NM:i`).
     pub tags: Vec<String>,
     pub filters: Vec<String>,
+    pub zstd_level: i32,
+    /// Columns compressed at their own level.
+    pub column_zstd_levels: std::collections::BTreeMap<String, i32>,
     pub profile: Profile,
     /// Times the conversion continued from a checkpoint after an interruption.
     pub resumes: u64,

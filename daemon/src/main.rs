@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Daemon { config } => daemon(config.as_deref()),
         Command::Status { config, limit } => status(config.as_deref(), limit),
-        Command::Convert(args) => convert(args),
+        Command::Convert(args) => convert(*args),
         Command::Profile(args) => profile(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::Plugin(PluginCommand::Check {
@@ -151,6 +151,9 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         columns: args.columns,
         tags: args.tags,
         zstd_level: args.zstd_level,
+        column_zstd_levels: args
+            .column_zstd_level
+            .map(|levels| levels.into_iter().collect()),
         threads: args.threads,
         part_records: args.part_records,
         batch_memory_mb: args.batch_memory_mb,

@@ -32,6 +32,7 @@ pub mod schema;
 pub mod source;
 pub mod write;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
@@ -128,6 +129,8 @@ pub struct ConvertOptions {
     pub schema: OutputSchema,
     pub threads: usize,
     pub zstd_level: i32,
+    /// Levels of single columns, by output column name; they win over `zstd_level`.
+    pub column_zstd_levels: BTreeMap<String, i32>,
     pub part_records: u64,
     pub batch_memory_mb: usize,
     /// Fixed records per batch; `None` lets the profile choose from `batch_memory_mb`.
@@ -178,6 +181,7 @@ impl ConvertOptions {
     fn write_options(&self) -> WriteOptions {
         WriteOptions {
             zstd_level: self.zstd_level,
+            column_zstd_levels: self.column_zstd_levels.clone(),
             part_records: self.part_records,
             row_group_rows: self.row_group_rows,
             row_group_bytes: self.row_group_bytes,
@@ -799,6 +803,8 @@ fn manifest(
             .map(ToString::to_string)
             .collect(),
         filters: options.filters.describe(),
+        zstd_level: options.zstd_level,
+        column_zstd_levels: options.column_zstd_levels.clone(),
         profile,
         resumes: checkpoint.resumes,
         started: dataset::timestamp(started),

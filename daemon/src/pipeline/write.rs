@@ -8,6 +8,7 @@
 //! [`ArrowColumnWriter`], and every accepted window is split into per-column leaves that are
 //! written concurrently. Finished column chunks are appended to the file in schema order.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -15,13 +16,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
+use arrow_schema::{Schema, SchemaRef};
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowLeafColumn, ArrowRowGroupWriterFactory};
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
@@ -73,10 +74,44 @@ pub enum WriteError {
     InvalidZstdLevel(i32),
 }
 
+/// The zstd codec at `level`.
+fn zstd(level: i32) -> Result<Compression, WriteError> {
+    ZstdLevel::try_new(level)
+        .map(Compression::ZSTD)
+        .map_err(|_| WriteError::InvalidZstdLevel(level))
+}
+
+/// Sets each column's own level on every Parquet leaf under the column's name (a promoted list
+/// column's values are a leaf below it).
+fn column_levels(
+    mut builder: WriterPropertiesBuilder,
+    schema: &Schema,
+    levels: &BTreeMap<String, i32>,
+) -> Result<WriterPropertiesBuilder, ParquetError> {
+    if levels.is_empty() {
+        return Ok(builder);
+    }
+    let descriptor = ArrowSchemaConverter::new().convert(schema)?;
+    for leaf in descriptor.columns() {
+        let level = leaf
+            .path()
+            .parts()
+            .first()
+            .and_then(|name| levels.get(name));
+        if let Some(&level) = level {
+            let codec = ZstdLevel::try_new(level).map(Compression::ZSTD)?;
+            builder = builder.set_column_compression(leaf.path().clone(), codec);
+        }
+    }
+    Ok(builder)
+}
+
 /// How parts are encoded.
 #[derive(Clone, Debug)]
 pub struct WriteOptions {
     pub zstd_level: i32,
+    /// Levels of single columns, by output column name; they win over `zstd_level`.
+    pub column_zstd_levels: BTreeMap<String, i32>,
     /// Input records per part (the checkpoint unit).
     pub part_records: u64,
     /// Row groups close at whichever limit comes first.
@@ -203,10 +238,8 @@ impl ParquetSink {
         pool: Arc<ThreadPool>,
         busy: Arc<BusyTimes>,
     ) -> Result<Self, WriteError> {
-        let level = ZstdLevel::try_new(options.zstd_level)
-            .map_err(|_| WriteError::InvalidZstdLevel(options.zstd_level))?;
         let mut builder = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(level))
+            .set_compression(zstd(options.zstd_level)?)
             // Dictionary encoding pays off only for reference names; on read names, bases and
             // qualities it costs time, then falls back anyway.
             .set_dictionary_enabled(false)
@@ -220,7 +253,12 @@ impl ParquetSink {
         for column in ["rname", "rnext"] {
             builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), true);
         }
-        let properties = builder.build();
+        let properties = column_levels(builder, &schema, &options.column_zstd_levels)
+            .map_err(|source| WriteError::Parquet {
+                path: dir.to_owned(),
+                source,
+            })?
+            .build();
         Ok(Self {
             dir: dir.to_owned(),
             schema,
@@ -599,6 +637,7 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
         let options = WriteOptions {
             zstd_level: 3,
+            column_zstd_levels: BTreeMap::new(),
             part_records,
             row_group_rows,
             row_group_bytes: 1 << 30,

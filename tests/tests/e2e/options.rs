@@ -199,6 +199,67 @@ fn config_file_sets_defaults_and_flags_win() {
     assert_eq!(flags_win.columns, ["flag"]);
 }
 
+/// Compressed bytes of each column chunk named `column`, over every part and row group.
+fn chunk_sizes(dataset: &std::path::Path, column: &str) -> Vec<i64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let part = std::fs::File::open(dataset.join("part-00000.parquet")).unwrap();
+    let metadata = SerializedFileReader::new(part).unwrap().metadata().clone();
+    metadata
+        .row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns())
+        .filter(|c| c.column_path().parts()[0] == column)
+        .map(|c| c.compressed_size())
+        .collect()
+}
+
+#[test]
+fn qual_has_its_own_zstd_level_and_the_manifest_says_so() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 30_000, 7);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path(name);
+        convert_ok(&bam, &out, extra);
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap();
+        (out, manifest)
+    };
+    let (default, manifest) = run("default", &["--tags", "MD:Z"]);
+    assert_eq!(manifest["zstd_level"], 3);
+    assert_eq!(
+        manifest["column_zstd_levels"],
+        serde_json::json!({"qual": 1})
+    );
+    let (all_one, _) = run("one", &["--tags", "MD:Z", "--zstd-level", "1"]);
+    let (all_three, manifest) = run(
+        "three",
+        &["--tags", "MD:Z", "--column-zstd-level", "qual=3"],
+    );
+    assert_eq!(
+        manifest["column_zstd_levels"],
+        serde_json::json!({"qual": 3})
+    );
+    let (md_one, _) = run(
+        "md",
+        &["--tags", "MD:Z", "--column-zstd-level", "qual=1,MD=1"],
+    );
+
+    // Each column chunk is the same bytes as in the run whose level it shares.
+    let sizes = |out: &std::path::Path, column| chunk_sizes(out, column);
+    assert_eq!(sizes(&default, "qual"), sizes(&all_one, "qual"));
+    assert_ne!(sizes(&default, "qual"), sizes(&all_three, "qual"));
+    for column in ["seq", "qname", "tags", "MD"] {
+        assert_eq!(
+            sizes(&default, column),
+            sizes(&all_three, column),
+            "{column}"
+        );
+        assert_ne!(sizes(&default, column), sizes(&all_one, column), "{column}");
+    }
+    assert_eq!(sizes(&md_one, "MD"), sizes(&all_one, "MD"));
+    assert_eq!(sizes(&md_one, "seq"), sizes(&default, "seq"));
+}
+
 #[test]
 fn usage_and_config_errors_exit_2() {
     let dir = TestDir::new();
@@ -226,6 +287,18 @@ fn usage_and_config_errors_exit_2() {
     t(
         &["convert", b, o, "--zstd-level", "40"],
         "convert.zstd_level",
+    );
+    t(
+        &["convert", b, o, "--column-zstd-level", "qual=0"],
+        "convert.column_zstd_levels: qual: 0 is outside 1..=22",
+    );
+    t(
+        &["convert", b, o, "--column-zstd-level", "quals=1"],
+        "\"quals\" is not a column",
+    );
+    t(
+        &["convert", b, o, "--column-zstd-level", "qual"],
+        "is not COLUMN=LEVEL",
     );
     t(&["convert", b], "OUTPUT");
     t(
