@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use bamflow::pipeline::compression::ColumnLevel;
+
 /// BAM-to-Parquet ingest.
 #[derive(Debug, Parser)]
 #[command(name = "bamflow", version, about)]
@@ -86,10 +88,11 @@ pub struct ConvertArgs {
     /// Zstandard level, 1-22 (default 3), of every column without its own level.
     #[arg(long)]
     pub zstd_level: Option<i32>,
-    /// Columns with their own zstd level, as COLUMN=LEVEL (comma-separated; default qual=1).
-    /// Replaces the config's list; qual=3 compresses QUAL like the rest.
+    /// Columns with their own zstd level, as COLUMN=LEVEL (comma-separated; default
+    /// qual=auto: level 1 when a trial on the file's first records finds it no more than 2%
+    /// larger). Replaces the config's list.
     #[arg(long, value_delimiter = ',', value_parser = parse_column_level)]
-    pub column_zstd_level: Option<Vec<(String, i32)>>,
+    pub column_zstd_level: Option<Vec<(String, ColumnLevel)>>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -128,8 +131,8 @@ pub struct ConvertArgs {
     pub resume: bool,
 }
 
-/// `COLUMN=LEVEL`; the level's range is checked with the config's.
-fn parse_column_level(text: &str) -> Result<(String, i32), String> {
+/// `COLUMN=LEVEL` or `qual=auto`; the level's range is checked with the config's.
+fn parse_column_level(text: &str) -> Result<(String, ColumnLevel), String> {
     let (column, level) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not COLUMN=LEVEL"))?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pipeline::compression::ColumnLevel;
 use crate::pipeline::filter::{FilterOptions, PluginSpec, Region};
 use crate::pipeline::schema::{OutputSchema, PromotedTag, SchemaError, StandardColumn};
 use crate::pipeline::ConvertOptions;
@@ -172,7 +173,7 @@ pub struct RawConvert {
     pub columns: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
     pub zstd_level: Option<i32>,
-    pub column_zstd_levels: Option<BTreeMap<String, i32>>,
+    pub column_zstd_levels: Option<BTreeMap<String, ColumnLevel>>,
     pub part_records: Option<u64>,
     pub batch_memory_mb: Option<usize>,
     pub batch_records: Option<usize>,
@@ -317,7 +318,7 @@ pub struct ConvertOverrides {
     pub columns: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
     pub zstd_level: Option<i32>,
-    pub column_zstd_levels: Option<BTreeMap<String, i32>>,
+    pub column_zstd_levels: Option<BTreeMap<String, ColumnLevel>>,
     pub threads: Option<usize>,
     pub part_records: Option<u64>,
     pub batch_memory_mb: Option<usize>,
@@ -396,8 +397,16 @@ impl RawConvert {
             if !is_column_name(column, &schema) {
                 return Err(invalid(key, format!("{column:?} is not a column")));
             }
-            if !(1..=22).contains(level) {
-                return Err(invalid(key, format!("{column}: {level} is outside 1..=22")));
+            match level {
+                ColumnLevel::Level(level) if !(1..=22).contains(level) => {
+                    let message = format!("{column}: {level} is outside 1..=22");
+                    return Err(invalid(key, message));
+                }
+                ColumnLevel::Auto(_) if column != "qual" => {
+                    let message = format!("{column}: \"auto\" is only for qual");
+                    return Err(invalid(key, message));
+                }
+                _ => {}
             }
         }
         let part_records = positive(
@@ -451,14 +460,14 @@ impl RawConvert {
     }
 }
 
-/// QUAL at level 1, whatever `zstd_level` says: on Phred+33 text zstd's level-3 match finder
-/// (`dfast`, 5-byte matches) costs 1.3-4 times level 1's time for output that is no smaller.
-/// Measured with `zstd` on the QUAL text of the ART/minimap2 corpus of `../shared/bench`:
-/// ONT-like long reads 1.7 s / 164 MB at level 1 against 7.5 s / 168 MB at level 3; 2 M
-/// Illumina reads 2.4 s / 90.5 MB against 3.7 s / 91.3 MB. Higher levels are no better on the
-/// long reads (level 9: 174 MB) and 5% smaller on the short ones at 8 times the time.
-fn default_column_zstd_levels() -> BTreeMap<String, i32> {
-    BTreeMap::from([("qual".to_owned(), 1)])
+/// QUAL's level is tried on each file's own sample (see [`crate::pipeline::compression`]):
+/// level 1 when it is no more than 2% larger than `zstd_level`. Measured with `zstd` on the
+/// QUAL text of the ART/minimap2 corpus of `../shared/bench`: noise-like ONT qualities 1.7 s /
+/// 164 MB at level 1 against 7.5 s / 168 MB at level 3, 2 M ART Illumina reads 2.4 s / 90.5 MB
+/// against 3.7 s / 91.3 MB; on the random-walk qualities of our generator's long reads level 3
+/// is 177 MB against 229 MB at level 1, so there the trial keeps 3.
+fn default_column_zstd_levels() -> BTreeMap<String, ColumnLevel> {
+    BTreeMap::from([("qual".to_owned(), ColumnLevel::AUTO)])
 }
 
 /// A standard column or a promoted tag's column, selected or not.
@@ -892,7 +901,10 @@ mod tests {
         )
         .unwrap();
         let options = raw.convert.resolve(Path::new("x.toml"), 1).unwrap();
-        let expected = BTreeMap::from([("NM".to_owned(), 2), ("seq".to_owned(), 5)]);
+        let expected = BTreeMap::from([
+            ("NM".to_owned(), ColumnLevel::Level(2)),
+            ("seq".to_owned(), ColumnLevel::Level(5)),
+        ]);
         assert_eq!(options.column_zstd_levels, expected);
 
         let empty =
@@ -916,6 +928,10 @@ mod tests {
         t(
             "[convert]\ncolumn_zstd_levels = { NM = 1 }\n",
             "\"NM\" is not a column",
+        );
+        t(
+            "[convert]\ncolumn_zstd_levels = { seq = \"auto\" }\n",
+            "seq: \"auto\" is only for qual",
         );
         t("[convert]\npart_records = 0\n", "convert.part_records");
         t(

@@ -201,16 +201,7 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     };
     let options = config::convert_options(args.config.as_deref(), &flags)?;
     let pool = rayon_pool(options.threads)?;
-    let profile_options = profile::ProfileOptions {
-        header_limits: pipeline::header::HeaderLimits {
-            max_header_bytes: options.max_header_bytes,
-        },
-        max_record_bytes: options.max_record_bytes,
-        batch_memory_mb: options.batch_memory_mb,
-        batch_records: options.batch_records,
-        threads: options.threads,
-    };
-    let (profile, _) = profile::profile(&args.input, &profile_options, &pool)?;
+    let (profile, _) = profile::profile(&args.input, &options.profile_options(), &pool)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&profile).context("cannot print the profile")?

@@ -21,6 +21,7 @@
 pub mod bgzf;
 pub mod busy;
 pub mod columns;
+pub mod compression;
 pub mod decode;
 pub mod encode;
 pub mod filter;
@@ -49,12 +50,13 @@ use rayon::ThreadPool;
 
 use self::bgzf::{BgzfError, BgzfStream, BlockReader};
 use self::busy::{BusyStage, BusyTimes, StageSeconds};
+use self::compression::ColumnLevel;
 use self::decode::{DecodeError, Decoder};
 use self::filter::{FilterChain, FilterError, FilterOptions, PluginFilter};
 use self::header::{HeaderError, HeaderLimits};
 use self::profile::{BatchPlan, Profile, ProfileOptions};
 use self::region::Span;
-use self::schema::{OutputSchema, SCHEMA_VERSION};
+use self::schema::{OutputSchema, StandardColumn, SCHEMA_VERSION};
 use self::source::{BatchLimits, RecordSource, SourceError};
 use self::write::{Chunk, Committed, ParquetSink, PartInfo, WriteError, WriteOptions};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Settings, Start};
@@ -130,7 +132,7 @@ pub struct ConvertOptions {
     pub threads: usize,
     pub zstd_level: i32,
     /// Levels of single columns, by output column name; they win over `zstd_level`.
-    pub column_zstd_levels: BTreeMap<String, i32>,
+    pub column_zstd_levels: BTreeMap<String, ColumnLevel>,
     pub part_records: u64,
     pub batch_memory_mb: usize,
     /// Fixed records per batch; `None` lets the profile choose from `batch_memory_mb`.
@@ -147,14 +149,21 @@ pub struct ConvertOptions {
 }
 
 impl ConvertOptions {
-    fn profile_options(&self) -> ProfileOptions {
+    pub fn profile_options(&self) -> ProfileOptions {
         ProfileOptions {
             header_limits: self.header_limits(),
             max_record_bytes: self.max_record_bytes,
             batch_memory_mb: self.batch_memory_mb,
             batch_records: self.batch_records,
             threads: self.threads,
+            quality_trial_level: self.quality_trial_level(),
         }
+    }
+
+    /// The level QUAL's `auto` is tried against, when QUAL is written and set to `auto`.
+    fn quality_trial_level(&self) -> Option<i32> {
+        let auto = self.column_zstd_levels.get("qual") == Some(&ColumnLevel::AUTO);
+        (auto && self.schema.has(StandardColumn::Qual)).then_some(self.zstd_level)
     }
 
     fn header_limits(&self) -> HeaderLimits {
@@ -178,10 +187,10 @@ impl ConvertOptions {
         }
     }
 
-    fn write_options(&self) -> WriteOptions {
+    fn write_options(&self, column_zstd_levels: BTreeMap<String, i32>) -> WriteOptions {
         WriteOptions {
             zstd_level: self.zstd_level,
-            column_zstd_levels: self.column_zstd_levels.clone(),
+            column_zstd_levels,
             part_records: self.part_records,
             row_group_rows: self.row_group_rows,
             row_group_bytes: self.row_group_bytes,
@@ -550,9 +559,12 @@ fn convert_on(
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let staging_dir = staging.path().to_owned();
     let busy = Arc::new(BusyTimes::default());
+    let levels = compression::resolve(&options.column_zstd_levels, profile.quality_trial.as_ref());
+    let write = options.write_options(levels);
     let build = Build {
         input,
         options,
+        write: &write,
         plan: profile.batch,
         pool,
         observer,
@@ -596,6 +608,7 @@ fn convert_on(
         source_info,
         done,
         options,
+        &write,
         profile,
         Timing {
             started,
@@ -620,6 +633,8 @@ struct Done {
 struct Build<'a> {
     input: &'a Path,
     options: &'a ConvertOptions,
+    /// Encoding settings, with QUAL's `auto` level settled by the profile's trial.
+    write: &'a WriteOptions,
     plan: BatchPlan,
     pool: &'a Arc<ThreadPool>,
     observer: &'a dyn Observer,
@@ -643,7 +658,7 @@ impl Build<'_> {
         let sink = ParquetSink::new(
             self.staging,
             self.options.schema.arrow().clone(),
-            &self.options.write_options(),
+            self.write,
             self.metadata.clone(),
             Arc::clone(self.pool),
             Arc::clone(self.busy),
@@ -773,6 +788,7 @@ fn manifest(
     source: SourceInfo,
     done: Done,
     options: &ConvertOptions,
+    write: &WriteOptions,
     profile: Profile,
     timing: Timing,
 ) -> Manifest {
@@ -804,7 +820,7 @@ fn manifest(
             .collect(),
         filters: options.filters.describe(),
         zstd_level: options.zstd_level,
-        column_zstd_levels: options.column_zstd_levels.clone(),
+        column_zstd_levels: write.column_zstd_levels.clone(),
         profile,
         resumes: checkpoint.resumes,
         started: dataset::timestamp(started),

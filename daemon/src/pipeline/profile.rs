@@ -11,6 +11,7 @@ use rayon::ThreadPool;
 use serde::Serialize;
 
 use super::bgzf::{BgzfStream, BlockReader};
+use super::compression::QualityTrial;
 use super::header::{self, BamHeader, HeaderLimits};
 use super::source::{BatchLimits, RecordSource};
 use super::{ConvertError, RawBatch, Stage};
@@ -122,6 +123,9 @@ pub struct Profile {
     /// Tags seen in the sample, with the SAM types they had (e.g. `i`, `Z`, `B:C`).
     pub tags: BTreeMap<String, BTreeSet<String>>,
     pub batch: BatchPlan,
+    /// QUAL compressed at level 1 and at `zstd_level`, when its level is `auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality_trial: Option<QualityTrial>,
 }
 
 /// Settings the profile needs.
@@ -133,6 +137,8 @@ pub struct ProfileOptions {
     /// Overrides the records per batch the profile would choose.
     pub batch_records: Option<usize>,
     pub threads: usize,
+    /// Try the sample's qualities at this level and at 1 (QUAL's level is `auto`).
+    pub quality_trial_level: Option<i32>,
 }
 
 /// Reads the header and a sample of records from the start of `path`.
@@ -194,6 +200,9 @@ pub fn profile(
         tags: sample.tags,
         batch: BatchPlan::new(options.batch_memory_mb, options.threads, mean_record_bytes)
             .with_max_records(options.batch_records),
+        quality_trial: options
+            .quality_trial_level
+            .and_then(|level| QualityTrial::of(&batch, level)),
     };
     Ok((profile, header))
 }

@@ -1,7 +1,7 @@
 //! Column subsets, promoted tags, configuration, the profile command, and output that does not
 //! depend on threads or batch sizes.
 
-use bamflow_tests::generator::DataKind;
+use bamflow_tests::generator::{DataKind, Spec};
 use bamflow_tests::sam_text::{self, Cell, TagOrder};
 use bamflow_tests::{bamflow, samtools_view};
 use serde_json::Value;
@@ -214,7 +214,7 @@ fn chunk_sizes(dataset: &std::path::Path, column: &str) -> Vec<i64> {
 }
 
 #[test]
-fn qual_has_its_own_zstd_level_and_the_manifest_says_so() {
+fn columns_have_their_own_zstd_levels_and_the_manifest_says_so() {
     let dir = TestDir::new();
     let bam = dir.generated(DataKind::Short, 30_000, 7);
     let run = |name: &str, extra: &[&str]| {
@@ -224,7 +224,8 @@ fn qual_has_its_own_zstd_level_and_the_manifest_says_so() {
             serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap();
         (out, manifest)
     };
-    let (default, manifest) = run("default", &["--tags", "MD:Z"]);
+    let pinned = ["--tags", "MD:Z", "--column-zstd-level", "qual=1"];
+    let (default, manifest) = run("default", &pinned);
     assert_eq!(manifest["zstd_level"], 3);
     assert_eq!(
         manifest["column_zstd_levels"],
@@ -258,6 +259,49 @@ fn qual_has_its_own_zstd_level_and_the_manifest_says_so() {
     }
     assert_eq!(sizes(&md_one, "MD"), sizes(&all_one, "MD"));
     assert_eq!(sizes(&md_one, "seq"), sizes(&default, "seq"));
+}
+
+/// `qual=auto` (the default) keeps level 1 where a trial on the file's first records finds it
+/// no more than 2% larger: on the generator's Illumina-like qualities, not on its smooth
+/// random-walk long-read qualities, where level 3 is far smaller.
+#[test]
+fn auto_qual_level_follows_the_trial_on_the_files_own_qualities() {
+    let dir = TestDir::new();
+    let short = dir.generated(DataKind::Short, 20_000, 3);
+    let long = dir.generated_spec(&Spec {
+        max_read_length: 60_000,
+        ..Spec::new(DataKind::Long, 150, 5)
+    });
+    for (bam, expected) in [(short, 1), (long, 3)] {
+        let out = dir.path(&format!("{}.d", bam.display()));
+        convert_ok(&bam, &out, &[]);
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap();
+        let trial = &manifest["profile"]["quality_trial"];
+        let at_level = trial["bytes_at_level"].as_f64().unwrap();
+        let at_1 = trial["bytes_at_1"].as_f64().unwrap();
+        assert_eq!(trial["level"], 3);
+        assert_eq!(at_1 <= at_level * 1.02, expected == 1, "{trial}");
+        assert_eq!(
+            manifest["column_zstd_levels"],
+            serde_json::json!({ "qual": expected }),
+            "{}",
+            bam.display()
+        );
+        // Where the trial kept level 3, level 1 on the whole file is larger beyond the tolerance.
+        let forced = dir.path(&format!("{}.one", bam.display()));
+        convert_ok(&bam, &forced, &["--column-zstd-level", "qual=1"]);
+        let auto_bytes: i64 = chunk_sizes(&out, "qual").iter().sum();
+        let one_bytes: i64 = chunk_sizes(&forced, "qual").iter().sum();
+        if expected == 3 {
+            assert!(
+                one_bytes as f64 > auto_bytes as f64 * 1.1,
+                "{one_bytes} vs {auto_bytes}"
+            );
+        } else {
+            assert_eq!(one_bytes, auto_bytes);
+        }
+    }
 }
 
 #[test]
