@@ -237,7 +237,8 @@ impl Stage {
 pub enum ErrorKind {
     /// The operating system refused a read, write, fsync or rename.
     Io,
-    /// The input is not a valid BAM file (format, corruption, truncation).
+    /// The input is not a valid BAM file (format, corruption, truncation), or cannot answer a
+    /// region query (no index, unknown reference).
     InvalidInput,
     /// The input exceeds a configured limit (record or header size).
     Limit,
@@ -396,7 +397,8 @@ impl ConvertError {
                 ErrorKind::InvalidInput
             }
             StageError::Decode(_) => ErrorKind::InvalidInput,
-            StageError::Filter(FilterError::Region { .. }) => ErrorKind::Limit,
+            // No index, or a reference the header lacks: the input cannot answer the query.
+            StageError::Filter(FilterError::Region { .. }) => ErrorKind::InvalidInput,
             StageError::Filter(_) => ErrorKind::Plugin,
             StageError::Checkpoint(
                 CheckpointError::Durable(_) | CheckpointError::Cleanup { .. },
@@ -1213,4 +1215,27 @@ impl Feed<'_> {
 struct Position {
     record: u64,
     virtual_offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_follow_the_cause() {
+        let kind = |source| ConvertError::new(Path::new("x.bam"), Stage::Filter, source).kind();
+        let region = FilterError::Region {
+            region: "chr9".to_owned(),
+            reason: "no index".to_owned(),
+        };
+        assert_eq!(kind(StageError::Filter(region)), ErrorKind::InvalidInput);
+        let too_large = SourceError::RecordTooLarge {
+            record: 1,
+            offset: 0,
+            size: 1 << 30,
+            limit: 1 << 26,
+        };
+        assert_eq!(kind(StageError::Source(too_large)), ErrorKind::Limit);
+        assert_eq!(kind(StageError::Panicked), ErrorKind::Internal);
+    }
 }
