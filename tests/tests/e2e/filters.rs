@@ -159,6 +159,19 @@ fn regions_read_only_their_blocks_and_match_samtools() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no such reference"), "{stderr}");
+
+    // An index older than the BAM still answers, with samtools' warning.
+    let index = PathBuf::from(format!("{}.bai", bam.display()));
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2001-01-01"])
+        .arg(&index)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let result = convert(&bam, &dir.path("stale"), &["--region", "chr1:1-5000"]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("index is older than the BAM"), "{stderr}");
 }
 
 #[test]
