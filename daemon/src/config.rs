@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::pipeline::compression::ColumnLevel;
 use crate::pipeline::filter::{FilterOptions, PluginSpec, Region};
-use crate::pipeline::schema::{OutputSchema, PromotedTag, SchemaError, StandardColumn};
+use crate::pipeline::schema::{OutputSchema, PromotedTag, SchemaError};
 use crate::pipeline::ConvertOptions;
 
 /// Records above this are refused whatever the config says: Arrow text offsets are 32-bit, and
@@ -394,7 +394,7 @@ impl RawConvert {
             .unwrap_or_else(default_column_zstd_levels);
         for (column, level) in &column_zstd_levels {
             let key = "convert.column_zstd_levels";
-            if !is_column_name(column, &schema) {
+            if OutputSchema::column_named(column, &schema.promoted).is_none() {
                 return Err(invalid(key, format!("{column:?} is not a column")));
             }
             match level {
@@ -460,20 +460,9 @@ impl RawConvert {
     }
 }
 
-/// QUAL's level is tried on each file's own sample (see [`crate::pipeline::compression`]):
-/// level 1 when it is no more than 2% larger than `zstd_level`. Measured with `zstd` on the
-/// QUAL text of the ART/minimap2 corpus of `../shared/bench`: noise-like ONT qualities 1.7 s /
-/// 164 MB at level 1 against 7.5 s / 168 MB at level 3, 2 M ART Illumina reads 2.4 s / 90.5 MB
-/// against 3.7 s / 91.3 MB; on the random-walk qualities of our generator's long reads level 3
-/// is 177 MB against 229 MB at level 1, so there the trial keeps 3.
+/// QUAL's level is tried on each file's own sample; [`crate::pipeline::compression`] says why.
 fn default_column_zstd_levels() -> BTreeMap<String, ColumnLevel> {
     BTreeMap::from([("qual".to_owned(), ColumnLevel::AUTO)])
-}
-
-/// A standard column or a promoted tag's column, selected or not.
-fn is_column_name(name: &str, schema: &OutputSchema) -> bool {
-    StandardColumn::ALL.iter().any(|c| c.name() == name)
-        || schema.promoted.iter().any(|t| t.column_name() == name)
 }
 
 fn positive<T: PartialEq + Default + std::fmt::Display>(

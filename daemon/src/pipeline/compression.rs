@@ -18,7 +18,7 @@ use super::RawBatch;
 pub const AUTO_TOLERANCE: f64 = 1.02;
 /// Parquet compresses one data page at a time; the trial compresses the same way.
 const PAGE_BYTES: usize = 1 << 20;
-/// Quality text the trial compresses at most: two pages keep it near 10 ms at level 3.
+/// Quality text the trial compresses at most: two pages add 20-40 ms to a profile at level 3.
 const TRIAL_BYTES: usize = 2 * PAGE_BYTES;
 
 /// A column's own level: a number, or `"auto"` (QUAL only).

@@ -1,6 +1,5 @@
 //! The Arrow schema of a dataset (DESIGN.md §3, schema version 1), defined once.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -206,14 +205,10 @@ impl OutputSchema {
     ///
     /// Returns a [`SchemaError`] for unknown or duplicate names.
     pub fn new(selection: &[String], promoted: &[PromotedTag]) -> Result<Self, SchemaError> {
-        let mut by_name: HashMap<String, Column> = StandardColumn::ALL
-            .iter()
-            .map(|&c| (c.name().to_owned(), Column::Standard(c)))
-            .collect();
         for (i, tag) in promoted.iter().enumerate() {
             let name = tag.column_name();
             // Tag names have two characters and standard names more, so only tags can clash.
-            if by_name.insert(name.clone(), Column::Promoted(i)).is_some() {
+            if Self::column_named(&name, &promoted[..i]).is_some() {
                 return Err(SchemaError::DuplicateTag(name));
             }
         }
@@ -226,8 +221,7 @@ impl OutputSchema {
         } else {
             let mut columns = Vec::with_capacity(selection.len());
             for name in selection {
-                let column = *by_name
-                    .get(name)
+                let column = Self::column_named(name, promoted)
                     .ok_or_else(|| SchemaError::UnknownColumn(name.clone()))?;
                 if columns.contains(&column) {
                     return Err(SchemaError::DuplicateColumn(name.clone()));
@@ -251,6 +245,15 @@ impl OutputSchema {
             columns,
             promoted: promoted.to_vec(),
             arrow: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// The column `name` stands for, written or not: a standard column or a promoted tag's.
+    pub fn column_named(name: &str, promoted: &[PromotedTag]) -> Option<Column> {
+        let standard = StandardColumn::ALL.iter().find(|c| c.name() == name);
+        standard.map(|&c| Column::Standard(c)).or_else(|| {
+            let i = promoted.iter().position(|t| t.column_name() == name)?;
+            Some(Column::Promoted(i))
         })
     }
 

@@ -15,7 +15,7 @@ use bamflow_tests::sam_text::{self, Dataset};
 use serde_json::Value;
 
 use crate::harness::{config, Daemon, LIMIT};
-use crate::support::{assert_dataset_matches_samtools, convert_ok, TestDir};
+use crate::support::{assert_dataset_matches_samtools, convert_ok, manifest, TestDir};
 
 /// Records in the crash test's input: 51 parts, so 24 kills spread over it, one to three parts
 /// apart, before it can finish.
@@ -36,10 +36,6 @@ const FAULT_POINTS: &[&str] = &[
     "durable-dir-synced=kill@2",
     "dataset-published=kill@1",
 ];
-
-fn manifest(dataset: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dataset.join("_manifest.json")).unwrap()).unwrap()
-}
 
 /// Parts recorded in a staging folder's checkpoint (0 when there is none yet).
 fn checkpointed_parts(staging: &Path) -> usize {

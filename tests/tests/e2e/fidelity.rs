@@ -5,9 +5,8 @@ use std::process::Command;
 use bamflow_tests::generator::{DataKind, Spec};
 use bamflow_tests::sam_text::{self, Cell, TagOrder};
 use bamflow_tests::samtools_view;
-use serde_json::Value;
 
-use crate::support::{assert_matches_samtools, convert_ok, raw_bam_header, TestDir};
+use crate::support::{assert_matches_samtools, convert_ok, manifest, raw_bam_header, TestDir};
 
 #[test]
 fn sam_corpus_matches_samtools_line_for_line() {
@@ -163,8 +162,7 @@ fn dataset_of_several_parts_holds_every_record_once_in_order() {
     assert_eq!(dataset.rows.len(), records);
     assert_eq!(dataset.parts.len(), records.div_ceil(1500));
 
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap();
+    let manifest = manifest(&out);
     assert_eq!(manifest["counts"]["read"], records);
     assert_eq!(manifest["counts"]["written"], records);
     assert_eq!(manifest["schema_version"], 1);

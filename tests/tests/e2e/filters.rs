@@ -11,7 +11,7 @@ use bamflow_tests::{convert, plugin_library, samtools_view_regions};
 use serde_json::Value;
 
 use crate::harness::{config, Daemon};
-use crate::support::{convert_ok, TestDir};
+use crate::support::{convert_ok, manifest, TestDir};
 
 /// `samtools view -h --no-PG [args] BAM [regions]`, as lines.
 fn samtools(bam: &Path, args: &[&str], regions: &[&str]) -> Vec<String> {
@@ -35,10 +35,6 @@ fn assert_same(dataset: &Dataset, theirs: &[String], what: &str) {
     if let Err(e) = sam_text::compare(&ours, theirs, TagOrder::Exact) {
         panic!("{what}: {e:#}");
     }
-}
-
-fn manifest(dataset: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dataset.join("_manifest.json")).unwrap()).unwrap()
 }
 
 /// A coordinate-sorted, indexed copy of a generated BAM (`csi` picks a CSI index over BAI).

@@ -6,7 +6,7 @@ use bamflow_tests::sam_text::{self, Cell, TagOrder};
 use bamflow_tests::{bamflow, samtools_view};
 use serde_json::Value;
 
-use crate::support::{convert_ok, TestDir};
+use crate::support::{convert_ok, manifest, TestDir};
 
 /// samtools' record lines (header removed).
 fn records(bam: &std::path::Path) -> Vec<String> {
@@ -220,8 +220,7 @@ fn columns_have_their_own_zstd_levels_and_the_manifest_says_so() {
     let run = |name: &str, extra: &[&str]| {
         let out = dir.path(name);
         convert_ok(&bam, &out, extra);
-        let manifest: Value =
-            serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap();
+        let manifest = manifest(&out);
         (out, manifest)
     };
     let pinned = ["--tags", "MD:Z", "--column-zstd-level", "qual=1"];
@@ -275,8 +274,7 @@ fn auto_qual_level_follows_the_trial_on_the_files_own_qualities() {
     for (bam, expected) in [(short, 1), (long, 3)] {
         let out = dir.path(&format!("{}.d", bam.display()));
         convert_ok(&bam, &out, &[]);
-        let manifest: Value =
-            serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap();
+        let manifest = manifest(&out);
         let trial = &manifest["profile"]["quality_trial"];
         let at_level = trial["bytes_at_level"].as_f64().unwrap();
         let at_1 = trial["bytes_at_1"].as_f64().unwrap();

@@ -137,6 +137,11 @@ pub fn url_encode(value: &str) -> String {
         .collect()
 }
 
+/// A published dataset's `_manifest.json`.
+pub fn manifest(dataset: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dataset.join("_manifest.json")).unwrap()).unwrap()
+}
+
 /// Converts and panics with bamflow's stderr when it fails.
 pub fn convert_ok(input: &Path, output: &Path, extra: &[&str]) -> Dataset {
     let result = convert(input, output, extra);
