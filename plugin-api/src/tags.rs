@@ -150,6 +150,9 @@ impl<'a> Tags<'a> {
         Ok(None)
     }
 
+    // Inlined across crates: the engine iterates every record's fields, and returning the
+    // `Result<Tag>` through memory cost as much as parsing it.
+    #[inline(always)]
     fn parse_next(&mut self) -> Result<Tag<'a>, TagError> {
         let start = self.offset;
         let truncated = TagError::Truncated { offset: start };
@@ -174,10 +177,7 @@ impl<'a> Tags<'a> {
                 )
             }
             b'Z' | b'H' => {
-                let end = body
-                    .iter()
-                    .position(|&b| b == 0)
-                    .ok_or(TagError::MissingNul { offset: start })?;
+                let end = find_nul(body).ok_or(TagError::MissingNul { offset: start })?;
                 let s = &body[..end];
                 let value = if code == b'Z' {
                     TagValue::String(s)
@@ -219,6 +219,7 @@ impl<'a> Tags<'a> {
 impl<'a> Iterator for Tags<'a> {
     type Item = Result<Tag<'a>, TagError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.offset >= self.data.len() {
             return None;
@@ -230,6 +231,33 @@ impl<'a> Iterator for Tags<'a> {
         }
         Some(tag)
     }
+}
+
+/// The index of the first NUL, eight bytes at a time: `Z` strings such as cell barcodes and
+/// their qualities make this search a hot loop, and they are too short for `memchr`'s setup to
+/// pay off.
+#[inline]
+fn find_nul(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        // Nonzero exactly when some byte is zero; the lowest flagged byte is the first zero.
+        let zeros = word.wrapping_sub(ONES) & !word & HIGHS;
+        if zeros != 0 {
+            return Some(offset + zeros.trailing_zeros() as usize / 8);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == 0)
+        .map(|i| offset + i)
 }
 
 fn element_width(code: u8) -> usize {
@@ -306,6 +334,21 @@ mod tests {
         assert_eq!(array.subtype(), b's');
         assert_eq!(array.integers().collect::<Vec<_>>(), [-1, 2]);
         assert_eq!(array.floats().count(), 0);
+    }
+
+    #[test]
+    fn finds_the_first_nul_at_every_position() {
+        for len in 0..40 {
+            for nul in 0..len {
+                let mut bytes = vec![0x80u8 | 0x41; len];
+                bytes[nul] = 0;
+                if nul + 1 < len {
+                    bytes[nul + 1] = 0;
+                }
+                assert_eq!(find_nul(&bytes), Some(nul), "len {len}, NUL at {nul}");
+            }
+            assert_eq!(find_nul(&vec![1u8; len]), None, "len {len} without NUL");
+        }
     }
 
     #[test]
