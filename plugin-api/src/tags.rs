@@ -63,6 +63,7 @@ pub enum TagValue<'a> {
 
 impl TagValue<'_> {
     /// The SAM type character of this value (`A`, `i`, `f`, `Z`, `H` or `B`).
+    #[inline]
     pub fn sam_type(&self) -> u8 {
         match self {
             Self::Character(_) => b'A',

@@ -71,36 +71,20 @@ pub fn push_quality(out: &mut Vec<u8>, scores: &[u8]) -> Result<(), u8> {
 
 /// Appends one optional field as `TG:T:value`.
 pub fn push_tag(out: &mut Vec<u8>, name: [u8; 2], value: &TagValue<'_>) {
-    out.extend_from_slice(&name);
-    out.push(b':');
-    let mut digits = itoa::Buffer::new();
+    // `NM:i:` in one write: records carry many short fields, and a push per byte showed.
+    out.extend_from_slice(&[name[0], name[1], b':', value.sam_type(), b':']);
     match *value {
-        TagValue::Character(c) => {
-            out.extend_from_slice(b"A:");
-            out.push(c);
-        }
+        TagValue::Character(c) => out.push(c),
         TagValue::Integer { value, .. } => {
-            out.extend_from_slice(b"i:");
-            out.extend_from_slice(digits.format(value).as_bytes());
+            out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         }
-        TagValue::Float(value) => {
-            out.extend_from_slice(b"f:");
-            push_float(out, value);
-        }
-        TagValue::String(s) => {
-            out.extend_from_slice(b"Z:");
-            out.extend_from_slice(s);
-        }
-        TagValue::Hex(s) => {
-            out.extend_from_slice(b"H:");
-            out.extend_from_slice(s);
-        }
+        TagValue::Float(value) => push_float(out, value),
+        TagValue::String(s) | TagValue::Hex(s) => out.extend_from_slice(s),
         TagValue::Array(array) => push_array(out, &array),
     }
 }
 
 fn push_array(out: &mut Vec<u8>, array: &TagArray<'_>) {
-    out.extend_from_slice(b"B:");
     out.push(array.subtype());
     if array.is_float() {
         for value in array.floats() {
