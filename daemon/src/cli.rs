@@ -88,9 +88,9 @@ pub struct ConvertArgs {
     /// Zstandard level, 1-22 (default 3), of every column without its own level.
     #[arg(long)]
     pub zstd_level: Option<i32>,
-    /// Columns with their own zstd level, as COLUMN=LEVEL (comma-separated; default
-    /// qual=auto: level 1 when a trial on the file's first records finds it no more than 2%
-    /// larger). Replaces the config's list.
+    /// Columns with their own zstd level, as COLUMN=LEVEL or COLUMN=auto (comma-separated).
+    /// auto, the default on every text column, takes level 1 when a trial on the file's first
+    /// records finds it no more than 2% larger. Replaces the config's list.
     #[arg(long, value_delimiter = ',', value_parser = parse_column_level)]
     pub column_zstd_level: Option<Vec<(String, ColumnLevel)>>,
     /// Worker threads (default: all cores).
@@ -131,7 +131,7 @@ pub struct ConvertArgs {
     pub resume: bool,
 }
 
-/// `COLUMN=LEVEL` or `qual=auto`; the level's range is checked with the config's.
+/// `COLUMN=LEVEL` or `COLUMN=auto`; the level's range is checked with the config's.
 fn parse_column_level(text: &str) -> Result<(String, ColumnLevel), String> {
     let (column, level) = text
         .split_once('=')

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::pipeline::compression::ColumnLevel;
 use crate::pipeline::filter::{FilterOptions, PluginSpec, Region};
-use crate::pipeline::schema::{OutputSchema, PromotedTag, SchemaError};
+use crate::pipeline::schema::{Column, OutputSchema, PromotedTag, SchemaError, StandardColumn};
 use crate::pipeline::ConvertOptions;
 
 /// Records above this are refused whatever the config says: Arrow text offsets are 32-bit, and
@@ -394,16 +394,16 @@ impl RawConvert {
             .unwrap_or_else(default_column_zstd_levels);
         for (column, level) in &column_zstd_levels {
             let key = "convert.column_zstd_levels";
-            if OutputSchema::column_named(column, &schema.promoted).is_none() {
+            let Some(named) = OutputSchema::column_named(column, &schema.promoted) else {
                 return Err(invalid(key, format!("{column:?} is not a column")));
-            }
+            };
             match level {
                 ColumnLevel::Level(level) if !(1..=22).contains(level) => {
                     let message = format!("{column}: {level} is outside 1..=22");
                     return Err(invalid(key, message));
                 }
-                ColumnLevel::Auto(_) if column != "qual" => {
-                    let message = format!("{column}: \"auto\" is only for qual");
+                ColumnLevel::Auto(_) if !OutputSchema::is_text(named, &schema.promoted) => {
+                    let message = format!("{column}: \"auto\" is only for text columns");
                     return Err(invalid(key, message));
                 }
                 _ => {}
@@ -460,9 +460,14 @@ impl RawConvert {
     }
 }
 
-/// QUAL's level is tried on each file's own sample; [`crate::pipeline::compression`] says why.
+/// Every standard text column's level is tried on each file's own sample;
+/// [`crate::pipeline::compression`] says why.
 fn default_column_zstd_levels() -> BTreeMap<String, ColumnLevel> {
-    BTreeMap::from([("qual".to_owned(), ColumnLevel::AUTO)])
+    StandardColumn::ALL
+        .iter()
+        .filter(|&&c| OutputSchema::is_text(Column::Standard(c), &[]))
+        .map(|c| (c.name().to_owned(), ColumnLevel::AUTO))
+        .collect()
 }
 
 fn positive<T: PartialEq + Default + std::fmt::Display>(
@@ -883,6 +888,14 @@ mod tests {
     }
 
     #[test]
+    fn every_standard_text_column_is_auto_by_default() {
+        let levels = default_column_zstd_levels();
+        let columns: Vec<&str> = levels.keys().map(String::as_str).collect();
+        assert_eq!(columns, ["cigar", "qname", "qual", "seq", "tags"]);
+        assert!(levels.values().all(|&level| level == ColumnLevel::AUTO));
+    }
+
+    #[test]
     fn column_levels_replace_the_default_list_and_name_real_columns() {
         let raw = RawConfig::parse(
             Path::new("x.toml"),
@@ -919,8 +932,12 @@ mod tests {
             "\"NM\" is not a column",
         );
         t(
-            "[convert]\ncolumn_zstd_levels = { seq = \"auto\" }\n",
-            "seq: \"auto\" is only for qual",
+            "[convert]\ncolumn_zstd_levels = { pos = \"auto\" }\n",
+            "pos: \"auto\" is only for text columns",
+        );
+        t(
+            "[convert]\ntags = [\"NM:i\"]\ncolumn_zstd_levels = { NM = \"auto\" }\n",
+            "NM: \"auto\" is only for text columns",
         );
         t("[convert]\npart_records = 0\n", "convert.part_records");
         t(

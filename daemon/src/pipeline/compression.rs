@@ -1,27 +1,32 @@
-//! zstd levels per column, and the trial that picks QUAL's level when it is `auto`.
+//! zstd levels per column, and the trial that settles a text column's level when it is `auto`.
 //!
-//! zstd's level-3 match finder (`dfast`, 5-byte matches) is slow on Phred+33 text, and whether
-//! it pays depends on the instrument: on ART Illumina and noise-like ONT qualities level 1 is
-//! 1.3-4 times faster and no larger, on binned NovaSeq qualities both are the same, while on
-//! smooth, random-walk-like qualities level 3 is 23% smaller. So `auto` compresses a sample of
-//! the file's own qualities both ways and keeps level 1 only when it costs at most
-//! [`AUTO_TOLERANCE`] in size.
+//! Whether zstd's level-3 match finder (`dfast`) pays over level 1 depends on the column and
+//! the instrument, in both directions (shared-bench corpus, whole columns):
+//! - QUAL: on ART Illumina and noise-like ONT qualities level 1 is 1.3-4 times faster and no
+//!   larger; on binned NovaSeq qualities both are the same; on smooth, random-walk-like
+//!   qualities level 3 is 23% smaller.
+//! - QNAME: level 1 is smaller on Illumina names (12.1 vs 13.5 MB on 2 M unaligned reads) and
+//!   about 5% of the CPU faster.
+//! - SEQ and `tags`: on coordinate-sorted short reads level 1 is smaller or within 2% (SEQ
+//!   53.7 vs 56.3 MB); on an unaligned single-cell BAM level 3 is 6% smaller on both.
+//!
+//! So `auto` compresses a sample of the file's own column text both ways and keeps level 1 only
+//! when it costs at most [`AUTO_TOLERANCE`] in size.
 
 use std::collections::BTreeMap;
 
-use bamflow_plugin_api::RecordView;
+use arrow_array::{Array, RecordBatch, StringArray};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-
-use super::RawBatch;
 
 /// Level 1 is kept when its trial output is at most this much larger than at `zstd_level`.
 pub const AUTO_TOLERANCE: f64 = 1.02;
 /// Parquet compresses one data page at a time; the trial compresses the same way.
 const PAGE_BYTES: usize = 1 << 20;
-/// Quality text the trial compresses at most: two pages add 20-40 ms to a profile at level 3.
+/// Column text a trial compresses at most: two pages at levels 1 and 3 take 20-40 ms.
 const TRIAL_BYTES: usize = 2 * PAGE_BYTES;
 
-/// A column's own level: a number, or `"auto"` (QUAL only).
+/// A column's own level: a number, or `"auto"` (text columns only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ColumnLevel {
@@ -51,20 +56,20 @@ impl std::str::FromStr for ColumnLevel {
     }
 }
 
-/// What compressing the sample's qualities at level 1 and at `level` gave.
+/// What compressing a sample of one column's text at level 1 and at `level` gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct QualityTrial {
+pub struct LevelTrial {
     pub sample_bytes: usize,
     pub level: i32,
     pub bytes_at_level: usize,
     pub bytes_at_1: usize,
 }
 
-impl QualityTrial {
-    /// Compresses up to [`TRIAL_BYTES`] of the batch's quality text page by page at level 1
-    /// and at `level`; `None` when no record has qualities or zstd fails.
-    pub fn of(batch: &RawBatch, level: i32) -> Option<Self> {
-        let text = quality_text(batch);
+impl LevelTrial {
+    /// Compresses up to [`TRIAL_BYTES`] of `text` page by page at level 1 and at `level`;
+    /// `None` when there is no text or zstd fails.
+    pub fn of(text: &[u8], level: i32) -> Option<Self> {
+        let text = &text[..text.len().min(TRIAL_BYTES)];
         if text.is_empty() {
             return None;
         }
@@ -92,38 +97,43 @@ impl QualityTrial {
     }
 }
 
-/// Phred+33 text of the batch's qualities, as the `qual` column holds it, up to the trial size.
-fn quality_text(batch: &RawBatch) -> Vec<u8> {
-    let mut text = Vec::new();
-    let records = batch
-        .records()
-        .filter_map(|bytes| RecordView::new(bytes).ok());
-    for view in records {
-        let scores = view.quality_scores();
-        if scores.first().is_none_or(|&q| q == 0xff) {
-            continue;
-        }
-        let room = TRIAL_BYTES - text.len();
-        text.extend(scores.iter().take(room).map(|&q| q.min(93) + 33));
-        if text.len() == TRIAL_BYTES {
-            break;
-        }
-    }
-    text
+/// Tries each named text column of the decoded sample, in parallel on the current rayon pool.
+/// A column that is missing, not text or empty in the sample gets no trial.
+pub fn trials(
+    sample: &RecordBatch,
+    columns: &[String],
+    level: i32,
+) -> BTreeMap<String, LevelTrial> {
+    columns
+        .par_iter()
+        .filter_map(|name| {
+            let column = sample.column_by_name(name)?;
+            let text = column.as_any().downcast_ref::<StringArray>()?;
+            Some((name.clone(), LevelTrial::of(text_of(text), level)?))
+        })
+        .collect()
+}
+
+/// The bytes of a text column's values, as the Parquet page holds them (without lengths).
+fn text_of(array: &StringArray) -> &[u8] {
+    let offsets = array.value_offsets();
+    let start = offsets.first().map_or(0, |&o| o as usize);
+    let end = offsets.last().map_or(0, |&o| o as usize);
+    array.value_data().get(start..end).unwrap_or_default()
 }
 
 /// The levels the writer uses: `auto` becomes the trial's choice, or is dropped (the column
 /// then takes `zstd_level`) when there was nothing to try.
 pub fn resolve(
     levels: &BTreeMap<String, ColumnLevel>,
-    trial: Option<&QualityTrial>,
+    trials: &BTreeMap<String, LevelTrial>,
 ) -> BTreeMap<String, i32> {
     levels
         .iter()
         .filter_map(|(column, level)| {
             let level = match level {
                 ColumnLevel::Level(level) => *level,
-                ColumnLevel::Auto(_) => trial?.choice(),
+                ColumnLevel::Auto(_) => trials.get(column)?.choice(),
             };
             Some((column.clone(), level))
         })
@@ -134,8 +144,8 @@ pub fn resolve(
 mod tests {
     use super::*;
 
-    fn trial(bytes_at_level: usize, bytes_at_1: usize) -> QualityTrial {
-        QualityTrial {
+    fn trial(bytes_at_level: usize, bytes_at_1: usize) -> LevelTrial {
+        LevelTrial {
             sample_bytes: 1000,
             level: 3,
             bytes_at_level,
@@ -156,13 +166,32 @@ mod tests {
             ("qual".to_owned(), ColumnLevel::AUTO),
             ("seq".to_owned(), ColumnLevel::Level(5)),
         ]);
-        let with = resolve(&levels, Some(&trial(100, 150)));
+        let trials = BTreeMap::from([("qual".to_owned(), trial(100, 150))]);
+        let with = resolve(&levels, &trials);
         assert_eq!(
             with,
             BTreeMap::from([("qual".to_owned(), 3), ("seq".to_owned(), 5)])
         );
-        let without = resolve(&levels, None);
+        let without = resolve(&levels, &BTreeMap::new());
         assert_eq!(without, BTreeMap::from([("seq".to_owned(), 5)]));
+    }
+
+    #[test]
+    fn trials_sample_only_the_values_of_text_columns() {
+        // A sliced array's buffer holds text outside the slice; the trial must not see it.
+        let names = StringArray::from(vec!["x".repeat(5000), "AC".repeat(4000), "y".repeat(5000)]);
+        let names = names.slice(1, 1);
+        let counts = arrow_array::Int32Array::from(vec![7]);
+        let sample = RecordBatch::try_from_iter([
+            ("seq", std::sync::Arc::new(names) as arrow_array::ArrayRef),
+            ("n", std::sync::Arc::new(counts) as arrow_array::ArrayRef),
+        ])
+        .unwrap();
+        let columns = ["seq", "n", "absent"].map(String::from);
+        let trials = trials(&sample, &columns, 3);
+        assert_eq!(trials.keys().collect::<Vec<_>>(), ["seq"]);
+        assert_eq!(trials["seq"].sample_bytes, 8000);
+        assert_eq!(trials["seq"].level, 3);
     }
 
     #[test]

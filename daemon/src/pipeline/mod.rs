@@ -54,9 +54,9 @@ use self::compression::ColumnLevel;
 use self::decode::{DecodeError, Decoder};
 use self::filter::{FilterChain, FilterError, FilterOptions, PluginFilter};
 use self::header::{HeaderError, HeaderLimits};
-use self::profile::{BatchPlan, Profile, ProfileOptions};
+use self::profile::{BatchPlan, Profile, ProfileOptions, TrialPlan};
 use self::region::Span;
-use self::schema::{OutputSchema, StandardColumn, SCHEMA_VERSION};
+use self::schema::{OutputSchema, SCHEMA_VERSION};
 use self::source::{BatchLimits, RecordSource, SourceError};
 use self::write::{Chunk, Committed, ParquetSink, PartInfo, WriteError, WriteOptions};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Settings, Start};
@@ -156,14 +156,23 @@ impl ConvertOptions {
             batch_memory_mb: self.batch_memory_mb,
             batch_records: self.batch_records,
             threads: self.threads,
-            quality_trial_level: self.quality_trial_level(),
+            level_trial: self.level_trial(),
         }
     }
 
-    /// The level QUAL's `auto` is tried against, when QUAL is written and set to `auto`.
-    fn quality_trial_level(&self) -> Option<i32> {
-        let auto = self.column_zstd_levels.get("qual") == Some(&ColumnLevel::AUTO);
-        (auto && self.schema.has(StandardColumn::Qual)).then_some(self.zstd_level)
+    /// The written columns whose level is `auto`, tried against `zstd_level`.
+    fn level_trial(&self) -> Option<TrialPlan> {
+        let columns: Vec<String> = self
+            .schema
+            .column_names()
+            .into_iter()
+            .filter(|name| self.column_zstd_levels.get(name) == Some(&ColumnLevel::AUTO))
+            .collect();
+        (!columns.is_empty()).then(|| TrialPlan {
+            schema: self.schema.clone(),
+            columns,
+            level: self.zstd_level,
+        })
     }
 
     fn header_limits(&self) -> HeaderLimits {
@@ -561,7 +570,7 @@ fn convert_on(
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let staging_dir = staging.path().to_owned();
     let busy = Arc::new(BusyTimes::default());
-    let levels = compression::resolve(&options.column_zstd_levels, profile.quality_trial.as_ref());
+    let levels = compression::resolve(&options.column_zstd_levels, &profile.level_trials);
     let write = options.write_options(levels);
     let build = Build {
         input,

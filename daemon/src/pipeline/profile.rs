@@ -11,8 +11,10 @@ use rayon::ThreadPool;
 use serde::Serialize;
 
 use super::bgzf::{BgzfStream, BlockReader};
-use super::compression::QualityTrial;
+use super::compression::{self, LevelTrial};
+use super::decode::Decoder;
 use super::header::{self, BamHeader, HeaderLimits};
+use super::schema::OutputSchema;
 use super::source::{BatchLimits, RecordSource};
 use super::{ConvertError, RawBatch, Stage};
 
@@ -123,13 +125,14 @@ pub struct Profile {
     /// Tags seen in the sample, with the SAM types they had (e.g. `i`, `Z`, `B:C`).
     pub tags: BTreeMap<String, BTreeSet<String>>,
     pub batch: BatchPlan,
-    /// QUAL compressed at level 1 and at `zstd_level`, when its level is `auto`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quality_trial: Option<QualityTrial>,
+    /// Text columns whose level is `auto`, their sample compressed at level 1 and at
+    /// `zstd_level`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub level_trials: BTreeMap<String, LevelTrial>,
 }
 
 /// Settings the profile needs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProfileOptions {
     pub header_limits: HeaderLimits,
     pub max_record_bytes: usize,
@@ -137,8 +140,17 @@ pub struct ProfileOptions {
     /// Overrides the records per batch the profile would choose.
     pub batch_records: Option<usize>,
     pub threads: usize,
-    /// Try the sample's qualities at this level and at 1 (QUAL's level is `auto`).
-    pub quality_trial_level: Option<i32>,
+    /// Columns whose zstd level is `auto`, to try on the sample.
+    pub level_trial: Option<TrialPlan>,
+}
+
+/// What the zstd level trial compresses: the sample decoded with `schema`, the text of
+/// `columns`, at level 1 and at `level`.
+#[derive(Clone, Debug)]
+pub struct TrialPlan {
+    pub schema: OutputSchema,
+    pub columns: Vec<String>,
+    pub level: i32,
 }
 
 /// Reads the header and a sample of records from the start of `path`.
@@ -200,11 +212,28 @@ pub fn profile(
         tags: sample.tags,
         batch: BatchPlan::new(options.batch_memory_mb, options.threads, mean_record_bytes)
             .with_max_records(options.batch_records),
-        quality_trial: options
-            .quality_trial_level
-            .and_then(|level| QualityTrial::of(&batch, level)),
+        level_trials: options
+            .level_trial
+            .as_ref()
+            .map(|plan| level_trials(&batch, &header, plan, pool))
+            .unwrap_or_default(),
     };
     Ok((profile, header))
+}
+
+/// Decodes the sample as the conversion will, then tries the planned columns' text. A sample
+/// that does not decode gets no trials: the conversion reports the bad record itself.
+fn level_trials(
+    batch: &RawBatch,
+    header: &BamHeader,
+    plan: &TrialPlan,
+    pool: &ThreadPool,
+) -> BTreeMap<String, LevelTrial> {
+    let decoder = Decoder::new(plan.schema.clone(), &header.reference_names);
+    match decoder.decode(batch) {
+        Ok(sample) => pool.install(|| compression::trials(&sample, &plan.columns, plan.level)),
+        Err(_) => BTreeMap::new(),
+    }
 }
 
 struct Sample {

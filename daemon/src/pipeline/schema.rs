@@ -267,6 +267,18 @@ impl OutputSchema {
         })
     }
 
+    /// Whether `column` holds text (Arrow `Utf8`), the columns a zstd level trial can sample.
+    pub fn is_text(column: Column, promoted: &[PromotedTag]) -> bool {
+        let data_type = match column {
+            Column::Standard(c) => c.data_type(),
+            Column::Promoted(i) => match promoted.get(i) {
+                Some(tag) => tag.ty.data_type(),
+                None => return false,
+            },
+        };
+        data_type == DataType::Utf8
+    }
+
     /// The Arrow schema of the written columns.
     pub fn arrow(&self) -> &SchemaRef {
         &self.arrow
