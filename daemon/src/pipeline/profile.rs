@@ -22,6 +22,9 @@ use super::{ConvertError, RawBatch, Stage};
 const SAMPLE_RECORDS: usize = 10_000;
 /// Raw bytes read for the profile at most, so a long-read file is sampled quickly too.
 const SAMPLE_BYTES: usize = 32 << 20;
+/// Raw bytes of the sample the zstd level trial decodes at most: a read's SEQ and QUAL text
+/// are about 2.5 times its raw bytes' share, so this gives each about 2 MiB of text.
+const TRIAL_RAW_BYTES: usize = 4 << 20;
 
 /// Decoded data is held in this many batch-sized pieces at once across the pipeline: batches
 /// queued and being framed, being decoded, and decoded batches queued and being written, with
@@ -221,8 +224,9 @@ pub fn profile(
     Ok((profile, header))
 }
 
-/// Decodes the sample as the conversion will, then tries the planned columns' text. A sample
-/// that does not decode gets no trials: the conversion reports the bad record itself.
+/// Decodes the start of the sample as the conversion will, then tries the planned columns'
+/// text. A sample that does not decode gets no trials: the conversion reports the bad record
+/// itself.
 fn level_trials(
     batch: &RawBatch,
     header: &BamHeader,
@@ -230,9 +234,29 @@ fn level_trials(
     pool: &ThreadPool,
 ) -> BTreeMap<String, LevelTrial> {
     let decoder = Decoder::new(plan.schema.clone(), &header.reference_names);
-    match decoder.decode(batch) {
+    match decoder.decode(&trial_records(batch)) {
         Ok(sample) => pool.install(|| compression::trials(&sample, &plan.columns, plan.level)),
         Err(_) => BTreeMap::new(),
+    }
+}
+
+/// The sample's first records up to [`TRIAL_RAW_BYTES`]: the trial compresses at most 2 MiB of
+/// a column, and decoding a long-read sample whole held 15 MB more at the peak.
+fn trial_records(batch: &RawBatch) -> RawBatch {
+    // The records that end within the budget, and at least one.
+    let n = batch
+        .offsets
+        .iter()
+        .skip(1)
+        .take_while(|&&end| end as usize <= TRIAL_RAW_BYTES)
+        .count()
+        .max(1)
+        .min(batch.len());
+    let end = batch.offsets.get(n).map_or(0, |&end| end as usize);
+    RawBatch {
+        data: batch.data.get(..end).unwrap_or_default().to_vec(),
+        offsets: batch.offsets.get(..=n).unwrap_or_default().to_vec(),
+        ..*batch
     }
 }
 
@@ -309,6 +333,26 @@ fn find_index(path: &Path) -> Option<IndexInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trial_decodes_the_records_within_its_budget_and_at_least_one() {
+        let batch = |sizes: &[usize]| {
+            let mut batch = RawBatch::default();
+            batch.clear();
+            for &size in sizes {
+                batch.data.resize(batch.data.len() + size, 0);
+                batch.offsets.push(batch.data.len() as u32);
+            }
+            batch
+        };
+        let mib = 1 << 20;
+        let trial = trial_records(&batch(&[mib, mib, mib, mib, mib]));
+        assert_eq!((trial.len(), trial.data.len()), (4, TRIAL_RAW_BYTES));
+        let trial = trial_records(&batch(&[5 * mib, mib]));
+        assert_eq!((trial.len(), trial.data.len()), (1, 5 * mib));
+        assert!(trial_records(&batch(&[])).is_empty());
+        assert!(trial_records(&RawBatch::default()).is_empty());
+    }
 
     #[test]
     fn batch_plan_fits_the_memory_budget() {
