@@ -850,6 +850,15 @@ fn check_filesystem(config: &DaemonConfig, path: &Path) -> Result<(), ConfigErro
 mod tests {
     use super::*;
 
+    /// The `[convert]` options of a config text, resolved for one thread.
+    fn resolved(text: &str) -> Result<ConvertOptions, ConfigError> {
+        let path = Path::new("x.toml");
+        RawConfig::parse(path, text)
+            .unwrap()
+            .convert
+            .resolve(path, 1)
+    }
+
     #[test]
     fn unknown_keys_are_errors_with_line_and_column() {
         let text = "[convert]\nzstd_level = 3\ncolumns_typo = []\n";
@@ -897,29 +906,22 @@ mod tests {
 
     #[test]
     fn column_levels_replace_the_default_list_and_name_real_columns() {
-        let raw = RawConfig::parse(
-            Path::new("x.toml"),
-            "[convert]\ntags = [\"NM:i\"]\ncolumn_zstd_levels = { seq = 5, NM = 2 }\n",
-        )
-        .unwrap();
-        let options = raw.convert.resolve(Path::new("x.toml"), 1).unwrap();
+        let text = "[convert]\ntags = [\"NM:i\"]\ncolumn_zstd_levels = { seq = 5, NM = 2 }\n";
+        let options = resolved(text).unwrap();
         let expected = BTreeMap::from([
             ("NM".to_owned(), ColumnLevel::Level(2)),
             ("seq".to_owned(), ColumnLevel::Level(5)),
         ]);
         assert_eq!(options.column_zstd_levels, expected);
 
-        let empty =
-            RawConfig::parse(Path::new("x.toml"), "[convert]\ncolumn_zstd_levels = {}\n").unwrap();
-        let options = empty.convert.resolve(Path::new("x.toml"), 1).unwrap();
+        let options = resolved("[convert]\ncolumn_zstd_levels = {}\n").unwrap();
         assert!(options.column_zstd_levels.is_empty());
     }
 
     #[test]
     fn impossible_values_are_refused() {
         let t = |text: &str, key: &str| {
-            let raw = RawConfig::parse(Path::new("x.toml"), text).unwrap();
-            let err = raw.convert.resolve(Path::new("x.toml"), 1).unwrap_err();
+            let err = resolved(text).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
         };
         t("[convert]\nzstd_level = 0\n", "convert.zstd_level");

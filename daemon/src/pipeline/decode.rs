@@ -90,7 +90,7 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(schema: OutputSchema, reference_names: &[String]) -> Self {
         let promoted_written = (0..schema.promoted.len())
-            .map(|i| schema.columns.contains(&Column::Promoted(i)))
+            .map(|i| schema.columns().contains(&Column::Promoted(i)))
             .collect::<Vec<_>>();
         let any_promoted = promoted_written.iter().any(|&w| w);
         let tags = schema.has(StandardColumn::Tags);
@@ -525,8 +525,8 @@ impl Builders {
         schema: &OutputSchema,
         reference_names: &ArrayRef,
     ) -> Result<RecordBatch, DecodeError> {
-        let mut arrays = Vec::with_capacity(schema.columns.len());
-        for column in &schema.columns {
+        let mut arrays = Vec::with_capacity(schema.columns().len());
+        for column in schema.columns() {
             let array = match *column {
                 Column::Standard(c) => self.finish_standard(c, reference_names),
                 Column::Promoted(i) => {

@@ -644,7 +644,7 @@ struct Done {
 struct Build<'a> {
     input: &'a Path,
     options: &'a ConvertOptions,
-    /// Encoding settings, with QUAL's `auto` level settled by the profile's trial.
+    /// Encoding settings, with each `auto` column level settled by the profile's trial.
     write: &'a WriteOptions,
     plan: BatchPlan,
     pool: &'a Arc<ThreadPool>,

@@ -193,7 +193,8 @@ pub enum SchemaError {
 /// The columns a conversion writes, and which promoted tags leave `tags`.
 #[derive(Clone, Debug)]
 pub struct OutputSchema {
-    pub columns: Vec<Column>,
+    /// Private so that `standard`, derived from it, cannot go stale.
+    columns: Vec<Column>,
     pub promoted: Vec<PromotedTag>,
     arrow: SchemaRef,
     /// Which standard columns are written, by [`StandardColumn`] index: the decoder asks for
@@ -277,6 +278,11 @@ impl OutputSchema {
             },
         };
         data_type == DataType::Utf8
+    }
+
+    /// The written columns, in order.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
     }
 
     /// The Arrow schema of the written columns.

@@ -82,16 +82,22 @@ fn zstd(level: i32) -> Result<Compression, WriteError> {
 }
 
 /// Sets each column's own level on every Parquet leaf under the column's name (a promoted list
-/// column's values are a leaf below it).
+/// column's values are a leaf below it). `dir` names the output in an error.
 fn column_levels(
     mut builder: WriterPropertiesBuilder,
     schema: &Schema,
     levels: &BTreeMap<String, i32>,
-) -> Result<WriterPropertiesBuilder, ParquetError> {
+    dir: &Path,
+) -> Result<WriterPropertiesBuilder, WriteError> {
     if levels.is_empty() {
         return Ok(builder);
     }
-    let descriptor = ArrowSchemaConverter::new().convert(schema)?;
+    let descriptor = ArrowSchemaConverter::new()
+        .convert(schema)
+        .map_err(|source| WriteError::Parquet {
+            path: dir.to_owned(),
+            source,
+        })?;
     for leaf in descriptor.columns() {
         let level = leaf
             .path()
@@ -99,8 +105,7 @@ fn column_levels(
             .first()
             .and_then(|name| levels.get(name));
         if let Some(&level) = level {
-            let codec = ZstdLevel::try_new(level).map(Compression::ZSTD)?;
-            builder = builder.set_column_compression(leaf.path().clone(), codec);
+            builder = builder.set_column_compression(leaf.path().clone(), zstd(level)?);
         }
     }
     Ok(builder)
@@ -253,12 +258,7 @@ impl ParquetSink {
         for column in ["rname", "rnext"] {
             builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), true);
         }
-        let properties = column_levels(builder, &schema, &options.column_zstd_levels)
-            .map_err(|source| WriteError::Parquet {
-                path: dir.to_owned(),
-                source,
-            })?
-            .build();
+        let properties = column_levels(builder, &schema, &options.column_zstd_levels, dir)?.build();
         Ok(Self {
             dir: dir.to_owned(),
             schema,
