@@ -22,6 +22,7 @@ pub mod config;
 pub mod dataset;
 pub mod durable;
 pub mod faults;
+pub mod heap;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;

@@ -25,6 +25,11 @@ const EXIT_FAILURE: u8 = 1;
 /// Exit status for a usage or configuration error.
 const EXIT_USAGE: u8 = 2;
 
+/// See [`heap`](bamflow::heap): the system allocator, with large shrinking blocks moved so
+/// that parquet's page buffers do not fragment the heap.
+#[global_allocator]
+static ALLOCATOR: bamflow::heap::ShrinkByMove = bamflow::heap::ShrinkByMove;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon reports each file it takes; one-shot commands speak only when asked.
