@@ -289,3 +289,41 @@ print("ok", n, mapped)
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Every column chunk uses only encodings that Spark's default (vectorized) Parquet reader
+/// decodes: Spark 3.5 fails on DELTA_LENGTH_BYTE_ARRAY pages ("Failed to read 150 bytes"), so
+/// strings, promoted text tags and list tags must stay PLAIN. `bench/spark_check.py` reads a
+/// dataset with Spark itself; this pins the file-level property in every CI run.
+#[test]
+fn every_column_uses_encodings_spark_reads() {
+    use parquet::basic::Encoding;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 30_000, 11);
+    let out = dir.path("out");
+    convert_ok(&bam, &out, &["--tags", "NM:i,MD:Z,RG:Z"]);
+    let readable = [
+        Encoding::PLAIN,
+        Encoding::RLE,
+        Encoding::RLE_DICTIONARY,
+        Encoding::PLAIN_DICTIONARY,
+        Encoding::DELTA_BINARY_PACKED,
+    ];
+    let part = std::fs::File::open(out.join("part-00000.parquet")).unwrap();
+    let metadata = SerializedFileReader::new(part).unwrap().metadata().clone();
+    let mut checked = Vec::new();
+    for chunk in metadata.row_groups().iter().flat_map(|rg| rg.columns()) {
+        let column = chunk.column_path().string();
+        for encoding in chunk.encodings() {
+            assert!(
+                readable.contains(&encoding),
+                "{column} is written with {encoding:?}, which Spark's vectorized reader fails on"
+            );
+        }
+        checked.push(column);
+    }
+    for column in ["qname", "seq", "qual", "tags", "MD", "pos"] {
+        assert!(checked.iter().any(|c| c == column), "{column} not checked");
+    }
+}
