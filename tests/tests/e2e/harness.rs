@@ -115,7 +115,14 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and returns the exit code and how long the exit took.
+    ///
+    /// Waits for the daemon to have started first: a signal that arrives before its handlers
+    /// are installed (e.g. a test that finds its work already done and stops at once) kills
+    /// it outright, with no exit code and an empty log.
     pub fn terminate(self) -> (Option<i32>, Duration, String) {
+        self.wait_for("the daemon to start", || {
+            self.log().contains("Daemon started.")
+        });
         let started = Instant::now();
         let status = Command::new("kill")
             .arg("-TERM")
