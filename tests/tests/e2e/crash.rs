@@ -69,6 +69,9 @@ fn kill_dash_nine_at_any_moment_loses_and_duplicates_nothing() {
     let mut kills = 0;
     let mut faults_fired = 0;
     let mut checkpoint_history = Vec::new();
+    // How long a part takes, as last seen: the random moment within a part is drawn from it, so
+    // the kills spread over the file in a release build as they do in a debug one.
+    let mut part_time = Duration::from_millis(50);
     for round in 0.. {
         if kills == KILLS || output.join("_SUCCESS").exists() {
             break;
@@ -97,14 +100,26 @@ fn kill_dash_nine_at_any_moment_loses_and_duplicates_nothing() {
             // Mostly in the middle of the conversion, one to three parts on from the last
             // kill, at a random moment within a part; sometimes while it is still starting.
             if round % 6 != 0 {
-                let target = checkpointed_parts(&staging) + 1 + rng.below(3);
+                let mut parts = checkpointed_parts(&staging);
+                let target = parts + 1 + rng.below(3);
                 let started = Instant::now();
-                while checkpointed_parts(&staging) < target && !output.join("_SUCCESS").exists() {
+                let mut last_part = None;
+                while parts < target && !output.join("_SUCCESS").exists() {
                     assert!(started.elapsed() < LIMIT, "{}", daemon.log());
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(Duration::from_millis(1));
+                    let now = checkpointed_parts(&staging);
+                    if now > parts {
+                        let at = Instant::now();
+                        if let Some(previous) = last_part {
+                            part_time = (at - previous) / (now - parts) as u32;
+                        }
+                        last_part = Some(at);
+                        parts = now;
+                    }
                 }
             }
-            std::thread::sleep(Duration::from_millis(rng.below(150) as u64));
+            let moment = part_time.as_micros() as usize;
+            std::thread::sleep(Duration::from_micros(rng.below(moment.max(1)) as u64));
             logs.push(daemon.kill_9());
             kills += 1;
         }
