@@ -326,4 +326,16 @@ fn every_column_uses_encodings_spark_reads() {
     for column in ["qname", "seq", "qual", "tags", "MD", "pos"] {
         assert!(checked.iter().any(|c| c == column), "{column} not checked");
     }
+    // Columns with few values are dictionaries: as keys they are smaller than as integers.
+    for column in ["rname", "flag", "mapq", "tlen"] {
+        let chunk = metadata.row_group(0).columns().iter();
+        let encodings = chunk
+            .filter(|c| c.column_path().string() == column)
+            .flat_map(|c| c.encodings())
+            .collect::<Vec<_>>();
+        assert!(
+            encodings.contains(&Encoding::RLE_DICTIONARY),
+            "{column} is not a dictionary: {encodings:?}"
+        );
+    }
 }
