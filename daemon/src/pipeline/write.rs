@@ -582,7 +582,10 @@ impl OpenPart {
                 for chunk in chunks {
                     chunk.append_to_row_group(&mut row_group)?;
                 }
-                row_group.close().map(drop)
+                row_group.close()?;
+                // Buffered bytes of the row group stay behind; the next one carries them.
+                durable::start_writeback(&self.file.inner().file);
+                Ok(())
             })
             .map_err(parquet)
     }
