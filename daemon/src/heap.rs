@@ -21,6 +21,37 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
+/// glibc malloc arenas the process uses, unless `MALLOC_ARENA_MAX` sets another number.
+///
+/// glibc gives threads up to 8 arenas per core, and each keeps the free memory of what passed
+/// through it. Our buffers are made on one thread and freed on another (batches by the reader,
+/// arrays by the decoders, pages by the column encoders), so every arena grows to its own high
+/// water mark. Two arenas, 2 alternating runs each on generated inputs, 2 cores: peak RSS 153
+/// → 147-150 MB on 2 M unaligned reads and 173-178 → 154-168 MB on 8 M, 169-181 → 157 MB on
+/// 8 M short reads, 190-198 → 171-180 MB on 20 k long reads, with less system time and the
+/// same user time. One arena was no better (180 MB on 8 M unaligned reads). Lock contention is
+/// not a concern: a 2 M-record conversion makes about 150,000 `malloc` calls in all (25,000 a
+/// second), because per-record work does not allocate.
+const ARENAS: i32 = 2;
+
+/// Caps glibc's arenas at [`ARENAS`]; call it before any thread starts. Returns whether the
+/// cap was set: not when `MALLOC_ARENA_MAX` is set (the operator's choice wins), nor on a
+/// system without glibc.
+pub fn limit_arenas() -> bool {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return false;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `mallopt` changes a malloc parameter and touches no memory of ours.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, ARENAS) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Blocks at least this large are moved, not shrunk in place, when they shrink. Smaller ones
 /// come from glibc's per-size bins, where in-place shrinking leaves no lasting hole.
 const MOVE_ON_SHRINK: usize = 64 << 10;
@@ -81,6 +112,13 @@ mod tests {
             layout.align()
         );
         (resized, new_layout)
+    }
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_takes_the_arena_cap_unless_the_operator_set_one() {
+        let operator = std::env::var_os("MALLOC_ARENA_MAX").is_some();
+        assert_eq!(limit_arenas(), !operator);
     }
 
     #[test]

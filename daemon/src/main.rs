@@ -31,6 +31,7 @@ const EXIT_USAGE: u8 = 2;
 static ALLOCATOR: bamflow::heap::ShrinkByMove = bamflow::heap::ShrinkByMove;
 
 fn main() -> ExitCode {
+    bamflow::heap::limit_arenas();
     let cli = Cli::parse();
     // The daemon reports each file it takes; one-shot commands speak only when asked.
     let default_level = if matches!(cli.command, Command::Daemon { .. }) {
