@@ -1,4 +1,5 @@
-//! The process's allocator: the system's, except that shrinking a large block moves it.
+//! The process's allocator: the system's, except that shrinking a large block moves it, and
+//! glibc kept to two arenas ([`limit_arenas`]).
 //!
 //! parquet's column writer compresses each page into a buffer the size of the uncompressed
 //! page (about 1 MiB), then `shrink_to_fit`s it to the compressed size and keeps it until the
@@ -26,10 +27,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// glibc gives threads up to 8 arenas per core, and each keeps the free memory of what passed
 /// through it. Our buffers are made on one thread and freed on another (batches by the reader,
 /// arrays by the decoders, pages by the column encoders), so every arena grows to its own high
-/// water mark. Two arenas, 2 alternating runs each on generated inputs, 2 cores: peak RSS 153
-/// → 147-150 MB on 2 M unaligned reads and 173-178 → 154-168 MB on 8 M, 169-181 → 157 MB on
-/// 8 M short reads, 190-198 → 171-180 MB on 20 k long reads, with less system time and the
-/// same user time. One arena was no better (180 MB on 8 M unaligned reads). Lock contention is
+/// water mark. Two arenas, 2 alternating runs each on generated inputs, 2 cores: peak RSS
+/// 153-163 → 142-150 MB on 2 M unaligned reads and 173-178 → 154-168 MB on 8 M, 169-181 →
+/// 153-159 MB on 8 M short reads, 190-198 → 171-180 MB on 20 k long reads, with less system
+/// time and the same user time. One arena was no better (180 MB on 8 M unaligned reads). Lock contention is
 /// not a concern: a 2 M-record conversion makes about 150,000 `malloc` calls in all (25,000 a
 /// second), because per-record work does not allocate.
 const ARENAS: i32 = 2;
