@@ -35,7 +35,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// second), because per-record work does not allocate.
 const ARENAS: i32 = 2;
 
-/// Caps glibc's arenas at [`ARENAS`]; call it before any thread starts. Returns whether the
+/// Caps glibc's arenas at two (`ARENAS`); call it before any thread starts. Returns whether the
 /// cap was set: not when `MALLOC_ARENA_MAX` is set (the operator's choice wins), nor on a
 /// system without glibc.
 pub fn limit_arenas() -> bool {
