@@ -31,7 +31,7 @@ def main(path):
     frame = spark.read.parquet(path)
 
     checks = [("rows", frame.count(), table.num_rows)]
-    text = [f.name for f in table.schema if str(f.type) == "string"]
+    text = [f.name for f in table.schema if pa.types.is_string(f.type)]
     for column in text:
         spark_sum = frame.selectExpr(f"sum(length({column}))", f"count({column})").first()
         arrow_sum = (

@@ -30,9 +30,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// water mark. Two arenas, 2 alternating runs each on generated inputs, 2 cores: peak RSS
 /// 153-163 → 142-150 MB on 2 M unaligned reads and 173-178 → 154-168 MB on 8 M, 169-181 →
 /// 153-159 MB on 8 M short reads, 190-198 → 171-180 MB on 20 k long reads, with less system
-/// time and the same user time. One arena was no better (180 MB on 8 M unaligned reads). Lock contention is
-/// not a concern: a 2 M-record conversion makes about 150,000 `malloc` calls in all (25,000 a
-/// second), because per-record work does not allocate.
+/// time and the same user time. One arena was no better (180 MB on 8 M unaligned reads). Lock
+/// contention is not a concern: a 2 M-record conversion makes about 150,000 `malloc` calls in
+/// all (25,000 a second), because per-record work does not allocate.
 const ARENAS: i32 = 2;
 
 /// Caps glibc's arenas at two (`ARENAS`); call it before any thread starts. Returns whether the

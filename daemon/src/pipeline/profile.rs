@@ -22,8 +22,8 @@ use super::{ConvertError, RawBatch, Stage};
 const SAMPLE_RECORDS: usize = 10_000;
 /// Raw bytes read for the profile at most, so a long-read file is sampled quickly too: the
 /// profile runs before the pipeline starts, mostly on one core. 8 MiB is 230 long reads of the
-/// shared-bench corpus, plenty for the batch plan (it uses the mean), and takes 60 ms less
-/// than the 32 MiB it used to read.
+/// shared-bench corpus, plenty for the batch plan (it uses the mean); `bamflow profile` took
+/// 90-120 ms there, against 150-170 ms with the 32 MiB it used to read.
 const SAMPLE_BYTES: usize = 8 << 20;
 /// Raw bytes of the sample the zstd level trial decodes at most: a read's SEQ and QUAL text
 /// are about 2.5 times its raw bytes' share, so this gives each about 2 MiB of text.
