@@ -90,7 +90,7 @@ pub struct ConvertArgs {
     pub zstd_level: Option<i32>,
     /// Columns with their own zstd level, as COLUMN=LEVEL or COLUMN=auto (comma-separated).
     /// auto, the default on every text column, takes level 1 when a trial on the file's first
-    /// records finds it no more than 2% larger. Replaces the config's list.
+    /// records finds it no more than 10% larger. Replaces the config's list.
     #[arg(long, value_delimiter = ',', value_parser = parse_column_level)]
     pub column_zstd_level: Option<Vec<(String, ColumnLevel)>>,
     /// Worker threads (default: all cores).

@@ -261,7 +261,7 @@ fn columns_have_their_own_zstd_levels_and_the_manifest_says_so() {
 }
 
 /// `auto` (the default on every text column) keeps level 1 where a trial on the file's first
-/// records finds it no more than 2% larger. QUAL shows both outcomes: level 1 on the
+/// records finds it no more than 10% larger. QUAL shows both outcomes: level 1 on the
 /// generator's Illumina-like qualities, level 3 on its smooth random-walk long-read qualities,
 /// where level 3 is far smaller.
 #[test]
@@ -284,7 +284,7 @@ fn auto_levels_follow_the_trial_on_the_files_own_columns() {
             let at_level = trial["bytes_at_level"].as_f64().unwrap();
             let at_1 = trial["bytes_at_1"].as_f64().unwrap();
             assert_eq!(trial["level"], 3);
-            let choice = if at_1 <= at_level * 1.02 { 1 } else { 3 };
+            let choice = if at_1 <= at_level * 1.10 { 1 } else { 3 };
             assert_eq!(
                 manifest["column_zstd_levels"][column], choice,
                 "{column}: {trial}"
