@@ -32,6 +32,7 @@ static ALLOCATOR: bamflow::heap::ShrinkByMove = bamflow::heap::ShrinkByMove;
 
 fn main() -> ExitCode {
     bamflow::heap::limit_arenas();
+    bamflow::heap::fix_mmap_threshold();
     let cli = Cli::parse();
     // The daemon reports each file it takes; one-shot commands speak only when asked.
     let default_level = if matches!(cli.command, Command::Daemon { .. }) {
