@@ -73,8 +73,12 @@ pub struct LevelTrial {
 }
 
 impl LevelTrial {
-    /// Compresses up to [`TRIAL_BYTES`] of `text` page by page at level 1 and at `level`;
-    /// `None` when there is no text or zstd fails.
+    /// Compresses up to [`TRIAL_BYTES`] of `text` page by page at level 1 and at `level`, the
+    /// two levels in parallel on the current rayon pool; `None` when there is no text or zstd
+    /// fails.
+    ///
+    /// The trial runs before the pipeline starts, so its slowest task idles the other cores:
+    /// five columns done one per task left one core with the slowest column's two levels.
     pub fn of(text: &[u8], level: i32) -> Option<Self> {
         let text = &text[..text.len().min(TRIAL_BYTES)];
         if text.is_empty() {
@@ -86,11 +90,12 @@ impl LevelTrial {
                 .map(|page| compressor.compress(page).ok().map(|c| c.len()))
                 .sum()
         };
+        let (bytes_at_level, bytes_at_1) = rayon::join(|| compressed(level), || compressed(1));
         Some(Self {
             sample_bytes: text.len(),
             level,
-            bytes_at_level: compressed(level)?,
-            bytes_at_1: compressed(1)?,
+            bytes_at_level: bytes_at_level?,
+            bytes_at_1: bytes_at_1?,
         })
     }
 
