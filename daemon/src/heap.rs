@@ -39,18 +39,10 @@ const ARENAS: i32 = 2;
 /// cap was set: not when `MALLOC_ARENA_MAX` is set (the operator's choice wins), nor on a
 /// system without glibc.
 pub fn limit_arenas() -> bool {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return false;
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: `mallopt` changes a malloc parameter and touches no memory of ours.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, ARENAS) == 1 }
-    }
+    return set_unless_operator("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, ARENAS);
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
+    false
 }
 
 /// glibc's mmap threshold, fixed: blocks this large or larger are mapped, and unmapped when freed.
@@ -70,18 +62,25 @@ const MMAP_THRESHOLD: i32 = 4 << 20;
 /// Returns whether it was set: not when `MALLOC_MMAP_THRESHOLD_` is set (the operator's choice
 /// wins), nor on a system without glibc.
 pub fn fix_mmap_threshold() -> bool {
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    return set_unless_operator(
+        "MALLOC_MMAP_THRESHOLD_",
+        libc::M_MMAP_THRESHOLD,
+        MMAP_THRESHOLD,
+    );
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
+/// Sets a glibc malloc parameter, unless the operator set it through the environment variable
+/// glibc reads for it (`env`); returns whether glibc took it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_unless_operator(env: &str, parameter: libc::c_int, value: libc::c_int) -> bool {
+    if std::env::var_os(env).is_some() {
         return false;
     }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: `mallopt` changes a malloc parameter and touches no memory of ours.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
+    // SAFETY: `mallopt` changes a malloc parameter and touches no memory of ours.
+    unsafe { libc::mallopt(parameter, value) == 1 }
 }
 
 /// Blocks at least this large are moved, not shrunk in place, when they shrink. Smaller ones

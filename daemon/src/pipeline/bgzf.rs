@@ -280,18 +280,18 @@ fn inflate(
     Ok(())
 }
 
-/// A chunk's frames, their blocks, and whether they all inflated.
+/// A chunk's frames, their blocks, and whether they were all read and inflated.
 struct Inflated {
     frames: Vec<Frame>,
     blocks: Vec<Block>,
     result: Result<(), BgzfError>,
 }
 
-/// The next chunk: inflating on the pool, or failed before it could start.
+/// The next chunk, inflating on the pool (or already failed to read).
 struct Pending {
     /// Compressed offset of the chunk's first frame.
     offset: u64,
-    inflated: crossbeam_channel::Receiver<Result<Inflated, BgzfError>>,
+    inflated: crossbeam_channel::Receiver<Inflated>,
 }
 
 /// Inflates `frames` into `blocks`, in parallel on the current pool.
@@ -380,13 +380,13 @@ impl<R: Read> BlockReader<R> {
             frames,
             blocks,
             result,
-        } = pending.inflated.recv().unwrap_or(
+        } = pending.inflated.recv().map_err(|_| {
             // The job ends by sending; only a panic on the pool gets here.
-            Err(BgzfError::Corrupt {
+            BgzfError::Corrupt {
                 offset: pending.offset,
                 reason: "inflating stopped unexpectedly",
-            }),
-        )?;
+            }
+        })?;
         self.frame_pool.extend(frames);
         result?;
         if !self.done {
@@ -405,7 +405,11 @@ impl<R: Read> BlockReader<R> {
             Ok(frames) => frames,
             Err(e) => {
                 // Reported when the chunk is asked for, after the chunks before it.
-                let _ = sender.send(Err(e));
+                let _ = sender.send(Inflated {
+                    frames: Vec::new(),
+                    blocks: Vec::new(),
+                    result: Err(e),
+                });
                 return Pending { offset, inflated };
             }
         };
@@ -427,7 +431,7 @@ impl<R: Read> BlockReader<R> {
                 result: Ok(()),
             };
             inflated.result = inflate_all(&inflated.frames, &mut inflated.blocks, busy.as_deref());
-            let _ = sender.send(Ok(inflated));
+            let _ = sender.send(inflated);
         };
         // A worker of this pool waiting for its own job could wait forever; it inflates here.
         if self.pool.current_thread_index().is_some() {

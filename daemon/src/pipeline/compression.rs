@@ -11,7 +11,7 @@
 //! - `tags`: unaligned single-cell reads −4% for 1.2× the time; long reads' MM/ML +4% for 1.8×.
 //! - QNAME: Illumina names +11% for 1.9× the time.
 //!
-//! Where level 3 helps by a few percent it costs 20-40% more of that column's compression, and
+//! Where level 3 helps by a few percent it costs 17-43% more of that column's compression, and
 //! zstd is about half of a conversion's CPU: on the corpus, every text column at level 1 made
 //! unaligned reads 12% faster for 4.5% more output, and long reads 15% faster for 1.1% more
 //! (3 and 2 alternating runs, 2 cores). So `auto` compresses a sample of the file's own column
