@@ -6,10 +6,11 @@
 //! mtime high-water mark, so a file copied in with an old mtime is still taken.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -238,8 +239,8 @@ impl Events {
 
 /// An exclusive claim on one input file, held as a file under `state_dir/claims`.
 ///
-/// The claim is created with `O_EXCL`, so two daemons sharing a state folder never convert the
-/// same file at once. It is removed on drop.
+/// The claim is linked into place, which fails when it exists, so two daemons sharing a state
+/// folder never convert the same file at once. It is removed on drop.
 #[derive(Debug)]
 pub struct Claim {
     path: PathBuf,
@@ -254,24 +255,42 @@ impl Claim {
     pub fn acquire(state_dir: &Path, input: &Path) -> io::Result<Option<Self>> {
         let dir = state_dir.join("claims");
         fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{:016x}.claim", path_hash(input)));
+        let name = format!("{:016x}.claim", path_hash(input));
+        let path = dir.join(&name);
+        // The claim appears with its PID already in it: written to a private file first, then
+        // linked into place, which fails like `O_EXCL` when the claim exists. Created empty and
+        // written after, a kill between the two would leave a claim no one could tell is dead.
+        static DRAFTS: AtomicU64 = AtomicU64::new(0);
+        let n = DRAFTS.fetch_add(1, Ordering::Relaxed);
+        let draft = dir.join(format!(".{name}.{}.{n}", std::process::id()));
+        fs::write(
+            &draft,
+            format!("{}\n{}\n", std::process::id(), input.display()),
+        )?;
+        let claimed = Self::link(&draft, &path, input);
+        let _ = fs::remove_file(&draft);
+        claimed
+    }
+
+    fn link(draft: &Path, path: &Path, input: &Path) -> io::Result<Option<Self>> {
         for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    // Not fsynced on purpose: a claim guards against daemons that are alive, and
-                    // one that vanishes in a crash is what a dead holder's claim should do. An
-                    // fsync here also waits behind every dirty page of the filesystem's journal.
-                    writeln!(file, "{}\n{}", std::process::id(), input.display())?;
-                    return Ok(Some(Self { path }));
+            // Not fsynced on purpose: a claim guards against daemons that are alive, and one
+            // that vanishes in a crash is what a dead holder's claim should do. An fsync here
+            // also waits behind every dirty page of the filesystem's journal.
+            match fs::hard_link(draft, path) {
+                Ok(()) => {
+                    return Ok(Some(Self {
+                        path: path.to_owned(),
+                    }))
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if !holder_is_dead(&path) {
+                    if !holder_is_dead(path) {
                         return Ok(None);
                     }
                     // The holder was killed (kill -9, OOM) before it could release the claim:
                     // take it over, once. state_dir is local, so the PID is of this host.
                     tracing::warn!(claim = %path.display(), input = %input.display(), "Taking over the claim of a process that no longer exists.");
-                    fs::remove_file(&path).or_else(|e| {
+                    fs::remove_file(path).or_else(|e| {
                         if e.kind() == io::ErrorKind::NotFound {
                             Ok(())
                         } else {
@@ -294,8 +313,8 @@ impl Drop for Claim {
     }
 }
 
-/// Whether a claim file names a process that no longer runs. A claim being written (no PID
-/// yet) or unreadable counts as alive.
+/// Whether a claim file names a process that no longer runs. A claim without a PID (not one
+/// of ours) or unreadable counts as alive.
 fn holder_is_dead(claim: &Path) -> bool {
     let Ok(text) = fs::read_to_string(claim) else {
         return false;
@@ -348,6 +367,27 @@ mod tests {
         fs::write(&claim.path, format!("{}\n/drop/b.bam\n", u32::MAX - 1)).unwrap();
         std::mem::forget(claim);
         assert!(Claim::acquire(dir.path(), input).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_claim_names_its_holder_from_the_moment_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = Path::new("/drop/c.bam");
+        // A draft left by a process killed before it could link its claim does not block.
+        let claims = dir.path().join("claims");
+        fs::create_dir_all(&claims).unwrap();
+        let name = format!("{:016x}.claim", path_hash(input));
+        fs::write(claims.join(format!(".{name}.{}.0", u32::MAX - 1)), "").unwrap();
+        let claim = Claim::acquire(dir.path(), input).unwrap().unwrap();
+        let text = fs::read_to_string(&claim.path).unwrap();
+        assert_eq!(text, format!("{}\n/drop/c.bam\n", std::process::id()));
+        // Only the claim and the dead process's draft: this process's draft is gone.
+        let mut names: Vec<_> = fs::read_dir(&claims)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [format!(".{name}.{}.0", u32::MAX - 1), name]);
     }
 
     #[test]
