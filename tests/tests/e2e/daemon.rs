@@ -9,7 +9,7 @@ use bamflow_tests::sam_text::{self, TagOrder};
 use bamflow_tests::{bamflow_bin, samtools_view};
 use serde_json::Value;
 
-use crate::harness::{config, config_with, Daemon};
+use crate::harness::{config, config_with, Daemon, EVENTS_RESCAN};
 use crate::support::{assert_dataset_matches_samtools, TestDir};
 
 #[test]
@@ -421,16 +421,17 @@ fn filesystem_events_find_a_new_file_long_before_the_next_rescan() {
     let dir = TestDir::new();
     let inbox = dir.inbox();
     let config = config(&dir, &inbox, "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("scan_interval_seconds = 1", "scan_interval_seconds = 300");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "scan_interval_seconds = 1",
+        &format!("scan_interval_seconds = {}", EVENTS_RESCAN.as_secs()),
+    );
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(dir.root(), Some(&config));
     std::thread::sleep(Duration::from_secs(2)); // past the first rescan
 
     let bam = dir.generated(DataKind::Short, 1_000, 39);
     std::fs::copy(&bam, inbox.join("evented.bam")).unwrap();
-    daemon.wait_for("the file, well before the 300 s rescan", || {
+    daemon.wait_for("the file, well before the next rescan", || {
         dir.path("lake/test/evented/_SUCCESS").exists()
     });
     daemon.stop();
