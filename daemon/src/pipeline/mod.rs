@@ -3,7 +3,7 @@
 //! ```text
 //! reader thread:  BGZF frames ─▶ inflate (pool) ─▶ frame records ─▶ RawBatch
 //!                                                                      │ bounded channel
-//! calling thread: window of RawBatches ─▶ decode (pool, in parallel) ──┤
+//! calling thread: each RawBatch ─▶ decode (pool, one task per batch) ──┤
 //!                                                                      │ bounded channel
 //! writer thread:  Arrow batches ─▶ Parquet parts (fsync, rename) ─▶ checkpoint
 //! ```
@@ -14,9 +14,8 @@
 //!
 //! [`convert`] is the only function that knows this order. Memory is bounded by a fixed set of
 //! [`RawBatch`] buffers that circulate between the reader and the decoder (the reader waits for
-//! a free one) and by the bounded channel to the writer, never by the file size. Windows keep
-//! their order through `par_iter().collect()`, so rows come out in record order with no reorder
-//! buffer.
+//! a free one) and by the bounded channel to the writer, never by the file size. Batches
+//! decode in any order and are handed on oldest first, so rows come out in record order.
 
 pub mod bgzf;
 pub mod busy;
@@ -33,7 +32,7 @@ pub mod schema;
 pub mod source;
 pub mod write;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
@@ -42,10 +41,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use arrow_array::RecordBatch;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use noodles_bgzf::VirtualPosition;
 use parquet::file::metadata::KeyValue;
-use rayon::prelude::*;
 use rayon::ThreadPool;
 
 use self::bgzf::{BgzfError, BgzfStream, BlockReader};
@@ -453,7 +452,7 @@ pub struct Progress {
 
 /// Hears about a conversion as it runs (progress bar, metrics) and may cancel it.
 pub trait Observer: Sync {
-    /// Called once per window of batches, never per record.
+    /// Called once per batch, never per record.
     fn progress(&self, _progress: Progress) {}
 
     /// Called once per part, after the part is durable and the checkpoint recording it is
@@ -463,13 +462,13 @@ pub trait Observer: Sync {
     /// Called when the conversion continues from the checkpoint of an interrupted run.
     fn resumed(&self) {}
 
-    /// Called once per window with the records each filter dropped in it.
+    /// Called once per batch with the records each filter dropped in it.
     fn filtered(&self, _filter: &str, _records: u64) {}
 
     /// Called when a filter plugin is loaded for the conversion.
     fn plugin_loaded(&self, _name: &str, _version: &str) {}
 
-    /// Checked once per window; `true` stops the conversion with [`StageError::Cancelled`].
+    /// Checked once per batch; `true` stops the conversion with [`StageError::Cancelled`].
     fn cancelled(&self) -> bool {
         false
     }
@@ -845,8 +844,24 @@ fn manifest(
     }
 }
 
-/// Decoded chunks on their way to the writer, in record order.
-type DecodedWindow = Vec<Chunk>;
+/// A batch back from the pool (filtered in place), with its rows, or the error.
+struct Decoded {
+    batch: RawBatch,
+    result: Result<Rows, ConvertError>,
+}
+
+/// One batch's rows, the records they came from, and what each filter dropped.
+struct Rows {
+    rows: RecordBatch,
+    records: u64,
+    dropped: Vec<u64>,
+}
+
+/// What the decoding thread waited for.
+enum Next {
+    Raw(Result<Result<RawBatch, ConvertError>, crossbeam_channel::RecvError>),
+    Decoded(Result<Decoded, crossbeam_channel::RecvError>),
+}
 
 /// The running pipeline of one attempt: reader, decoder and writer.
 impl Build<'_> {
@@ -860,7 +875,7 @@ impl Build<'_> {
         let window = self.plan.window;
         let limits = self.plan.limits(self.options.part_records);
         let (raw_tx, raw_rx) = bounded(window);
-        let (decoded_tx, decoded_rx) = bounded::<DecodedWindow>(1);
+        let (decoded_tx, decoded_rx) = bounded::<Chunk>(window);
         // The only RawBatch buffers there will ever be: the reader waits for one to come back.
         let (free_tx, free_rx) = bounded(2 * window);
         for _ in 0..2 * window {
@@ -1017,82 +1032,112 @@ impl Build<'_> {
         }
     }
 
-    /// Calling thread: decodes windows of batches in parallel; returns the progress made.
+    /// Calling thread: decodes batches on the pool as they arrive, up to one per worker at a
+    /// time, and hands them to the writer in record order; returns the progress made.
+    ///
+    /// Each batch starts decoding as soon as the reader has framed it. Gathering a window of
+    /// batches first and decoding it with `par_iter` made every window wait for its last batch
+    /// to be framed and for its slowest one to decode, a barrier that grows with the cores.
     fn decode(
         &self,
         raw: Receiver<Result<RawBatch, ConvertError>>,
         free: Sender<RawBatch>,
-        out: Sender<DecodedWindow>,
+        out: Sender<Chunk>,
         bytes_read: &AtomicU64,
     ) -> Result<Progress, ConvertError> {
         let mut progress = Progress::default();
-        let mut window = Vec::with_capacity(self.plan.window);
-        loop {
-            if self.observer.cancelled() {
-                return Err(ConvertError::new(
-                    self.input,
-                    Stage::Decode,
-                    StageError::Cancelled,
-                ));
-            }
-            window.clear();
-            while window.len() < self.plan.window {
-                match raw.recv() {
-                    Ok(batch) => window.push(batch?),
-                    Err(_) => break,
+        self.pool.in_place_scope(|scope| {
+            let mut in_flight: VecDeque<Receiver<Decoded>> =
+                VecDeque::with_capacity(self.plan.window);
+            let mut reading = true;
+            loop {
+                if self.observer.cancelled() {
+                    return Err(ConvertError::new(
+                        self.input,
+                        Stage::Decode,
+                        StageError::Cancelled,
+                    ));
+                }
+                let room = reading && in_flight.len() < self.plan.window;
+                let next = match (in_flight.front(), room) {
+                    (None, false) => return Ok(progress),
+                    (None, true) => Next::Raw(raw.recv()),
+                    (Some(oldest), false) => Next::Decoded(oldest.recv()),
+                    // Whichever comes first: a batch to start or the oldest one finished.
+                    (Some(oldest), true) => crossbeam_channel::select! {
+                        recv(raw) -> batch => Next::Raw(batch),
+                        recv(oldest) -> decoded => Next::Decoded(decoded),
+                    },
+                };
+                match next {
+                    Next::Raw(Ok(batch)) => {
+                        let (done, decoded) = bounded(1);
+                        let mut batch = batch?;
+                        scope.spawn(move |_| {
+                            let result = self.decode_batch(&mut batch);
+                            let _ = done.send(Decoded { batch, result });
+                        });
+                        in_flight.push_back(decoded);
+                    }
+                    Next::Raw(Err(_)) => reading = false,
+                    Next::Decoded(decoded) => {
+                        in_flight.pop_front();
+                        // The job ends by sending; only a panic gets here, and the scope
+                        // re-raises it.
+                        let Ok(Decoded { batch, result }) = decoded else {
+                            return Err(ConvertError::new(
+                                self.input,
+                                Stage::Decode,
+                                StageError::Panicked,
+                            ));
+                        };
+                        let Rows {
+                            rows,
+                            records,
+                            dropped,
+                        } = result?;
+                        progress.records_read += records;
+                        progress.rows_written += rows.num_rows() as u64;
+                        let chunk = Chunk {
+                            rows,
+                            records,
+                            end: u64::from(batch.end),
+                            filtered: dropped,
+                        };
+                        // There is room for every buffer, so this never blocks.
+                        let _ = free.send(batch);
+                        for (name, &n) in self.filters.names().zip(&chunk.filtered) {
+                            self.observer.filtered(name, n);
+                        }
+                        if out.send(chunk).is_err() {
+                            // The writer failed; its error is reported by `stages`.
+                            return Ok(progress);
+                        }
+                        progress.bytes_read = bytes_read.load(Ordering::Relaxed);
+                        progress.busy = self.busy.snapshot();
+                        self.observer.progress(progress);
+                    }
                 }
             }
-            if window.is_empty() {
-                return Ok(progress);
-            }
+        })
+    }
 
-            let busy = &**self.busy;
-            let filters = self.filters;
-            let input = self.input;
-            let decoded: Vec<_> = self.pool.install(|| {
-                window
-                    .par_iter_mut()
-                    .map(|b| {
-                        let records = b.len() as u64;
-                        let dropped = busy
-                            .time(BusyStage::Filter, || filter_batch(filters, b))
-                            .map_err(|e| ConvertError::new(input, Stage::Filter, e.into()))?;
-                        let rows = busy
-                            .time(BusyStage::Decode, || self.decoder.decode(b))
-                            .map_err(|e| ConvertError::new(input, Stage::Decode, e.into()))?;
-                        Ok((rows, records, dropped))
-                    })
-                    .collect::<Vec<Result<_, ConvertError>>>()
-            });
-            let mut chunks = Vec::with_capacity(decoded.len());
-            let mut dropped_in_window = vec![0; self.filters.names().len()];
-            for (raw_batch, result) in window.drain(..).zip(decoded) {
-                let (rows, records, dropped) = result?;
-                progress.records_read += records;
-                progress.rows_written += rows.num_rows() as u64;
-                for (total, n) in dropped_in_window.iter_mut().zip(&dropped) {
-                    *total += n;
-                }
-                chunks.push(Chunk {
-                    rows,
-                    records,
-                    end: u64::from(raw_batch.end),
-                    filtered: dropped,
-                });
-                // There is room for every buffer, so this never blocks.
-                let _ = free.send(raw_batch);
-            }
-            if out.send(chunks).is_err() {
-                // The writer failed; its error is reported by `stages`.
-                return Ok(progress);
-            }
-            progress.bytes_read = bytes_read.load(Ordering::Relaxed);
-            progress.busy = busy.snapshot();
-            for (name, n) in self.filters.names().zip(dropped_in_window) {
-                self.observer.filtered(name, n);
-            }
-            self.observer.progress(progress);
-        }
+    /// Filters one batch in place and decodes what is left.
+    fn decode_batch(&self, batch: &mut RawBatch) -> Result<Rows, ConvertError> {
+        let records = batch.len() as u64;
+        let dropped = self
+            .busy
+            .time(BusyStage::Filter, || filter_batch(self.filters, batch))
+            .map_err(|e| ConvertError::new(self.input, Stage::Filter, e.into()))?;
+        let rows = self
+            .busy
+            .time(BusyStage::Decode, || self.decoder.decode(batch))
+            .map_err(|e| ConvertError::new(self.input, Stage::Decode, e.into()))?;
+        Ok(Rows {
+            rows,
+            records,
+            dropped,
+        })
     }
 
     /// Writer thread: writes windows in order and saves a checkpoint after every part; returns
@@ -1101,11 +1146,13 @@ impl Build<'_> {
         &self,
         mut sink: ParquetSink,
         mut checkpoint: Checkpoint,
-        windows: Receiver<DecodedWindow>,
+        chunks: Receiver<Chunk>,
     ) -> Result<(ParquetSink, Checkpoint), ConvertError> {
-        for window in windows {
-            sink.accept(&window, &mut |part| self.save(&mut checkpoint, part))
-                .map_err(|e| e.attribute(self.input))?;
+        for chunk in chunks {
+            sink.accept(std::slice::from_ref(&chunk), &mut |part| {
+                self.save(&mut checkpoint, part)
+            })
+            .map_err(|e| e.attribute(self.input))?;
         }
         Ok((sink, checkpoint))
     }
