@@ -146,6 +146,13 @@ pub fn run(
     let config = load()?;
     fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let swept = Claim::sweep_drafts(&config.state_dir);
+    if swept > 0 {
+        info!(
+            swept,
+            "Removed claim drafts left by processes that no longer exist."
+        );
+    }
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     for watch in &config.watches {
         metrics.init_watch(&watch.name, &watch.convert.filters.builtin_names());

@@ -260,6 +260,7 @@ impl Claim {
         // The claim appears with its PID already in it: written to a private file first, then
         // linked into place, which fails like `O_EXCL` when the claim exists. Created empty and
         // written after, a kill between the two would leave a claim no one could tell is dead.
+        // A draft such a kill leaves is swept at the next start ([`Claim::sweep_drafts`]).
         static DRAFTS: AtomicU64 = AtomicU64::new(0);
         let n = DRAFTS.fetch_add(1, Ordering::Relaxed);
         let draft = dir.join(format!(".{name}.{}.{n}", std::process::id()));
@@ -303,6 +304,37 @@ impl Claim {
         }
         Ok(None)
     }
+}
+
+impl Claim {
+    /// Removes the drafts of processes that no longer run: a kill between writing a draft and
+    /// linking it leaves one behind. Returns how many were removed.
+    pub fn sweep_drafts(state_dir: &Path) -> usize {
+        let Ok(entries) = fs::read_dir(state_dir.join("claims")) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(draft_pid) else {
+                    return false;
+                };
+                pid != std::process::id()
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+                    && fs::remove_file(entry.path()).is_ok()
+            })
+            .count()
+    }
+}
+
+/// The PID in a draft's name, `.<claim>.<pid>.<n>`.
+fn draft_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.split_once(".claim.")?;
+    let (pid, n) = tail.split_once('.')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
 }
 
 impl Drop for Claim {
@@ -388,6 +420,26 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [format!(".{name}.{}.0", u32::MAX - 1), name]);
+    }
+
+    #[test]
+    fn drafts_of_dead_processes_are_swept_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let claims = dir.path().join("claims");
+        fs::create_dir_all(&claims).unwrap();
+        let dead = format!(".00000000000000ab.claim.{}.3", u32::MAX - 1);
+        let mine = format!(".00000000000000ab.claim.{}.0", std::process::id());
+        for name in [&dead, &mine, &"00000000000000ab.claim".to_owned()] {
+            fs::write(claims.join(name), "").unwrap();
+        }
+        assert_eq!(Claim::sweep_drafts(dir.path()), 1);
+        let mut left: Vec<_> = fs::read_dir(&claims)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [mine, "00000000000000ab.claim".to_owned()]);
+        assert_eq!(Claim::sweep_drafts(&dir.path().join("missing")), 0);
     }
 
     #[test]

@@ -168,6 +168,31 @@ fn embedded_default_watches_inbox_and_writes_outbox() {
 }
 
 #[test]
+fn a_claim_draft_left_by_a_killed_daemon_is_removed_at_the_next_start() {
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let config = config(&dir, &inbox, "");
+    // What a daemon killed between writing a claim's draft and linking it leaves behind.
+    let claims = dir.path("state/claims");
+    std::fs::create_dir_all(&claims).unwrap();
+    let dead = u32::MAX - 1;
+    let draft = claims.join(format!(".00000000000000ab.claim.{dead}.0"));
+    std::fs::write(&draft, format!("{dead}\n/elsewhere.bam\n")).unwrap();
+    let bam = dir.generated(DataKind::Short, 1_000, 52);
+    std::fs::copy(&bam, inbox.join("sample.bam")).unwrap();
+
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    daemon.wait_for("the file", || {
+        dir.path("lake/test/sample/_SUCCESS").exists()
+    });
+    let log = daemon.stop();
+    assert!(!draft.exists(), "{log}");
+    assert!(log.contains("Removed claim drafts"), "{log}");
+    let left: Vec<_> = std::fs::read_dir(&claims).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn sigterm_mid_file_publishes_nothing_keeps_the_input_and_resumes_on_restart() {
     let dir = TestDir::new();
     let inbox = dir.inbox();
