@@ -585,6 +585,7 @@ impl OpenPart {
                 row_group.close()?;
                 // Buffered bytes of the row group stay behind; the next one carries them.
                 durable::start_writeback(&self.file.inner().file);
+                crate::heap::row_group_written();
                 Ok(())
             })
             .map_err(parquet)
