@@ -304,9 +304,7 @@ impl Claim {
         }
         Ok(None)
     }
-}
 
-impl Claim {
     /// Removes the drafts of processes that no longer run: a kill between writing a draft and
     /// linking it leaves one behind. Returns how many were removed.
     pub fn sweep_drafts(state_dir: &Path) -> usize {
@@ -320,9 +318,7 @@ impl Claim {
                 let Some(pid) = name.to_str().and_then(draft_pid) else {
                     return false;
                 };
-                pid != std::process::id()
-                    && !Path::new(&format!("/proc/{pid}")).exists()
-                    && fs::remove_file(entry.path()).is_ok()
+                is_gone(pid) && fs::remove_file(entry.path()).is_ok()
             })
             .count()
     }
@@ -358,6 +354,11 @@ fn holder_is_dead(claim: &Path) -> bool {
     else {
         return false;
     };
+    is_gone(pid)
+}
+
+/// Whether `pid` is another process that no longer runs on this host.
+fn is_gone(pid: u32) -> bool {
     pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
@@ -402,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_names_its_holder_from_the_moment_it_exists() {
+    fn a_claim_names_its_holder_and_leaves_no_draft_behind() {
         let dir = tempfile::tempdir().unwrap();
         let input = Path::new("/drop/c.bam");
         // A draft left by a process killed before it could link its claim does not block.

@@ -1,11 +1,11 @@
 //! Column encoders of one row group, each an ordered queue of work on the shared pool.
 //!
 //! Columns cost very different amounts: zstd on QUAL takes about half the CPU of a whole
-//! conversion, `flag` almost nothing. Encoding a window with `par_iter` over columns would make
-//! every window wait for QUAL while the other workers idle. Here each column instead drains its
+//! conversion, `flag` almost nothing. Encoding each batch with `par_iter` over columns would make
+//! every batch wait for QUAL while the other workers idle. Here each column instead drains its
 //! own queue of leaves, one task at a time (so its pages stay in order), concurrently with the
-//! other columns, later windows and decoding; the only barrier is at row-group close. A column
-//! that falls `MAX_QUEUED` windows behind makes [`ColumnEncoders::submit`] wait, which bounds
+//! other columns, later batches and decoding; the only barrier is at row-group close. A column
+//! that falls `MAX_QUEUED` batches behind makes [`ColumnEncoders::submit`] wait, which bounds
 //! the memory its queued leaves hold.
 
 use std::collections::VecDeque;
@@ -17,7 +17,7 @@ use rayon::ThreadPool;
 
 use super::busy::{BusyStage, BusyTimes};
 
-/// Windows a column may fall behind before the writer waits for it.
+/// Batches a column may fall behind before the writer waits for it.
 const MAX_QUEUED: usize = 4;
 
 struct ColumnState {
@@ -90,11 +90,11 @@ impl ColumnEncoders {
         }
     }
 
-    /// Queues one window's leaves (one list per column, in schema order) for encoding.
+    /// Queues one batch's leaves (one list per column, in schema order) for encoding.
     ///
     /// # Errors
     ///
-    /// Returns the first encoding error of an earlier window.
+    /// Returns the first encoding error of an earlier batch.
     pub fn submit(&self, leaves: Vec<Vec<ArrowLeafColumn>>) -> Result<(), ParquetError> {
         let mut state = self.shared.lock();
         while state.error.is_none() && state.columns.iter().any(|c| c.queue.len() >= MAX_QUEUED) {
@@ -172,7 +172,7 @@ fn drain(shared: &Shared, index: usize) {
         else {
             return;
         };
-        // A window was taken off the queue: a waiting submit may go on.
+        // A batch was taken off the queue: a waiting submit may go on.
         shared.changed.notify_all();
         drop(state);
 

@@ -1140,7 +1140,7 @@ impl Build<'_> {
         })
     }
 
-    /// Writer thread: writes windows in order and saves a checkpoint after every part; returns
+    /// Writer thread: writes chunks in order and saves a checkpoint after every part; returns
     /// the sink (its last part not yet committed) and the checkpoint.
     fn write(
         &self,
@@ -1149,10 +1149,8 @@ impl Build<'_> {
         chunks: Receiver<Chunk>,
     ) -> Result<(ParquetSink, Checkpoint), ConvertError> {
         for chunk in chunks {
-            sink.accept(std::slice::from_ref(&chunk), &mut |part| {
-                self.save(&mut checkpoint, part)
-            })
-            .map_err(|e| e.attribute(self.input))?;
+            sink.accept(&chunk, &mut |part| self.save(&mut checkpoint, part))
+                .map_err(|e| e.attribute(self.input))?;
         }
         Ok((sink, checkpoint))
     }

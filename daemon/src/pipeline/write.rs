@@ -5,7 +5,7 @@
 //!
 //! zstd dominates the CPU time of a conversion, so columns are encoded and compressed in
 //! parallel on the shared pool: each column of the open row group has its own
-//! [`ArrowColumnWriter`], and every accepted window is split into per-column leaves that are
+//! [`ArrowColumnWriter`], and every accepted chunk is split into per-column leaves that are
 //! written concurrently. Finished column chunks are appended to the file in schema order.
 
 use std::collections::BTreeMap;
@@ -297,8 +297,8 @@ impl ParquetSink {
         self
     }
 
-    /// Writes a window of chunks in order; commits each part as it fills and hands it to
-    /// `on_commit` before writing on, so a checkpoint never lags more than one part behind.
+    /// Writes the next chunk; commits the part when it fills and hands it to `on_commit` before
+    /// writing on, so a checkpoint never lags more than one part behind.
     ///
     /// The caller never lets a chunk straddle a part boundary.
     ///
@@ -309,33 +309,18 @@ impl ParquetSink {
     /// and the part is redone.
     pub fn accept<E: From<WriteError>>(
         &mut self,
-        window: &[Chunk],
+        chunk: &Chunk,
         on_commit: &mut impl FnMut(Committed) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut rest = window;
-        while !rest.is_empty() {
-            let room = self.part_records - self.current.as_ref().map_or(0, |p| p.records);
-            let (mut n, mut records) = (0, 0);
-            while n < rest.len() && records < room {
-                records += rest[n].records;
-                n += 1;
+        self.last_end = chunk.end;
+        let part = self.open_part()?;
+        part.write_rows(vec![chunk.rows.clone()])?;
+        part.records += chunk.records;
+        add_counts(&mut part.filtered, &chunk.filtered);
+        if part.records >= self.part_records {
+            if let Some(committed) = self.commit()? {
+                on_commit(committed)?;
             }
-            let (now, later) = rest.split_at(n);
-            if let Some(last) = now.last() {
-                self.last_end = last.end;
-            }
-            let part = self.open_part()?;
-            part.write_rows(now.iter().map(|chunk| chunk.rows.clone()).collect())?;
-            part.records += records;
-            for chunk in now {
-                add_counts(&mut part.filtered, &chunk.filtered);
-            }
-            if part.records >= self.part_records {
-                if let Some(committed) = self.commit()? {
-                    on_commit(committed)?;
-                }
-            }
-            rest = later;
         }
         Ok(())
     }
@@ -682,15 +667,15 @@ mod tests {
         }
     }
 
-    /// Accepts every window, then finishes; returns every part committed.
-    fn write_all(mut sink: ParquetSink, windows: &[&[Chunk]]) -> Vec<Committed> {
+    /// Accepts every chunk, then finishes; returns every part committed.
+    fn write_all(mut sink: ParquetSink, chunks: &[Chunk]) -> Vec<Committed> {
         let mut committed = Vec::new();
-        for window in windows {
+        for chunk in chunks {
             let mut keep = |c| -> Result<(), WriteError> {
                 committed.push(c);
                 Ok(())
             };
-            sink.accept(window, &mut keep).unwrap();
+            sink.accept(chunk, &mut keep).unwrap();
         }
         committed.extend(sink.finish().unwrap());
         committed
@@ -729,8 +714,8 @@ mod tests {
     #[test]
     fn parts_cover_part_records_and_row_groups_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let window: Vec<_> = (0..7).map(|i| batch(i * 100, 100)).collect();
-        let committed = write_all(sink(dir.path(), 500, 120), &[&window[..3], &window[3..]]);
+        let chunks: Vec<_> = (0..7).map(|i| batch(i * 100, 100)).collect();
+        let committed = write_all(sink(dir.path(), 500, 120), &chunks);
 
         let summary: Vec<_> = committed
             .iter()
@@ -781,9 +766,8 @@ mod tests {
     #[test]
     fn row_groups_in_flight_are_appended_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let windows: Vec<_> = (0..40).map(|i| [batch(i * 250, 250)]).collect();
-        let windows: Vec<&[Chunk]> = windows.iter().map(|w| &w[..]).collect();
-        let committed = write_all(sink_in_flight(dir.path(), 6_000, 700, 3), &windows);
+        let chunks: Vec<_> = (0..40).map(|i| batch(i * 250, 250)).collect();
+        let committed = write_all(sink_in_flight(dir.path(), 6_000, 700, 3), &chunks);
         let mut values = Vec::new();
         for c in &committed {
             let path = dir.path().join(&c.part.file);
@@ -799,11 +783,10 @@ mod tests {
     }
 
     #[test]
-    fn many_small_windows_keep_their_order() {
+    fn many_small_chunks_keep_their_order() {
         let dir = tempfile::tempdir().unwrap();
-        let windows: Vec<_> = (0..300).map(|i| [batch(i * 37, 37)]).collect();
-        let windows: Vec<&[Chunk]> = windows.iter().map(|w| &w[..]).collect();
-        let committed = write_all(sink(dir.path(), 1_000_000, 1_000), &windows);
+        let chunks: Vec<_> = (0..300).map(|i| batch(i * 37, 37)).collect();
+        let committed = write_all(sink(dir.path(), 1_000_000, 1_000), &chunks);
         let values = read_values(&dir.path().join(&committed[0].part.file));
         assert_eq!(values, (0..300 * 37).collect::<Vec<_>>());
     }
