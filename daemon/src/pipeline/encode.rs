@@ -4,14 +4,18 @@
 //! conversion, `flag` almost nothing. Encoding each batch with `par_iter` over columns would make
 //! every batch wait for QUAL while the other workers idle. Here each column instead drains its
 //! own queue of leaves, one task at a time (so its pages stay in order), concurrently with the
-//! other columns, later batches and decoding; the only barrier is at row-group close. A column
-//! that falls `MAX_QUEUED` batches behind makes [`ColumnEncoders::submit`] wait, which bounds
-//! the memory its queued leaves hold.
+//! other columns, later batches and decoding. A column that falls `MAX_QUEUED` batches behind
+//! makes [`ColumnEncoders::submit`] wait, which bounds the memory its queued leaves hold.
+//!
+//! Once the row group is sealed, each column closes (compressing its last page) as soon as its
+//! own queue is empty, so the small columns are done while QUAL still encodes. Nothing here
+//! waits inside a pool job: a worker waiting in a `par_iter` join steals other queued work and
+//! holds whoever waits for the join hostage until that work returns.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowLeafColumn};
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn};
 use parquet::errors::ParquetError;
 use rayon::ThreadPool;
 
@@ -24,12 +28,16 @@ struct ColumnState {
     /// `None` while a worker is writing with it.
     writer: Option<ArrowColumnWriter>,
     queue: VecDeque<Vec<ArrowLeafColumn>>,
+    /// The closed column, once the row group is sealed and the queue drained.
+    chunk: Option<ArrowColumnChunk>,
     running: bool,
     estimated_bytes: usize,
 }
 
 struct State {
     columns: Vec<ColumnState>,
+    /// No more leaves will come: columns close when their queues are empty.
+    sealed: bool,
     error: Option<ParquetError>,
 }
 
@@ -72,12 +80,14 @@ impl ColumnEncoders {
             .map(|writer| ColumnState {
                 writer: Some(writer),
                 queue: VecDeque::new(),
+                chunk: None,
                 running: false,
                 estimated_bytes: 0,
             })
             .collect();
         let state = Mutex::new(State {
             columns,
+            sealed: false,
             error: None,
         });
         Self {
@@ -108,18 +118,37 @@ impl ColumnEncoders {
                 break;
             };
             column.queue.push_back(leaves);
-            if !column.running {
-                column.running = true;
-                let shared = Arc::clone(&self.shared);
-                self.pool.spawn(move || drain(&shared, index));
-            }
+            self.start(&mut state, index);
         }
         Ok(())
     }
 
-    /// Whether every queued leaf has been written (so [`ColumnEncoders::finish`] will not wait).
-    pub fn is_idle(&self) -> bool {
-        self.shared.lock().columns.iter().all(|c| !c.running)
+    /// Ends the row group: each column closes once its queued leaves are written.
+    pub fn seal(&self) {
+        let mut state = self.shared.lock();
+        state.sealed = true;
+        for index in 0..state.columns.len() {
+            self.start(&mut state, index);
+        }
+    }
+
+    /// Starts a worker on a column that has work and none running.
+    fn start(&self, state: &mut State, index: usize) {
+        let Some(column) = state.columns.get_mut(index) else {
+            return;
+        };
+        if !column.running && column.writer.is_some() {
+            column.running = true;
+            let shared = Arc::clone(&self.shared);
+            self.pool.spawn(move || drain(&shared, index));
+        }
+    }
+
+    /// Whether the row group is sealed and every column closed (so
+    /// [`ColumnEncoders::finish`] will not wait).
+    pub fn is_done(&self) -> bool {
+        let state = self.shared.lock();
+        state.sealed && state.columns.iter().all(|c| !c.running)
     }
 
     /// Estimated encoded size of the row group so far (as of the last finished writes).
@@ -132,12 +161,14 @@ impl ColumnEncoders {
             .sum()
     }
 
-    /// Waits until every queued leaf is written and returns the writers, in schema order.
+    /// Seals the row group, waits until every column is closed and returns the closed
+    /// columns, in schema order.
     ///
     /// # Errors
     ///
     /// Returns the first encoding error.
-    pub fn finish(self) -> Result<Vec<ArrowColumnWriter>, ParquetError> {
+    pub fn finish(self) -> Result<Vec<ArrowColumnChunk>, ParquetError> {
+        self.seal();
         let mut state = self.shared.lock();
         while state.columns.iter().any(|c| c.running) {
             state = self.shared.wait(state);
@@ -145,31 +176,49 @@ impl ColumnEncoders {
         if let Some(error) = state.error.take() {
             return Err(error);
         }
-        let writers = state
+        let chunks = state
             .columns
             .iter_mut()
-            .filter_map(|c| c.writer.take())
+            .filter_map(|c| c.chunk.take())
             .collect::<Vec<_>>();
-        if writers.len() != state.columns.len() {
+        if chunks.len() != state.columns.len() {
             return Err(ParquetError::General("a column writer was lost".into()));
         }
-        Ok(writers)
+        Ok(chunks)
     }
 }
 
-/// Worker: writes a column's queued leaves in order until its queue is empty.
+/// Worker: writes a column's queued leaves in order until its queue is empty, then closes the
+/// column if the row group is sealed.
 fn drain(shared: &Shared, index: usize) {
     let mut state = shared.lock();
     loop {
+        let sealed = state.sealed;
         let column = &mut state.columns[index];
         // Only this task writes the column while `running`, so the writer is always here.
-        if column.queue.is_empty() || column.writer.is_none() {
+        let Some(mut writer) = column.writer.take() else {
             column.running = false;
             shared.changed.notify_all();
             return;
-        }
-        let (Some(leaves), Some(mut writer)) = (column.queue.pop_front(), column.writer.take())
-        else {
+        };
+        let Some(leaves) = column.queue.pop_front() else {
+            if !sealed {
+                column.writer = Some(writer);
+                column.running = false;
+                shared.changed.notify_all();
+                return;
+            }
+            drop(state);
+            let closed = shared.busy.time(BusyStage::Encode, || writer.close());
+            state = shared.lock();
+            match closed {
+                Ok(chunk) => state.columns[index].chunk = Some(chunk),
+                Err(error) => {
+                    state.error.get_or_insert(error);
+                }
+            }
+            state.columns[index].running = false;
+            shared.changed.notify_all();
             return;
         };
         // A batch was taken off the queue: a waiting submit may go on.

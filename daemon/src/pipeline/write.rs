@@ -25,7 +25,6 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
-use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde::{Deserialize, Serialize};
 
@@ -521,9 +520,11 @@ impl OpenPart {
         Ok(())
     }
 
-    /// Ends the open row group: it goes on encoding in the background until flushed.
+    /// Ends the open row group: it goes on encoding and closing in the background until
+    /// flushed.
     fn close_row_group(&mut self) {
         if let Some(encoders) = self.row_group.take() {
+            encoders.seal();
             self.closing.push_back(encoders);
         }
         self.row_group_rows = 0;
@@ -533,7 +534,7 @@ impl OpenPart {
     /// over the limit, and takes any others whose columns are already done.
     fn flush_closing(&mut self, keep: usize) -> Result<(), WriteError> {
         while let Some(front) = self.closing.front() {
-            if self.closing.len() <= keep && !front.is_idle() {
+            if self.closing.len() <= keep && !front.is_done() {
                 break;
             }
             if let Some(encoders) = self.closing.pop_front() {
@@ -543,24 +544,13 @@ impl OpenPart {
         Ok(())
     }
 
-    /// Closes a row group's column writers (in parallel: closing compresses the last pages)
-    /// and appends their chunks to the file in schema order.
+    /// Waits for a row group's columns to close and appends them to the file in schema order.
     fn append_row_group(&mut self, encoders: ColumnEncoders) -> Result<(), WriteError> {
         let parquet = |source| WriteError::Parquet {
             path: self.path.clone(),
             source,
         };
-        let writers = encoders.finish().map_err(parquet)?;
-        let busy = &self.busy;
-        let chunks = self
-            .pool
-            .install(|| {
-                writers
-                    .into_par_iter()
-                    .map(|writer| busy.time(BusyStage::Encode, || writer.close()))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(parquet)?;
+        let chunks = encoders.finish().map_err(parquet)?;
         self.busy
             .time(BusyStage::Write, || {
                 let mut row_group = self.file.next_row_group()?;
