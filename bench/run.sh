@@ -42,4 +42,12 @@ for spec in "${inputs[@]}"; do
   read -r bw c r < <(measure "$BIN/bamflow" convert --threads "$THREADS" "$bam" "$out")
   row "bamflow convert" "$bw" "$c" "$r" "$(du -sb "$out" | cut -f1)"
   awk -v b="$bw" -v s="$sw" -v name="$name" 'BEGIN { printf "%-10s bamflow / samtools view -@N wall: %.2fx\n", name, b / s }'
+  # The busiest serial thread's CPU time bounds the speed-up: CPU over it is the core count
+  # past which adding workers stops helping.
+  awk -v c="$c" -v name="$name" '
+    /"serial_cpu_seconds"/ { on = 1; next }
+    on && /}/ { on = 0 }
+    on { gsub(/[",:]/, " "); if ($2 > max) { max = $2; who = $1 } }
+    END { if (max > 0) printf "%-10s busiest serial thread: %s, %.2f s of CPU; CPU / that: %.0f cores\n", name, who, max, c / max }
+  ' "$out/_manifest.json"
 done

@@ -112,6 +112,9 @@ pub struct Manifest {
     pub records_per_second: f64,
     /// Busy seconds per stage, summed over threads: where the time went.
     pub stage_seconds: crate::pipeline::busy::StageSeconds,
+    /// CPU seconds of the reader, dispatch and writer threads. The conversion cannot finish
+    /// sooner than the largest, so total CPU over it bounds the cores it can use.
+    pub serial_cpu_seconds: crate::pipeline::busy::SerialSeconds,
     /// Peak resident memory of the process when the conversion finished.
     pub peak_rss_bytes: u64,
     pub bytes_in: u64,

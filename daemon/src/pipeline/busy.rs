@@ -50,10 +50,25 @@ impl BusyStage {
     }
 }
 
-/// Busy time per stage of one conversion.
+/// A pipeline thread that does its work alone, outside the pool.
+///
+/// However many workers the pool has, a conversion cannot finish sooner than its busiest
+/// serial thread's CPU time, so total CPU over that time bounds the cores it can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SerialThread {
+    /// Reads frames, frames records into batches.
+    Reader,
+    /// Hands batches to decoding jobs and their results on in order.
+    Dispatch,
+    /// Splits batches into column leaves and appends row groups.
+    Writer,
+}
+
+/// Busy time per stage of one conversion, and the CPU time of its serial threads.
 #[derive(Debug, Default)]
 pub struct BusyTimes {
     nanos: [AtomicU64; 6],
+    serial_nanos: [AtomicU64; 3],
 }
 
 impl BusyTimes {
@@ -70,6 +85,27 @@ impl BusyTimes {
         result
     }
 
+    /// Runs `f` on this thread, adding the CPU time it took to `thread`.
+    pub fn on_thread<T>(&self, thread: SerialThread, f: impl FnOnce() -> T) -> T {
+        let started = thread_cpu_time();
+        let result = f();
+        let nanos = thread_cpu_time().saturating_sub(started).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
+        self.serial_nanos[thread as usize].fetch_add(nanos, Ordering::Relaxed);
+        result
+    }
+
+    pub fn serial_snapshot(&self) -> SerialSeconds {
+        let seconds = |thread: SerialThread| {
+            self.serial_nanos[thread as usize].load(Ordering::Relaxed) as f64 / 1e9
+        };
+        SerialSeconds {
+            reader: seconds(SerialThread::Reader),
+            dispatch: seconds(SerialThread::Dispatch),
+            writer: seconds(SerialThread::Writer),
+        }
+    }
+
     pub fn snapshot(&self) -> StageSeconds {
         let seconds =
             |stage: BusyStage| self.nanos[stage as usize].load(Ordering::Relaxed) as f64 / 1e9;
@@ -82,6 +118,30 @@ impl BusyTimes {
             write: seconds(BusyStage::Write),
         }
     }
+}
+
+/// The CPU time this thread has used; zero if the clock is unavailable.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the duration of the call.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return Duration::ZERO;
+    }
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(now.tv_nsec).unwrap_or(0);
+    Duration::new(secs, nanos)
+}
+
+/// CPU seconds of each serial thread, as the manifest records them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct SerialSeconds {
+    pub reader: f64,
+    pub dispatch: f64,
+    pub writer: f64,
 }
 
 /// Busy seconds per stage, as the manifest records them.
@@ -105,5 +165,34 @@ impl StageSeconds {
             BusyStage::Encode => self.encode,
             BusyStage::Write => self.write,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only CPU counts: a thread that works is charged, one that sleeps as long is not.
+    #[test]
+    fn serial_threads_are_charged_their_cpu_time_not_their_wall_time() {
+        let busy = BusyTimes::default();
+        busy.on_thread(SerialThread::Writer, || {
+            // Until this thread has used 30 ms of CPU, however busy the machine is.
+            let started = thread_cpu_time();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut x = 1u64;
+            while thread_cpu_time() - started < Duration::from_millis(30)
+                && Instant::now() < deadline
+            {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        });
+        busy.on_thread(SerialThread::Reader, || {
+            std::thread::sleep(Duration::from_millis(50));
+        });
+        let seconds = busy.serial_snapshot();
+        assert!(seconds.writer >= 0.03, "{seconds:?}");
+        assert!(seconds.reader < 0.01, "{seconds:?}");
+        assert_eq!(seconds.dispatch, 0.0);
     }
 }

@@ -48,7 +48,7 @@ use parquet::file::metadata::KeyValue;
 use rayon::ThreadPool;
 
 use self::bgzf::{BgzfError, BgzfStream, BlockReader};
-use self::busy::{BusyStage, BusyTimes, StageSeconds};
+use self::busy::{BusyStage, BusyTimes, SerialSeconds, SerialThread, StageSeconds};
 use self::compression::ColumnLevel;
 use self::decode::{DecodeError, Decoder};
 use self::filter::{FilterChain, FilterError, FilterOptions, PluginFilter};
@@ -624,6 +624,7 @@ fn convert_on(
             started,
             seconds,
             stages: busy.snapshot(),
+            serial: busy.serial_snapshot(),
         },
     );
     let output = staging
@@ -792,6 +793,7 @@ struct Timing {
     started: SystemTime,
     seconds: f64,
     stages: StageSeconds,
+    serial: SerialSeconds,
 }
 
 fn manifest(
@@ -806,6 +808,7 @@ fn manifest(
         started,
         seconds,
         stages,
+        serial,
     } = timing;
     let Done {
         checkpoint,
@@ -837,6 +840,7 @@ fn manifest(
         finished: dataset::timestamp(SystemTime::now()),
         seconds,
         stage_seconds: stages,
+        serial_cpu_seconds: serial,
         peak_rss_bytes: crate::metrics::peak_rss_bytes(),
         compression_ratio: bytes_out as f64 / bytes_in.max(1) as f64,
         bytes_in,
@@ -891,11 +895,17 @@ impl Build<'_> {
             let reader = std::thread::Builder::new()
                 .name("bamflow-reader".into())
                 .spawn_scoped(scope, || {
-                    self.read(from, limits, free_rx, raw_tx, &bytes_read)
+                    self.busy.on_thread(SerialThread::Reader, || {
+                        self.read(from, limits, free_rx, raw_tx, &bytes_read)
+                    })
                 });
             let writer = std::thread::Builder::new()
                 .name("bamflow-writer".into())
-                .spawn_scoped(scope, || self.write(sink, checkpoint, decoded_rx));
+                .spawn_scoped(scope, || {
+                    self.busy.on_thread(SerialThread::Writer, || {
+                        self.write(sink, checkpoint, decoded_rx)
+                    })
+                });
             let (reader, writer) = match (reader, writer) {
                 (Ok(r), Ok(w)) => (r, w),
                 (Err(e), _) | (_, Err(e)) => {
@@ -903,7 +913,9 @@ impl Build<'_> {
                 }
             };
 
-            let decoded = self.decode(raw_rx, free_tx, decoded_tx, &bytes_read);
+            let decoded = self.busy.on_thread(SerialThread::Dispatch, || {
+                self.decode(raw_rx, free_tx, decoded_tx, &bytes_read)
+            });
             let panicked = || ConvertError::new(self.input, Stage::Decode, StageError::Panicked);
             reader.join().map_err(|_| panicked())?;
             let written = writer.join().map_err(|_| panicked())?;
