@@ -150,6 +150,10 @@ fn output_is_identical_for_every_thread_count_and_batch_size() {
     let dir = TestDir::new();
     let bam = dir.generated(DataKind::Short, 6_000, 13);
     let reference = convert_ok(&bam, &dir.path("reference"), &["--threads", "1"]);
+    // Small row groups: several per part, and from 4 threads two of them encoding at once.
+    let config = dir.path("bamflow.toml");
+    std::fs::write(&config, "[convert]\nrow_group_rows = 300\n").unwrap();
+    let config = config.to_str().unwrap();
     for threads in ["1", "2", "4"] {
         for batch in ["1", "7", "0"] {
             let out = dir.path(&format!("t{threads}-b{batch}"));
@@ -157,6 +161,8 @@ fn output_is_identical_for_every_thread_count_and_batch_size() {
                 &bam,
                 &out,
                 &[
+                    "--config",
+                    config,
                     "--threads",
                     threads,
                     "--batch-records",
