@@ -128,10 +128,10 @@ fn a_file_is_taken_only_once_complete_and_settled() {
     );
 
     std::fs::write(inbox.join("slow.bam.done"), b"").unwrap();
-    daemon.wait_for("the completed file", || {
-        dir.path("lake/test/slow/_SUCCESS").exists()
+    // The dataset is published first, then the input moved: wait for both.
+    daemon.wait_for("the completed file, and its input in done/", || {
+        dir.path("lake/test/slow/_SUCCESS").exists() && inbox.join("done/slow.bam").exists()
     });
-    assert!(inbox.join("done/slow.bam").exists());
 
     // Renamed into place with an old mtime: still new, still taken. (Other content: the same
     // bytes again would rightly be recorded as a duplicate.)
@@ -159,10 +159,9 @@ fn embedded_default_watches_inbox_and_writes_outbox() {
     let bam = dir.generated(DataKind::Short, 1_000, 34);
     std::fs::copy(&bam, dir.path("inbox/sample.bam")).unwrap();
     // Default settle is 5 s and rescans every 10 s.
-    daemon.wait_for("./outbox/sample", || {
-        dir.path("outbox/sample/_SUCCESS").exists()
+    daemon.wait_for("./outbox/sample, and the input in done/", || {
+        dir.path("outbox/sample/_SUCCESS").exists() && dir.path("inbox/done/sample.bam").exists()
     });
-    assert!(dir.path("inbox/done/sample.bam").exists());
     assert!(dir.path(".bamflow/claims").is_dir());
     daemon.stop();
 }
