@@ -263,7 +263,7 @@ impl Claim {
         // A draft such a kill leaves is swept at the next start ([`Claim::sweep_drafts`]).
         static DRAFTS: AtomicU64 = AtomicU64::new(0);
         let n = DRAFTS.fetch_add(1, Ordering::Relaxed);
-        let draft = dir.join(format!(".{name}.{}.{n}", std::process::id()));
+        let draft = dir.join(draft_name(&name, std::process::id(), n));
         fs::write(
             &draft,
             format!("{}\n{}\n", std::process::id(), input.display()),
@@ -324,7 +324,12 @@ impl Claim {
     }
 }
 
-/// The PID in a draft's name, `.<claim>.<pid>.<n>`.
+/// The name of a claim's draft: `.<claim>.<pid>.<n>`, `n` counting this process's drafts.
+fn draft_name(claim: &str, pid: u32, n: u64) -> String {
+    format!(".{claim}.{pid}.{n}")
+}
+
+/// The PID in a draft's name (see [`draft_name`]).
 fn draft_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix('.')?;
     let (_, tail) = rest.split_once(".claim.")?;
@@ -410,7 +415,8 @@ mod tests {
         let claims = dir.path().join("claims");
         fs::create_dir_all(&claims).unwrap();
         let name = format!("{:016x}.claim", path_hash(input));
-        fs::write(claims.join(format!(".{name}.{}.0", u32::MAX - 1)), "").unwrap();
+        let dead = draft_name(&name, u32::MAX - 1, 0);
+        fs::write(claims.join(&dead), "").unwrap();
         let claim = Claim::acquire(dir.path(), input).unwrap().unwrap();
         let text = fs::read_to_string(&claim.path).unwrap();
         assert_eq!(text, format!("{}\n/drop/c.bam\n", std::process::id()));
@@ -420,7 +426,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, [format!(".{name}.{}.0", u32::MAX - 1), name]);
+        assert_eq!(names, [dead, name]);
     }
 
     #[test]
@@ -428,8 +434,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let claims = dir.path().join("claims");
         fs::create_dir_all(&claims).unwrap();
-        let dead = format!(".00000000000000ab.claim.{}.3", u32::MAX - 1);
-        let mine = format!(".00000000000000ab.claim.{}.0", std::process::id());
+        let dead = draft_name("00000000000000ab.claim", u32::MAX - 1, 3);
+        let mine = draft_name("00000000000000ab.claim", std::process::id(), 0);
         for name in [&dead, &mine, &"00000000000000ab.claim".to_owned()] {
             fs::write(claims.join(name), "").unwrap();
         }

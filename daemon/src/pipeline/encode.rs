@@ -27,7 +27,7 @@ const MAX_QUEUED: usize = 4;
 struct ColumnState {
     /// `None` while a worker is writing with it.
     writer: Option<ArrowColumnWriter>,
-    queue: VecDeque<Vec<ArrowLeafColumn>>,
+    queue: VecDeque<ArrowLeafColumn>,
     /// The closed column, once the row group is sealed and the queue drained.
     chunk: Option<ArrowColumnChunk>,
     running: bool,
@@ -100,12 +100,12 @@ impl ColumnEncoders {
         }
     }
 
-    /// Queues one batch's leaves (one list per column, in schema order) for encoding.
+    /// Queues one batch's leaves (one per column, in schema order) for encoding.
     ///
     /// # Errors
     ///
     /// Returns the first encoding error of an earlier batch.
-    pub fn submit(&self, leaves: Vec<Vec<ArrowLeafColumn>>) -> Result<(), ParquetError> {
+    pub fn submit(&self, leaves: Vec<ArrowLeafColumn>) -> Result<(), ParquetError> {
         let mut state = self.shared.lock();
         while state.error.is_none() && state.columns.iter().any(|c| c.queue.len() >= MAX_QUEUED) {
             state = self.shared.wait(state);
@@ -113,11 +113,11 @@ impl ColumnEncoders {
         if let Some(error) = state.error.take() {
             return Err(error);
         }
-        for (index, leaves) in leaves.into_iter().enumerate() {
+        for (index, leaf) in leaves.into_iter().enumerate() {
             let Some(column) = state.columns.get_mut(index) else {
                 break;
             };
-            column.queue.push_back(leaves);
+            column.queue.push_back(leaf);
             self.start(&mut state, index);
         }
         Ok(())
@@ -201,7 +201,7 @@ fn drain(shared: &Shared, index: usize) {
             shared.changed.notify_all();
             return;
         };
-        let Some(leaves) = column.queue.pop_front() else {
+        let Some(leaf) = column.queue.pop_front() else {
             if !sealed {
                 column.writer = Some(writer);
                 column.running = false;
@@ -225,9 +225,7 @@ fn drain(shared: &Shared, index: usize) {
         shared.changed.notify_all();
         drop(state);
 
-        let result = shared.busy.time(BusyStage::Encode, || {
-            leaves.iter().try_for_each(|leaf| writer.write(leaf))
-        });
+        let result = shared.busy.time(BusyStage::Encode, || writer.write(&leaf));
         let bytes = writer.get_estimated_total_bytes();
 
         state = shared.lock();

@@ -313,7 +313,7 @@ impl ParquetSink {
     ) -> Result<(), E> {
         self.last_end = chunk.end;
         let part = self.open_part()?;
-        part.write_rows(vec![chunk.rows.clone()])?;
+        part.write_rows(&chunk.rows)?;
         part.records += chunk.records;
         add_counts(&mut part.filtered, &chunk.filtered);
         if part.records >= self.part_records {
@@ -459,26 +459,16 @@ impl ParquetSink {
 }
 
 impl OpenPart {
-    /// Encodes batches into the open row group, column by column in parallel, closing row
-    /// groups at their limits.
-    fn write_rows(&mut self, mut pending: Vec<RecordBatch>) -> Result<(), WriteError> {
-        pending.retain(|b| b.num_rows() > 0);
-        pending.reverse(); // popped from the back, in order
-        while !pending.is_empty() {
+    /// Encodes rows into the open row group, column by column in parallel, closing row groups
+    /// at their limits (so a batch may end one row group and start the next).
+    fn write_rows(&mut self, rows: &RecordBatch) -> Result<(), WriteError> {
+        let mut offset = 0;
+        while offset < rows.num_rows() {
+            // Never zero: a row group that reaches its row limit is closed below.
             let room = self.limits.rows - self.row_group_rows;
-            let mut take = Vec::new();
-            let mut taken = 0;
-            while let Some(batch) = pending.pop() {
-                let n = batch.num_rows().min(room - taken);
-                if n < batch.num_rows() {
-                    pending.push(batch.slice(n, batch.num_rows() - n));
-                }
-                take.push(batch.slice(0, n));
-                taken += n;
-                if taken == room {
-                    break;
-                }
-            }
+            let taken = room.min(rows.num_rows() - offset);
+            let slice = rows.slice(offset, taken);
+            offset += taken;
 
             let parquet = |source| WriteError::Parquet {
                 path: self.path.clone(),
@@ -486,7 +476,7 @@ impl OpenPart {
             };
             let leaves = self
                 .busy
-                .time(BusyStage::Encode, || leaves_by_column(&self.schema, &take))
+                .time(BusyStage::Encode, || leaves_by_column(&self.schema, &slice))
                 .map_err(parquet)?;
             let encoders = match &mut self.row_group {
                 Some(encoders) => encoders,
@@ -567,25 +557,16 @@ impl OpenPart {
     }
 }
 
-/// Splits batches into leaf columns: one list per column writer, each with one leaf per batch.
+/// Splits a batch into leaf columns, one per column writer, in schema order.
 fn leaves_by_column(
     schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<Vec<Vec<ArrowLeafColumn>>, ParquetError> {
-    let mut columns: Vec<Vec<ArrowLeafColumn>> = Vec::new();
-    for batch in batches {
-        let mut leaf_index = 0;
-        for (field, array) in schema.fields().iter().zip(batch.columns()) {
-            for leaf in compute_leaves(field, array)? {
-                if columns.len() <= leaf_index {
-                    columns.push(Vec::with_capacity(batches.len()));
-                }
-                columns[leaf_index].push(leaf);
-                leaf_index += 1;
-            }
-        }
+    batch: &RecordBatch,
+) -> Result<Vec<ArrowLeafColumn>, ParquetError> {
+    let mut leaves = Vec::with_capacity(schema.fields().len());
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        leaves.extend(compute_leaves(field, array)?);
     }
-    Ok(columns)
+    Ok(leaves)
 }
 
 /// Adds per-filter counts element by element.
