@@ -7,7 +7,7 @@
 //! where it was. A reload request re-reads the configuration between files; an invalid one
 //! keeps the current configuration.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,9 +23,10 @@ use crate::dataset;
 use crate::ledger::{self, Entry, FileState, Ledger};
 use crate::metrics::{Metrics, RescanReason};
 use crate::pipeline::write::PartInfo;
-use crate::pipeline::{self, ConvertError, Engine, Location, Observer};
+use crate::pipeline::{self, ConvertError, Engine, ErrorKind, Location, Observer, Stage};
 use crate::service::Notifier;
-use crate::watch::{Claim, Events, Fingerprint, Ready, Tracker};
+use crate::status::{self, FileStatus};
+use crate::watch::{Claim, Events, Fingerprint, Ready, Take, Tracker, Waiting};
 
 /// How often files already seen are re-checked for readiness between full rescans (and how
 /// long the loop waits for filesystem events).
@@ -117,12 +118,15 @@ impl Observer for JobObserver<'_> {
 }
 
 /// How one file ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Outcome {
     Success,
     Failure,
-    /// Another daemon holds it, or it vanished.
-    Skipped,
+    /// It was moved or deleted before it could be taken.
+    Vanished,
+    /// It cannot be taken yet (another process holds its claim, its twin is being converted):
+    /// it stays in its folder with this reason.
+    Waits(Waiting),
     /// The same content was converted before.
     Duplicate,
     /// This very file was converted before and kept in place.
@@ -251,7 +255,7 @@ impl Worker<'_> {
                 Outcome::Success | Outcome::AlreadyDone => Some("success"),
                 Outcome::Failure => Some("failure"),
                 Outcome::Duplicate => Some("duplicate"),
-                Outcome::Skipped | Outcome::Cancelled => None,
+                Outcome::Vanished | Outcome::Waits(_) | Outcome::Cancelled => None,
             };
             self.metrics
                 .file_finished(&job.watch.name, label, started.elapsed().as_secs_f64());
@@ -278,7 +282,10 @@ struct Dispatcher<'a> {
     metrics: &'a Metrics,
     trackers: Vec<Tracker>,
     events: Events,
-    in_flight: HashSet<PathBuf>,
+    /// Files handed to a worker, with their watch and when they were handed over.
+    in_flight: HashMap<PathBuf, (String, SystemTime)>,
+    /// What was last written for `bamflow status`.
+    reported: Vec<FileStatus>,
     /// Files kept in place (`on_success = "keep"`) are not converted again in this run.
     kept: HashSet<(PathBuf, Fingerprint)>,
 }
@@ -301,7 +308,8 @@ impl<'a> Dispatcher<'a> {
             metrics,
             trackers,
             events,
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
+            reported: Vec::new(),
             kept: HashSet::new(),
         }
     }
@@ -317,6 +325,7 @@ impl<'a> Dispatcher<'a> {
             max_concurrent_files = self.config.max_concurrent_files,
             "Daemon started."
         );
+        self.log_watches();
         self.notifier.ready("Watching.");
         let mut next_rescan = Instant::now();
         let mut reason = RescanReason::Interval;
@@ -357,7 +366,27 @@ impl<'a> Dispatcher<'a> {
                 reason = RescanReason::Event;
             }
         }
+        status::remove(&self.config.state_dir);
         Ok(())
+    }
+
+    /// Says where each watch looks and where its output goes, with absolute paths: the
+    /// embedded default's `./inbox` means little in a journal.
+    fn log_watches(&self) {
+        for watch in &self.config.watches {
+            let absolute =
+                |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+            info!(
+                watch = %watch.name,
+                path = %absolute(&watch.path).display(),
+                pattern = %watch.pattern,
+                output = %absolute(Path::new(&watch.output)).display(),
+                settle_seconds = watch.settle.as_secs(),
+                on_success = %watch.on_success,
+                on_failure = %watch.on_failure,
+                "Watching folder."
+            );
+        }
     }
 
     /// Hands every ready file not yet in flight to an idle worker, while there is one.
@@ -375,7 +404,7 @@ impl<'a> Dispatcher<'a> {
                 tracker.recheck(watch, now)
             };
             for file in ready {
-                if self.in_flight.contains(&file.path)
+                if self.in_flight.contains_key(&file.path)
                     || self.kept.contains(&(file.path.clone(), file.fingerprint))
                 {
                     continue;
@@ -388,7 +417,8 @@ impl<'a> Dispatcher<'a> {
                 };
                 match jobs.try_send(job) {
                     Ok(()) => {
-                        self.in_flight.insert(path);
+                        self.in_flight
+                            .insert(path, (watch.name.clone(), SystemTime::now()));
                     }
                     // Every worker is busy: the file waits for the next round.
                     Err(_) => return,
@@ -397,18 +427,56 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    /// Files discovered since the last round, and what is waiting, per watch.
+    /// Files discovered since the last round, and what is waiting and why, per watch: to the
+    /// metrics, and to `state_dir/waiting.json` for `bamflow status` when anything changed.
     fn report_pending(&mut self) {
+        let mut files = Vec::new();
         for (watch, tracker) in self.config.watches.iter().zip(&mut self.trackers) {
             self.metrics
                 .discovered(&watch.name, tracker.take_discovered());
-            let (waiting, oldest) = tracker.waiting(&self.in_flight);
-            self.metrics.pending(&watch.name, waiting, oldest);
+            let waiting = tracker.waiting(|path| self.in_flight.contains_key(path));
+            let oldest = waiting.iter().map(|f| f.first_seen).min();
+            self.metrics.pending(&watch.name, waiting.len(), oldest);
+            self.metrics.waiting(&watch.name, &waiting);
+            files.extend(waiting.iter().map(|f| {
+                let reason = f.waiting.reason();
+                FileStatus::new(
+                    &watch.name,
+                    &f.path,
+                    reason,
+                    f.waiting.to_string(),
+                    f.first_seen,
+                )
+            }));
+        }
+        for (path, (watch, since)) in &self.in_flight {
+            files.push(FileStatus::new(
+                watch,
+                path,
+                "converting",
+                "being converted by this daemon".to_owned(),
+                *since,
+            ));
+        }
+        if files != self.reported {
+            if let Err(error) = status::write(&self.config.state_dir, &files) {
+                warn!(state_dir = %self.config.state_dir.display(), %error, "Cannot write what is waiting for `bamflow status`.");
+            }
+            self.reported = files;
         }
     }
 
     fn finish(&mut self, report: Finished) {
         self.in_flight.remove(&report.path);
+        if let Outcome::Waits(waiting) = report.outcome {
+            // Tried again at the next full rescan, not every second: a claim or a twin's
+            // conversion is usually held for the whole of a conversion.
+            let until = Instant::now() + self.config.scan_interval;
+            for tracker in &mut self.trackers {
+                tracker.hold(&report.path, waiting.clone(), until);
+            }
+            return;
+        }
         let done = matches!(
             report.outcome,
             Outcome::Success | Outcome::Duplicate | Outcome::AlreadyDone
@@ -455,6 +523,7 @@ impl<'a> Dispatcher<'a> {
                     .collect();
                 self.events = Events::watch(new.watches.iter().map(|w| w.path.as_path()));
                 self.config = new;
+                self.log_watches();
                 info!(
                     watches = self.config.watches.len(),
                     "Reloaded configuration."
@@ -483,22 +552,27 @@ fn process(
 ) -> Outcome {
     let claim = match Claim::acquire(state_dir, &file.path) {
         Ok(Some(claim)) => claim,
-        Ok(None) => return Outcome::Skipped,
+        Ok(None) => {
+            let holder = Claim::holder(state_dir, &file.path);
+            return Outcome::Waits(Waiting::Claimed { holder });
+        }
         Err(error) => {
-            warn!(path = %file.path.display(), %error, "Cannot claim file.");
-            return Outcome::Skipped;
+            warn!(path = %file.path.display(), state_dir = %state_dir.display(), %error, "Cannot claim file.");
+            return Outcome::Waits(Waiting::Queued);
         }
     };
     // Another daemon may have finished and moved it between our scan and our claim.
     if !file.path.exists() {
-        return Outcome::Skipped;
+        return Outcome::Vanished;
     }
 
     let hash = match ledger::content_hash(&file.path) {
         Ok(hash) => hash,
         Err(error) => {
             warn!(path = %file.path.display(), %error, "Cannot read file to hash it.");
-            return Outcome::Skipped;
+            return Outcome::Waits(Waiting::Unreadable {
+                error: error.to_string(),
+            });
         }
     };
     let entry = |state| Entry::new(&watch.name, &file.path, file.fingerprint.size, &hash, state);
@@ -544,11 +618,31 @@ fn process(
         return Outcome::Duplicate;
     }
 
-    if book.converting_elsewhere(&hash) || !book.begin_converting(&hash) {
+    if let Some(twin) = book.converting_twin(&hash) {
         // Taken up again after the other copy is done, when it is a plain duplicate.
-        info!(watch = %watch.name, path = %file.path.display(), "The same content is being converted now; this copy waits.");
-        return Outcome::Skipped;
+        return Outcome::Waits(Waiting::Twin {
+            of: twin.to_owned(),
+        });
     }
+    if let Take::Incomplete { since } = file.take {
+        let error = incomplete_error(watch, file, since);
+        warn!(watch = %watch.name, path = %file.path.display(), error = %error.message, outcome = "failure", "File never got its BGZF EOF block; setting it aside.");
+        observer.metrics.error(error.stage, ErrorKind::InvalidInput);
+        let attempts = book.attempts(&file.path) + 1;
+        record(
+            &mut book,
+            Entry {
+                attempts,
+                error: Some(error.message.clone()),
+                ..entry(FileState::Failure)
+            },
+        );
+        drop(shared);
+        drop(book);
+        quarantine(watch, &file.path, &error);
+        return Outcome::Failure;
+    }
+    book.begin_converting(&hash, &file.path);
     let attempts = book.attempts(&file.path) + 1;
     let output = render_output(watch, &file.path);
     record(
@@ -638,7 +732,7 @@ fn process(
                     ..entry(FileState::Failure)
                 },
             );
-            quarantine(watch, &file.path, &error);
+            quarantine(watch, &file.path, &Failed::from(&error));
             Outcome::Failure
         }
     };
@@ -679,7 +773,44 @@ struct ErrorReport<'a> {
     bamflow_version: &'static str,
 }
 
-fn quarantine(watch: &WatchConfig, input: &Path, error: &ConvertError) {
+/// Why a file is set aside: what `<name>.error.json` says.
+struct Failed {
+    stage: Stage,
+    location: Option<Location>,
+    message: String,
+}
+
+impl From<&ConvertError> for Failed {
+    fn from(error: &ConvertError) -> Self {
+        Self {
+            stage: error.stage,
+            location: error.location(),
+            message: chain(error),
+        }
+    }
+}
+
+/// The failure of a file that stayed without its BGZF EOF block for the watch's
+/// `incomplete_timeout_seconds`: a read failure at its last byte.
+fn incomplete_error(watch: &WatchConfig, file: &Ready, since: SystemTime) -> Failed {
+    let waited = SystemTime::now()
+        .duration_since(since)
+        .unwrap_or_default()
+        .as_secs();
+    let timeout = watch.incomplete_timeout.unwrap_or_default().as_secs();
+    Failed {
+        stage: Stage::Read,
+        location: Some(Location::Byte(file.fingerprint.size)),
+        message: format!(
+            "{}: read failed: no BGZF EOF block after {waited} s unchanged (since {}; \
+             incomplete_timeout_seconds = {timeout}): the file is incomplete, e.g. a copy cut short",
+            file.path.display(),
+            humantime::format_rfc3339_seconds(since),
+        ),
+    }
+}
+
+fn quarantine(watch: &WatchConfig, input: &Path, error: &Failed) {
     let moved = match dispose(watch, input, &watch.on_failure) {
         Ok(moved) => moved,
         Err(e) => {
@@ -690,8 +821,8 @@ fn quarantine(watch: &WatchConfig, input: &Path, error: &ConvertError) {
     let report = ErrorReport {
         file: input,
         stage: error.stage.to_string(),
-        location: error.location(),
-        message: chain(error),
+        location: error.location,
+        message: error.message.clone(),
         time: dataset::timestamp(SystemTime::now()),
         bamflow_version: env!("CARGO_PKG_VERSION"),
     };

@@ -158,6 +158,7 @@ pub struct RawWatch {
     pub pattern: Option<String>,
     pub settle_seconds: Option<u64>,
     pub require_sentinel: Option<String>,
+    pub incomplete_timeout_seconds: Option<u64>,
     pub output: Option<String>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
@@ -569,6 +570,17 @@ pub enum Disposition {
     Keep,
 }
 
+impl std::fmt::Display for Disposition {
+    /// As written in the config: `move:<dir>`, `delete` or `keep`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Move(dir) => write!(f, "move:{}", dir.display()),
+            Self::Delete => f.write_str("delete"),
+            Self::Keep => f.write_str("keep"),
+        }
+    }
+}
+
 /// One watched folder, resolved.
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
@@ -578,6 +590,9 @@ pub struct WatchConfig {
     pub settle: Duration,
     /// Sentinel file name, `{name}` standing for the BAM's file name.
     pub sentinel: Option<String>,
+    /// How long a settled file may go without its BGZF EOF block before it is failed as
+    /// incomplete; `None` waits forever.
+    pub incomplete_timeout: Option<Duration>,
     /// Output template with `{watch}`, `{stem}` and `{sample}`.
     pub output: String,
     pub on_success: Disposition,
@@ -679,6 +694,10 @@ impl RawConfig {
                 pattern,
                 settle: Duration::from_secs(raw.settle_seconds.unwrap_or(30)),
                 sentinel: raw.require_sentinel.clone().filter(|s| !s.is_empty()),
+                incomplete_timeout: raw
+                    .incomplete_timeout_seconds
+                    .filter(|&s| s > 0)
+                    .map(Duration::from_secs),
                 output,
                 on_success,
                 on_failure,

@@ -121,8 +121,9 @@ pub struct Ledger {
     latest_by_hash: HashMap<String, usize>,
     /// Bytes of the file indexed so far (whole lines only).
     read_offset: u64,
-    /// Content hashes a worker of this process is converting right now (not persisted).
-    converting: std::collections::HashSet<String>,
+    /// Content hashes a worker of this process is converting right now, with the path it
+    /// converts (not persisted).
+    converting: HashMap<String, PathBuf>,
 }
 
 impl Ledger {
@@ -151,7 +152,7 @@ impl Ledger {
             latest: HashMap::new(),
             latest_by_hash: HashMap::new(),
             read_offset: 0,
-            converting: std::collections::HashSet::new(),
+            converting: HashMap::new(),
         };
         ledger.read_new().map_err(open)?;
         Ok(ledger)
@@ -210,18 +211,21 @@ impl Ledger {
         Ok(FileLock { _file: file })
     }
 
-    /// Whether another live process is converting this content now.
-    pub fn converting_elsewhere(&self, content_hash: &str) -> bool {
-        let Some(&i) = self.latest_by_hash.get(content_hash) else {
-            return false;
-        };
+    /// Where this content is being converted now, by a worker of this process or by another
+    /// live process: the path of its twin.
+    pub fn converting_twin(&self, content_hash: &str) -> Option<&Path> {
+        if let Some(path) = self.converting.get(content_hash) {
+            return Some(path);
+        }
+        let &i = self.latest_by_hash.get(content_hash)?;
         let entry = &self.entries[i];
         match (entry.state, entry.pid) {
             (FileState::Converting, Some(pid)) if pid != std::process::id() => {
-                rustix::process::Pid::from_raw(pid as i32)
-                    .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+                let alive = rustix::process::Pid::from_raw(pid as i32)
+                    .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+                alive.then_some(entry.path.as_path())
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -249,10 +253,12 @@ impl Ledger {
         self.converted.get(content_hash).map(|&i| &self.entries[i])
     }
 
-    /// Marks content as being converted; `false` when another worker already is, so the same
-    /// content dropped twice at once is converted once and the other copy waits.
-    pub fn begin_converting(&mut self, content_hash: &str) -> bool {
-        self.converting.insert(content_hash.to_owned())
+    /// Marks content as being converted from `path`; check [`Ledger::converting_twin`]
+    /// first, under the same lock, so the same content dropped twice at once is converted
+    /// once and the other copy waits.
+    pub fn begin_converting(&mut self, content_hash: &str, path: &Path) {
+        self.converting
+            .insert(content_hash.to_owned(), path.to_owned());
     }
 
     pub fn end_converting(&mut self, content_hash: &str) {

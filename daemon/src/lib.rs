@@ -28,4 +28,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod service;
+pub mod status;
 pub mod watch;

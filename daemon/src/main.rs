@@ -111,11 +111,14 @@ fn status(config_path: Option<&Path>, limit: usize) -> anyhow::Result<()> {
         None => RawConfig::parse(name, config::EMBEDDED_DEFAULT)?,
     };
     let config = raw.resolve_daemon(name)?;
-    println!(
-        "recent files ({}):",
-        config.state_dir.join("ledger.jsonl").display()
-    );
-    for entry in ledger::recent_entries(&config.state_dir, limit)? {
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let ledger_path = absolute(&config.state_dir.join("ledger.jsonl"));
+    println!("recent files ({}):", ledger_path.display());
+    let entries = ledger::recent_entries(&config.state_dir, limit)?;
+    if entries.is_empty() {
+        println!("  none yet");
+    }
+    for entry in entries {
         let records = entry
             .records_written
             .map(|n| format!("{n} rows"))
@@ -134,11 +137,54 @@ fn status(config_path: Option<&Path>, limit: usize) -> anyhow::Result<()> {
             entry.path.display()
         );
     }
-    println!("waiting in watched folders:");
+
+    let snapshot = bamflow::status::read(&config.state_dir).filter(|s| s.writer_is_running());
+    let Some(snapshot) = snapshot else {
+        return waiting_without_daemon(&config);
+    };
+    println!(
+        "in watched folders (daemon PID {}, as of {}):",
+        snapshot.pid, snapshot.written
+    );
+    if snapshot.files.is_empty() {
+        println!("  nothing waiting");
+    }
+    for file in &snapshot.files {
+        println!(
+            "  [{}] {}  {}: {}",
+            file.watch,
+            file.path.display(),
+            file.reason,
+            file.detail
+        );
+    }
+    Ok(())
+}
+
+/// Lists the files of the watched folders when no daemon runs on this state folder: none of
+/// them is being taken, and that is their reason.
+fn waiting_without_daemon(config: &DaemonConfig) -> anyhow::Result<()> {
+    println!(
+        "in watched folders (no daemon is running with state_dir {}):",
+        std::path::absolute(&config.state_dir)
+            .unwrap_or_else(|_| config.state_dir.clone())
+            .display()
+    );
+    let mut unreadable = Vec::new();
+    let mut listed = 0;
     for watch in &config.watches {
-        let Ok(entries) = std::fs::read_dir(&watch.path) else {
-            println!("  [{}] cannot read {}", watch.name, watch.path.display());
-            continue;
+        let folder = std::path::absolute(&watch.path).unwrap_or_else(|_| watch.path.clone());
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(error) => {
+                println!(
+                    "  [{}] cannot read {}: {error}",
+                    watch.name,
+                    folder.display()
+                );
+                unreadable.push(folder);
+                continue;
+            }
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -146,10 +192,28 @@ fn status(config_path: Option<&Path>, limit: usize) -> anyhow::Result<()> {
                 && watch.pattern.matches(&name)
                 && entry.path().is_file()
             {
-                println!("  [{}] {}", watch.name, entry.path().display());
+                println!(
+                    "  [{}] {}  no daemon running",
+                    watch.name,
+                    entry.path().display()
+                );
+                listed += 1;
             }
         }
     }
+    if listed == 0 && unreadable.is_empty() {
+        println!("  nothing waiting");
+    }
+    anyhow::ensure!(
+        unreadable.is_empty(),
+        "cannot read the watched folder(s) {}: run status from the folder the daemon runs in, \
+         or pass the daemon's --config",
+        unreadable
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 

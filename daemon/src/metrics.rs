@@ -20,6 +20,7 @@ use prometheus::{
 
 use crate::pipeline::busy::BusyStage;
 use crate::pipeline::{ErrorKind, Progress, Stage};
+use crate::watch::{Waiting, WaitingFile};
 
 /// How a file ended, as the `outcome` label says.
 pub const OUTCOMES: [&str; 3] = ["success", "failure", "duplicate"];
@@ -55,6 +56,8 @@ pub struct Metrics {
     files_in_progress: IntGaugeVec,
     files_pending: IntGaugeVec,
     oldest_pending: GaugeVec,
+    files_waiting: IntGaugeVec,
+    oldest_waiting: GaugeVec,
     records_read: IntCounterVec,
     records_written: IntCounterVec,
     records_filtered: IntCounterVec,
@@ -182,6 +185,16 @@ impl Metrics {
                 "When the oldest pending file was first seen (Unix time); 0 when none is pending.",
                 watch,
             )?,
+            files_waiting: gauge(
+                "bamflow_files_waiting",
+                "Files seen and not being converted, by why they wait (bamflow status lists them).",
+                &["watch", "reason"],
+            )?,
+            oldest_waiting: float_gauge(
+                "bamflow_oldest_waiting_file_timestamp_seconds",
+                "When the longest-waiting file of each reason last changed (Unix time); 0 when none.",
+                &["watch", "reason"],
+            )?,
             records_read: counter(
                 "bamflow_records_read_total",
                 "BAM records read from inputs.",
@@ -274,6 +287,10 @@ impl Metrics {
         self.files_in_progress.with_label_values(labels);
         self.files_pending.with_label_values(labels);
         self.oldest_pending.with_label_values(labels);
+        for reason in Waiting::REASONS {
+            self.files_waiting.with_label_values(&[watch, reason]);
+            self.oldest_waiting.with_label_values(&[watch, reason]);
+        }
         self.records_read.with_label_values(labels);
         self.records_written.with_label_values(labels);
         self.input_bytes.with_label_values(labels);
@@ -307,6 +324,24 @@ impl Metrics {
         self.oldest_pending
             .with_label_values(&[watch])
             .set(oldest.map_or(0.0, unix_seconds));
+    }
+
+    /// The files of a watch that wait, each with its reason (every reason is set, to 0 when
+    /// no file waits for it).
+    pub fn waiting(&self, watch: &str, files: &[WaitingFile]) {
+        for reason in Waiting::REASONS {
+            let of_reason = files.iter().filter(|f| f.waiting.reason() == reason);
+            let (count, oldest) = of_reason.fold((0_i64, None), |(n, oldest), f| {
+                let oldest = Some(oldest.map_or(f.changed_at, |o: SystemTime| o.min(f.changed_at)));
+                (n + 1, oldest)
+            });
+            self.files_waiting
+                .with_label_values(&[watch, reason])
+                .set(count);
+            self.oldest_waiting
+                .with_label_values(&[watch, reason])
+                .set(oldest.map_or(0.0, unix_seconds));
+        }
     }
 
     pub fn rescanned(&self, reason: RescanReason) {

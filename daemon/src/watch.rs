@@ -5,7 +5,7 @@
 //! and its sentinel exists when one is configured. "New" is decided per file, never from an
 //! mtime high-water mark, so a file copied in with an old mtime is still taken.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -37,11 +37,94 @@ impl Fingerprint {
     }
 }
 
-/// A file that is ready to convert.
+/// A file that is ready to be taken, and what to do with it.
 #[derive(Clone, Debug)]
 pub struct Ready {
     pub path: PathBuf,
     pub fingerprint: Fingerprint,
+    pub take: Take,
+}
+
+/// What taking a ready file means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Convert it. A settled file that does not start as BGZF is taken too: the engine fails
+    /// it at once with the error that says what it is.
+    Convert,
+    /// Fail it without converting: it has been settled without its BGZF EOF block for the
+    /// watch's `incomplete_timeout_seconds`, unchanged since `since`.
+    Incomplete { since: SystemTime },
+}
+
+/// Why a file seen in a watched folder is not being converted (DESIGN.md §6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// Changed less than `settle_seconds` ago; taken at `until` at the earliest.
+    Settling { until: SystemTime },
+    /// Settled, but without the BGZF EOF block: still being written, or cut short. Unchanged
+    /// since `since`.
+    NoEofBlock { since: SystemTime },
+    /// The watch's sentinel file does not exist yet.
+    SentinelMissing { sentinel: PathBuf },
+    /// The file cannot be opened or read.
+    Unreadable { error: String },
+    /// Another live process holds the file's claim.
+    Claimed { holder: String },
+    /// The same content is being converted under another name; taken up (as a duplicate)
+    /// once that is done.
+    Twin { of: PathBuf },
+    /// Ready, waiting for a free worker (`max_concurrent_files`).
+    Queued,
+}
+
+impl Waiting {
+    /// Every reason's label, as the `reason` label of the waiting-file metrics says.
+    pub const REASONS: [&'static str; 7] = [
+        "settling",
+        "no_eof_block",
+        "sentinel_missing",
+        "unreadable",
+        "claimed",
+        "twin",
+        "queued",
+    ];
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Settling { .. } => "settling",
+            Self::NoEofBlock { .. } => "no_eof_block",
+            Self::SentinelMissing { .. } => "sentinel_missing",
+            Self::Unreadable { .. } => "unreadable",
+            Self::Claimed { .. } => "claimed",
+            Self::Twin { .. } => "twin",
+            Self::Queued => "queued",
+        }
+    }
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let time = |t: &SystemTime| humantime::format_rfc3339_seconds(*t);
+        match self {
+            Self::Settling { until } => write!(f, "settling until {}", time(until)),
+            Self::NoEofBlock { since } => write!(
+                f,
+                "no BGZF EOF block yet (unchanged since {}): still being written, or cut short",
+                time(since)
+            ),
+            Self::SentinelMissing { sentinel } => {
+                write!(f, "sentinel {} missing", sentinel.display())
+            }
+            Self::Unreadable { error } => write!(f, "cannot be read: {error}"),
+            Self::Claimed { holder } => write!(f, "claimed by {holder}"),
+            Self::Twin { of } => write!(
+                f,
+                "waiting for its twin {} (same content, being converted)",
+                of.display()
+            ),
+            Self::Queued => f.write_str("ready, waiting for a free worker"),
+        }
+    }
 }
 
 /// Whether a name is a temporary or hidden file that must never be taken: `.*` (including
@@ -50,11 +133,39 @@ pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
 }
 
+/// One file of a watched folder, as last seen.
+#[derive(Debug)]
+struct Seen {
+    fingerprint: Fingerprint,
+    /// Since when the fingerprint has not changed: the monotonic clock for the settle window,
+    /// and the wall clock of the same moment for what is shown.
+    stable_since: Instant,
+    changed_at: SystemTime,
+    first_seen: SystemTime,
+    /// How the file begins and ends, read once per fingerprint: an unchanged file is not
+    /// opened again every second.
+    ends: Option<bgzf::Ends>,
+    /// A reason the daemon found when it tried to take the file (claimed, twin), which holds
+    /// until the instant given.
+    hold: Option<(Waiting, Instant)>,
+    /// Why it is waiting, as of the last update; `None` when it is ready.
+    waiting: Option<Waiting>,
+}
+
+/// A waiting file, as [`Tracker::waiting`] lists it.
+#[derive(Clone, Debug)]
+pub struct WaitingFile {
+    pub path: PathBuf,
+    pub first_seen: SystemTime,
+    /// When its (size, mtime, inode) last changed, as far as the daemon saw.
+    pub changed_at: SystemTime,
+    pub waiting: Waiting,
+}
+
 /// Tracks the files of one watched folder between scans.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    /// Each candidate's fingerprint, since when it has not changed, and when it was first seen.
-    seen: HashMap<PathBuf, (Fingerprint, Instant, SystemTime)>,
+    seen: HashMap<PathBuf, Seen>,
     /// Files seen for the first time since the last [`Tracker::take_discovered`].
     discovered: u64,
 }
@@ -80,7 +191,8 @@ impl Tracker {
     }
 
     /// Re-checks only the files already seen, without listing the folder: cheap enough to run
-    /// every second, so a file is taken soon after it settles, between full rescans.
+    /// every second (one `stat` per file; an unchanged file is not opened again), so a file is
+    /// taken soon after it settles, between full rescans.
     pub fn recheck(&mut self, watch: &WatchConfig, now: Instant) -> Vec<Ready> {
         let candidates = self.seen.keys().cloned().collect();
         self.update(watch, candidates, now)
@@ -110,27 +222,62 @@ impl Tracker {
         }
 
         self.seen.retain(|path, _| present.contains_key(path));
+        let wall_now = SystemTime::now();
         let mut ready = Vec::new();
         for (path, fingerprint) in present {
-            let (since, first_seen) = match self.seen.get(&path) {
-                Some((previous, since, first)) if *previous == fingerprint => (*since, *first),
-                Some((_, _, first)) => (now, *first),
-                None => {
-                    self.discovered += 1;
-                    (now, SystemTime::now())
+            let seen = self.seen.entry(path.clone()).or_insert_with(|| {
+                self.discovered += 1;
+                Seen {
+                    fingerprint,
+                    stable_since: now,
+                    changed_at: wall_now,
+                    first_seen: wall_now,
+                    ends: None,
+                    hold: None,
+                    waiting: None,
                 }
+            });
+            if seen.fingerprint != fingerprint {
+                seen.fingerprint = fingerprint;
+                seen.stable_since = now;
+                seen.changed_at = wall_now;
+                seen.ends = None;
+                seen.hold = None;
+            }
+            let verdict = judge(watch, &path, seen, now, wall_now);
+            let waiting = match verdict {
+                Ok(take) => {
+                    ready.push((
+                        seen.stable_since,
+                        Ready {
+                            path: path.clone(),
+                            fingerprint,
+                            take,
+                        },
+                    ));
+                    None
+                }
+                Err(waiting) => Some(waiting),
             };
-            self.seen
-                .insert(path.clone(), (fingerprint, since, first_seen));
-            if now.duration_since(since) >= watch.settle
-                && is_complete(&path)
-                && sentinel_present(watch, &path)
-            {
-                ready.push((since, Ready { path, fingerprint }));
+            if waiting != seen.waiting {
+                log_change(watch, &path, waiting.as_ref());
+                seen.waiting = waiting;
             }
         }
-        ready.sort_by_key(|(since, r)| (*since, r.path.clone()));
+        ready.sort_by(|(a, x), (b, y)| (a, &x.path).cmp(&(b, &y.path)));
         ready.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Marks a file as waiting for `waiting` until `until`: the daemon found it claimed by
+    /// another process, or its twin being converted. A change of the file lifts it.
+    pub fn hold(&mut self, path: &Path, waiting: Waiting, until: Instant) {
+        if let Some(seen) = self.seen.get_mut(path) {
+            if seen.waiting.as_ref() != Some(&waiting) {
+                log_change_of(path, &waiting);
+            }
+            seen.waiting = Some(waiting.clone());
+            seen.hold = Some((waiting, until));
+        }
     }
 
     /// Files seen but not yet filed away (waiting, settling, or being converted).
@@ -138,15 +285,22 @@ impl Tracker {
         self.seen.len()
     }
 
-    /// Files seen and not in `busy`: how many, and when the oldest was first seen.
-    pub fn waiting(&self, busy: &HashSet<PathBuf>) -> (usize, Option<SystemTime>) {
-        self.seen
+    /// Files seen and not `busy`, each with why it waits: a ready file that was not handed
+    /// to a worker waits for one.
+    pub fn waiting(&self, busy: impl Fn(&Path) -> bool) -> Vec<WaitingFile> {
+        let mut files: Vec<_> = self
+            .seen
             .iter()
-            .filter(|(path, _)| !busy.contains(*path))
-            .fold((0, None), |(n, oldest), (_, (_, _, first))| {
-                let oldest = Some(oldest.map_or(*first, |o: SystemTime| o.min(*first)));
-                (n + 1, oldest)
+            .filter(|(path, _)| !busy(path))
+            .map(|(path, seen)| WaitingFile {
+                path: path.clone(),
+                first_seen: seen.first_seen,
+                changed_at: seen.changed_at,
+                waiting: seen.waiting.clone().unwrap_or(Waiting::Queued),
             })
+            .collect();
+        files.sort_by(|a, b| (a.first_seen, &a.path).cmp(&(b.first_seen, &b.path)));
+        files
     }
 
     /// How many files were seen for the first time since the last call.
@@ -160,30 +314,96 @@ impl Tracker {
     }
 }
 
-fn is_complete(path: &Path) -> bool {
-    File::open(path)
-        .and_then(|f| bgzf::has_eof_block(&f))
-        .unwrap_or(false)
+/// Whether a file can be taken now, or why it waits.
+fn judge(
+    watch: &WatchConfig,
+    path: &Path,
+    seen: &mut Seen,
+    now: Instant,
+    wall_now: SystemTime,
+) -> Result<Take, Waiting> {
+    if let Some((waiting, until)) = &seen.hold {
+        if now < *until {
+            return Err(waiting.clone());
+        }
+        seen.hold = None;
+    }
+    let settled_for = now.duration_since(seen.stable_since);
+    if settled_for < watch.settle {
+        let left = watch.settle - settled_for;
+        return Err(Waiting::Settling {
+            until: wall_now + left,
+        });
+    }
+    let ends = match seen.ends {
+        Some(ends) => ends,
+        None => {
+            let ends = File::open(path)
+                .and_then(|file| bgzf::ends(&file))
+                .map_err(|e| Waiting::Unreadable {
+                    error: e.to_string(),
+                })?;
+            // Only what was read is kept: an unreadable file is tried again next time.
+            *seen.ends.insert(ends)
+        }
+    };
+    if ends.starts_as_bgzf == Some(false) {
+        // Not a BAM, whatever comes: taken so that it fails with the engine's error.
+        return Ok(Take::Convert);
+    }
+    if !ends.eof_block {
+        let since = seen.changed_at;
+        return match watch.incomplete_timeout {
+            Some(timeout) if settled_for >= timeout => Ok(Take::Incomplete { since }),
+            _ => Err(Waiting::NoEofBlock { since }),
+        };
+    }
+    if let Some(sentinel) = sentinel_path(watch, path) {
+        if !sentinel.exists() {
+            return Err(Waiting::SentinelMissing { sentinel });
+        }
+    }
+    Ok(Take::Convert)
 }
 
-fn sentinel_present(watch: &WatchConfig, path: &Path) -> bool {
-    let Some(template) = &watch.sentinel else {
-        return true;
-    };
+/// Says once, when it changes, why a file waits: settling and queueing are routine, the other
+/// reasons are what an operator looks for in the log.
+fn log_change(watch: &WatchConfig, path: &Path, waiting: Option<&Waiting>) {
+    match waiting {
+        None => tracing::debug!(watch = %watch.name, path = %path.display(), "File is ready."),
+        Some(waiting @ (Waiting::Settling { .. } | Waiting::Queued)) => {
+            tracing::debug!(watch = %watch.name, path = %path.display(), reason = waiting.reason(), "File waits: {waiting}.")
+        }
+        Some(waiting) => log_change_of(path, waiting),
+    }
+}
+
+fn log_change_of(path: &Path, waiting: &Waiting) {
+    tracing::info!(path = %path.display(), reason = waiting.reason(), "File waits: {waiting}.");
+}
+
+fn sentinel_path(watch: &WatchConfig, path: &Path) -> Option<PathBuf> {
+    let template = watch.sentinel.as_ref()?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    watch.path.join(template.replace("{name}", name)).exists()
+    Some(watch.path.join(template.replace("{name}", name)))
 }
 
-/// Filesystem events for the watched folders. They only make discovery faster: any event —
-/// including an overflow of the kernel's queue or a watcher error — just triggers a full
-/// rescan, which stays the truth (network filesystems deliver no events at all).
+/// Filesystem events for the watched folders. They only make discovery faster: an event that
+/// can make a file ready — or an overflow of the kernel's queue, or a watcher error — triggers
+/// a full rescan, which stays the truth (network filesystems deliver no events at all).
 pub struct Events {
     _watchers: Vec<notify::RecommendedWatcher>,
     events: mpsc::Receiver<()>,
 }
+
+/// How long a burst of events is gathered into one rescan: until the folder has been quiet
+/// this long ...
+const QUIET: Duration = Duration::from_millis(200);
+/// ... or this long after the first event, whichever comes first.
+const MAX_GATHER: Duration = Duration::from_secs(1);
 
 impl Events {
     /// Watches `folders`; a folder that cannot be watched is logged and left to rescans.
@@ -193,8 +413,10 @@ impl Events {
         for folder in folders {
             let sender = sender.clone();
             let watcher =
-                notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-                    let _ = sender.send(());
+                notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                    if can_make_ready(&event) {
+                        let _ = sender.send(());
+                    }
                 })
                 .and_then(|mut watcher| {
                     watcher
@@ -215,7 +437,8 @@ impl Events {
     }
 
     /// Waits up to `timeout` for an event, returning early (false) when `stop` says so;
-    /// returns whether anything happened in the watched folders.
+    /// returns whether anything happened in the watched folders. A burst of events (a copy of
+    /// many files) is gathered into one return.
     pub fn wait(&self, timeout: Duration, stop: impl Fn() -> bool) -> bool {
         let until = Instant::now() + timeout;
         while !stop() {
@@ -228,13 +451,43 @@ impl Events {
                 .recv_timeout(left.min(Duration::from_millis(100)))
                 .is_ok()
             {
-                // One rescan covers every event that arrived meanwhile.
-                while self.events.try_recv().is_ok() {}
+                self.gather();
                 return true;
             }
         }
         false
     }
+
+    /// Takes the events that follow the first one, until the folder is quiet for [`QUIET`]
+    /// or [`MAX_GATHER`] has passed.
+    fn gather(&self) {
+        let deadline = Instant::now() + MAX_GATHER;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.events.recv_timeout(left.min(QUIET)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether an event can make a file ready, or take one away: a file created, written and
+/// closed, renamed in or out, or deleted; and an overflow or error, after which nothing is
+/// known. Opens, reads and closes without writing — the daemon's own listings and reads
+/// among them — and in-place writes (a file still being written is not ready) are not.
+fn can_make_ready(event: &notify::Result<notify::Event>) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    let Ok(event) = event else { return true };
+    if event.need_rescan() {
+        return true;
+    }
+    matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// An exclusive claim on one input file, held as a file under `state_dir/claims`.
@@ -255,7 +508,7 @@ impl Claim {
     pub fn acquire(state_dir: &Path, input: &Path) -> io::Result<Option<Self>> {
         let dir = state_dir.join("claims");
         fs::create_dir_all(&dir)?;
-        let name = format!("{:016x}.claim", path_hash(input));
+        let name = claim_name(input);
         let path = dir.join(&name);
         // The claim appears with its PID already in it: written to a private file first, then
         // linked into place, which fails like `O_EXCL` when the claim exists. Created empty and
@@ -271,6 +524,19 @@ impl Claim {
         let claimed = Self::link(&draft, &path, input);
         let _ = fs::remove_file(&draft);
         claimed
+    }
+
+    /// Who holds `input`'s claim, as `bamflow status` shows it: the PID written in the claim.
+    pub fn holder(state_dir: &Path, input: &Path) -> String {
+        let claim = state_dir.join("claims").join(claim_name(input));
+        fs::read_to_string(&claim)
+            .ok()
+            .and_then(|text| text.lines().next().map(str::trim).map(str::to_owned))
+            .filter(|pid| pid.parse::<u32>().is_ok())
+            .map_or_else(
+                || format!("another process (claim {})", claim.display()),
+                |pid| format!("PID {pid} on this host"),
+            )
     }
 
     fn link(draft: &Path, path: &Path, input: &Path) -> io::Result<Option<Self>> {
@@ -322,6 +588,11 @@ impl Claim {
             })
             .count()
     }
+}
+
+/// The file name of `input`'s claim.
+fn claim_name(input: &Path) -> String {
+    format!("{:016x}.claim", path_hash(input))
 }
 
 /// The name of a claim's draft: `.<claim>.<pid>.<n>`, `n` counting this process's drafts.
@@ -414,7 +685,7 @@ mod tests {
         // A draft left by a process killed before it could link its claim does not block.
         let claims = dir.path().join("claims");
         fs::create_dir_all(&claims).unwrap();
-        let name = format!("{:016x}.claim", path_hash(input));
+        let name = claim_name(input);
         let dead = draft_name(&name, u32::MAX - 1, 0);
         fs::write(claims.join(&dead), "").unwrap();
         let claim = Claim::acquire(dir.path(), input).unwrap().unwrap();

@@ -102,6 +102,40 @@ pub fn has_eof_block(file: &File) -> io::Result<bool> {
     Ok(tail == EOF_BLOCK)
 }
 
+/// How a file begins and ends, read without inflating anything: what the watcher needs to
+/// tell a finished BAM from one still being written, and from a file that is no BAM at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ends {
+    /// Whether the first bytes are a BGZF block's (gzip, deflate, extra field); `None` while
+    /// the file is too short to tell.
+    pub starts_as_bgzf: Option<bool>,
+    /// Whether it ends with the 28-byte EOF block.
+    pub eof_block: bool,
+}
+
+/// Reads the first four and the last 28 bytes of `file`.
+///
+/// # Errors
+///
+/// Returns an I/O error when the file cannot be read.
+pub fn ends(file: &File) -> io::Result<Ends> {
+    use std::os::unix::fs::FileExt;
+
+    let len = file.metadata()?.len();
+    let mut head = [0; 4];
+    let starts_as_bgzf = if len >= head.len() as u64 {
+        file.read_exact_at(&mut head, 0)?;
+        // The magic, CM = deflate and FLG = FEXTRA: plain gzip (no extra field) is not BGZF.
+        Some(head == [0x1f, 0x8b, 8, 4])
+    } else {
+        None
+    };
+    Ok(Ends {
+        starts_as_bgzf,
+        eof_block: has_eof_block(file)?,
+    })
+}
+
 /// One compressed frame as read from the file.
 #[derive(Default)]
 struct Frame {

@@ -12,3 +12,4 @@ mod harness;
 mod metrics;
 mod options;
 mod support;
+mod waiting;

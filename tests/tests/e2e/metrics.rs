@@ -11,7 +11,7 @@ use bamflow_tests::generator::DataKind;
 use serde_json::Value;
 
 use crate::harness::{config, config_with, Daemon, LIMIT};
-use crate::support::{http_get, url_encode, TestDir};
+use crate::support::{http_get, sample, url_encode, TestDir};
 
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -45,14 +45,6 @@ const FAMILIES: &[&str] = &[
     "process_open_fds",
     "process_start_time_seconds",
 ];
-
-/// The value of the one sample `series` (name and labels exactly as printed).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
 
 /// Series (sample lines) in a scrape.
 fn series(text: &str) -> BTreeSet<String> {

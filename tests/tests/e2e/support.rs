@@ -169,3 +169,11 @@ pub fn assert_dataset_matches_samtools(dataset: &Dataset, bam: &Path) {
         panic!("{} does not match samtools: {e:#}", bam.display());
     }
 }
+
+/// The value of the one sample `series` (name and labels exactly as printed) in a scrape.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
