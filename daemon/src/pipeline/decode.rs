@@ -18,13 +18,13 @@ use super::RawBatch;
 /// Why a record could not be decoded. Record numbers count from 1 in file order.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("record {record}: {source}")]
+    #[error("record {record}")]
     InvalidRecord {
         record: u64,
         #[source]
         source: RecordError,
     },
-    #[error("record {record}: field tags: {source}")]
+    #[error("record {record}: field tags")]
     InvalidTag {
         record: u64,
         #[source]
