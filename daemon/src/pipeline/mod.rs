@@ -213,6 +213,8 @@ impl ConvertOptions {
 /// Where in the pipeline a conversion failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
+    /// Checking the output folder and creating its staging folder, before any work.
+    Output,
     Open,
     Read,
     Inflate,
@@ -226,7 +228,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
+        Self::Output,
         Self::Open,
         Self::Read,
         Self::Inflate,
@@ -283,6 +286,7 @@ impl ErrorKind {
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Output => "output",
             Self::Open => "open",
             Self::Read => "read",
             Self::Inflate => "inflate",
@@ -549,6 +553,13 @@ fn convert_on(
     let clock = Instant::now();
     let fail = |stage, source: StageError| ConvertError::new(input, stage, source);
 
+    // An existing output is refused before the input is read.
+    if output.symlink_metadata().is_ok() {
+        let exists = DatasetError::AlreadyExists {
+            path: output.to_owned(),
+        };
+        return Err(fail(Stage::Output, exists.into()));
+    }
     let source_info = SourceInfo::of(input).map_err(|e| fail(Stage::Open, e.into()))?;
     check_complete(input, options.allow_missing_eof)?;
 
@@ -564,7 +575,7 @@ fn convert_on(
             .map_err(|e| fail(Stage::Filter, e.into()))?;
         Some(spans)
     };
-    let mut staging = Staging::open(output).map_err(|e| fail(Stage::Publish, e.into()))?;
+    let mut staging = Staging::open(output).map_err(|e| fail(Stage::Output, e.into()))?;
     let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let staging_dir = staging.path().to_owned();
