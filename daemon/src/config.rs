@@ -1,7 +1,7 @@
 //! Configuration: TOML (`RawConfig`, exactly as written) → resolved options the engine runs on.
 //!
-//! Every table denies unknown keys, so a typo is an error with its line and column rather than
-//! a silently ignored setting. Every key has a default; `config/bamflow.toml` documents them.
+//! Unknown keys are errors — all of them at once, each with its line and column — so a typo is
+//! never a silently ignored setting. Every key has a default; `config/bamflow.toml` documents them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,11 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    #[error("{}", unknown_keys(path, keys))]
+    UnknownKeys {
+        path: PathBuf,
+        keys: Vec<UnknownKey>,
+    },
     #[error("{}: {key}: {message}", path.display())]
     Invalid {
         path: PathBuf,
@@ -48,6 +53,23 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+}
+
+/// One line per unknown key, each `file:line:column: unknown key …`.
+fn unknown_keys(path: &Path, keys: &[UnknownKey]) -> String {
+    let lines: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "{}:{}:{}: unknown key `{}` (config/bamflow.toml documents every key)",
+                path.display(),
+                k.line,
+                k.column,
+                k.key
+            )
+        })
+        .collect();
+    lines.join("\n")
 }
 
 impl ConfigError {
@@ -122,7 +144,6 @@ fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
 
 /// The config file as written.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
     pub daemon: RawDaemon,
@@ -140,7 +161,6 @@ pub struct RawConfig {
 
 /// `[daemon]`.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawDaemon {
     pub state_dir: Option<PathBuf>,
     pub threads: Option<usize>,
@@ -151,7 +171,6 @@ pub struct RawDaemon {
 
 /// `[[watch]]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawWatch {
     pub name: String,
     pub path: PathBuf,
@@ -169,7 +188,6 @@ pub struct RawWatch {
 
 /// `[convert]`, and the per-watch `[watch.convert]` overrides.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConvert {
     pub columns: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
@@ -186,7 +204,6 @@ pub struct RawConvert {
 
 /// `[filter]`, and the per-watch `[watch.filter]` overrides.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawFilter {
     pub min_mapq: Option<u8>,
     pub include_flags: Option<u16>,
@@ -250,7 +267,6 @@ impl RawFilter {
 
 /// `[[plugin]]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPlugin {
     pub path: PathBuf,
     pub sha256: Option<String>,
@@ -259,7 +275,6 @@ pub struct RawPlugin {
 
 /// `[coordination]`.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCoordination {
     pub postgres_url: Option<String>,
 }
@@ -281,7 +296,7 @@ impl RawConfig {
     ///
     /// Returns [`ConfigError::Parse`] with the line and column of the problem.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        let parse_error = |e: toml::de::Error| {
             let offset = e.span().map_or(0, |span| span.start);
             let (line, column) = line_column(text, offset);
             ConfigError::Parse {
@@ -290,8 +305,88 @@ impl RawConfig {
                 column,
                 message: e.message().trim_end().to_owned(),
             }
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(parse_error)?;
+        let mut unknown = Vec::new();
+        let raw = serde_ignored::deserialize(deserializer, |key| unknown.push(key_path(&key)))
+            .map_err(parse_error)?;
+        if unknown.is_empty() {
+            return Ok(raw);
+        }
+        let keys = unknown
+            .iter()
+            .map(|key| {
+                let (line, column) = key_span(text, key).map_or((1, 1), |at| line_column(text, at));
+                UnknownKey {
+                    line,
+                    column,
+                    key: key.join("."),
+                }
+            })
+            .collect::<Vec<_>>();
+        Err(ConfigError::UnknownKeys {
+            path: path.to_owned(),
+            keys: sorted(keys),
         })
     }
+}
+
+/// One key the configuration does not know, where it is written.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnknownKey {
+    pub line: usize,
+    pub column: usize,
+    /// Dotted, with array indexes: `watch.0.settle_secs`.
+    pub key: String,
+}
+
+fn sorted(mut keys: Vec<UnknownKey>) -> Vec<UnknownKey> {
+    keys.sort();
+    keys
+}
+
+/// The segments of a key path as serde_ignored reports it: table keys and array indexes.
+fn key_path(path: &serde_ignored::Path<'_>) -> Vec<String> {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => Vec::new(),
+        Path::Seq { parent, index } => {
+            let mut segments = key_path(parent);
+            segments.push(index.to_string());
+            segments
+        }
+        Path::Map { parent, key } => {
+            let mut segments = key_path(parent);
+            segments.push(key.clone());
+            segments
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+/// The byte offset of the key at `path` in the config text.
+fn key_span(text: &str, path: &[String]) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let document = DeTable::parse(text).ok()?;
+    let mut table = document.get_ref();
+    let mut offset = None;
+    let mut segments = path.iter().peekable();
+    while let Some(key) = segments.next() {
+        let (name, value) = table.get_key_value(key.as_str())?;
+        offset = Some(name.span().start);
+        let mut value = value.get_ref();
+        if let (DeValue::Array(items), Some(_)) = (value, segments.peek()) {
+            let index: usize = segments.next()?.parse().ok()?;
+            value = items.get(index)?.get_ref();
+        }
+        match value {
+            DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    offset
 }
 
 /// Reads a config file's text.
@@ -885,6 +980,24 @@ mod tests {
         let message = err.to_string();
         assert!(message.starts_with("x.toml:3:1: "), "{message}");
         assert!(message.contains("columns_typo"), "{message}");
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_in_file_order() {
+        let text = "[[watch]]\nname = \"a\"\npath = \"/in\"\nsetle_seconds = 3\n\
+                    [watch.convert]\ncolums = [\"qname\"]\n\
+                    [daemon]\nstat_dir = \"/s\"\n  treads = 2\n\
+                    [[plugin]]\npath = \"/p.so\"\nconfig = { anything = 1 }\n";
+        let err = RawConfig::parse(Path::new("x.toml"), text).unwrap_err();
+        assert_eq!(
+            err.to_string().lines().collect::<Vec<_>>(),
+            [
+                "x.toml:4:1: unknown key `watch.0.setle_seconds` (config/bamflow.toml documents every key)",
+                "x.toml:6:1: unknown key `watch.0.convert.colums` (config/bamflow.toml documents every key)",
+                "x.toml:8:1: unknown key `daemon.stat_dir` (config/bamflow.toml documents every key)",
+                "x.toml:9:3: unknown key `daemon.treads` (config/bamflow.toml documents every key)",
+            ]
+        );
     }
 
     #[test]

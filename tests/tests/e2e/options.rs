@@ -361,7 +361,7 @@ fn usage_and_config_errors_exit_2() {
     t(&["convert", b], "OUTPUT");
     t(
         &["check-config", config.to_str().unwrap()],
-        "unknown field `colums`",
+        "unknown key `convert.colums`",
     );
     assert!(!dir.path("out").exists());
 }
