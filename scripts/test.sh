@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, installing first what it needs and the machine lacks:
+#
+#   samtools          the oracle every dataset is checked against
+#   gzip              makes the plain-gzip bad-input case
+#   systemd           systemd-analyze verifies the unit and scores its hardening
+#   prometheus        a real Prometheus scrapes the daemon; promtool checks metrics and rules
+#   pyarrow, duckdb   the independent readers of the datasets, in a venv (target/test-venv):
+#                     never pip outside one (Debian's python3 is externally managed)
+#
+# Debian packages are installed with apt-get (through sudo when not root). Extra arguments go
+# to `cargo test`, e.g. `scripts/test.sh -p bamflow`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+command -v samtools >/dev/null || missing+=(samtools)
+command -v gzip >/dev/null || missing+=(gzip)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
+
+venv=target/test-venv
+python=${PYTHON:-python3}
+# Debian's python3 creates a venv only with python3-venv (ensurepip) installed.
+if [ ! -x "$venv/bin/python" ] && ! "$python" -c 'import ensurepip' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/test.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq
+  log=$(mktemp)
+  as_root apt-get install -y -qq "${missing[@]}" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+  rm -f "$log"
+fi
+
+if ! "$venv/bin/python" -c 'import pyarrow, duckdb' 2>/dev/null; then
+  echo "scripts/test.sh: installing pyarrow and duckdb into $venv" >&2
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check pyarrow duckdb
+fi
+# The tests run `python3`: the venv's, first on PATH.
+PATH="$PWD/$venv/bin:$PATH"
+export PATH
+
+samtools --version | head -1
+exec cargo test --workspace "$@"
