@@ -377,7 +377,8 @@ fn alignment_end(flag: &str, pos: &str, cigar: &str) -> Option<String> {
         if let Some(d) = c.to_digit(10) {
             n = n * 10 + i64::from(d);
         } else {
-            if "MDN=X".contains(c) {
+            // A zero-length op consumes nothing (`5H0M5H` has no end).
+            if "MDN=X".contains(c) && n > 0 {
                 span += n;
                 consumes = true;
             }
@@ -421,5 +422,6 @@ mod tests {
         assert_eq!(alignment_end("0", "100", "5S10M2D3M1I"), Some("114".into()));
         assert_eq!(alignment_end("4", "100", "10M"), None);
         assert_eq!(alignment_end("0", "100", "5S5I"), None);
+        assert_eq!(alignment_end("0", "100", "5H0M5H"), None);
     }
 }

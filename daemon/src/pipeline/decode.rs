@@ -309,20 +309,21 @@ fn one_based(position: i32, record: u64, field: &'static str) -> Result<Option<i
 }
 
 /// The 1-based inclusive end, as htslib's `bam_endpos`; null when unmapped or when no CIGAR op
-/// consumes the reference.
+/// consumes the reference. A zero-length op consumes nothing: `5H0M5H` has no end (htslib
+/// would say POS, an alignment of one base; an end before the start is worse).
 fn alignment_end(
     view: &RecordView<'_>,
     ops: &[(u8, u32)],
     record: u64,
 ) -> Result<Option<i32>, DecodeError> {
-    if view.is_unmapped() || !ops.iter().any(|&(op, _)| sam_text::consumes_reference(op)) {
-        return Ok(None);
-    }
     let span: i64 = ops
         .iter()
         .filter(|&&(op, _)| sam_text::consumes_reference(op))
         .map(|&(_, len)| i64::from(len))
         .sum();
+    if view.is_unmapped() || span == 0 {
+        return Ok(None);
+    }
     // 0-based start + span = 1-based inclusive end.
     let end = i64::from(view.position()) + span;
     i32::try_from(end)
