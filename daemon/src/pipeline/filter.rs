@@ -46,7 +46,9 @@ impl FilterError {
     }
 }
 
-/// A region as samtools takes it: `chr`, `chr:beg`, `chr:beg-end`, 1-based and inclusive.
+/// A region as samtools takes it: `chr`, `chr:beg`, `chr:beg-end`, 1-based and inclusive;
+/// `{name}` or `{name}:beg-end` for a reference whose name holds `:` or `,`; `*` for the
+/// unplaced records (no reference, no position) at the end of a sorted file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Region {
     pub name: String,
@@ -57,18 +59,57 @@ pub struct Region {
 }
 
 impl Region {
-    /// Parses `chr`, `chr:beg` or `chr:beg-end` (commas in numbers allowed, as samtools does).
+    /// The name of the region of unplaced records, as `samtools view in.bam '*'` takes it.
+    pub const UNPLACED: &'static str = "*";
+
+    /// Whether this is `*`, the unplaced records (no reference can be named `*` in SAM).
+    pub fn is_unplaced(&self) -> bool {
+        self.name == Self::UNPLACED
+    }
+
+    /// Parses `chr`, `chr:beg` or `chr:beg-end` (commas in numbers allowed, as samtools does),
+    /// htslib's braced `{name}` and `{name}:beg-end`, and `*`.
     ///
     /// # Errors
     ///
     /// A message saying what is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(braced) = text.strip_prefix('{') {
+            let (name, rest) = braced
+                .split_once('}')
+                .ok_or_else(|| format!("{text:?} has a {{ without its }}"))?;
+            let region = match rest {
+                "" => Self::parse_unbraced(text, "x")?,
+                _ => match rest.strip_prefix(':') {
+                    Some(range) if !range.is_empty() => {
+                        Self::parse_unbraced(text, &format!("x:{range}"))?
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{text:?}: after {{{name}}} comes :beg-end or nothing"
+                        ))
+                    }
+                },
+            };
+            if name.is_empty() {
+                return Err(format!("{text:?} has no reference name"));
+            }
+            return Ok(Self {
+                name: name.to_owned(),
+                ..region
+            });
+        }
+        Self::parse_unbraced(text, text)
+    }
+
+    /// Parses `text` as `chr[:beg[-end]]`; `whole` names it in messages.
+    fn parse_unbraced(whole: &str, text: &str) -> Result<Self, String> {
         let number = |s: &str| -> Result<u64, String> {
             s.replace(',', "")
                 .parse::<u64>()
                 .ok()
                 .filter(|&n| n > 0)
-                .ok_or_else(|| format!("{text:?}: {s:?} is not a position (1-based)"))
+                .ok_or_else(|| format!("{whole:?}: {s:?} is not a position (1-based)"))
         };
         let (name, range) = match text.rsplit_once(':') {
             Some((name, range))
@@ -82,7 +123,7 @@ impl Region {
             _ => (text, None),
         };
         if name.is_empty() {
-            return Err(format!("{text:?} has no reference name"));
+            return Err(format!("{whole:?} has no reference name"));
         }
         let (start, end) = match range {
             None => (1, None),
@@ -93,7 +134,13 @@ impl Region {
             },
         };
         if end.is_some_and(|end| end < start) {
-            return Err(format!("{text:?} ends before it starts"));
+            return Err(format!("{whole:?} ends before it starts"));
+        }
+        if name == Self::UNPLACED && range.is_some() {
+            return Err(format!(
+                "{whole:?}: the unplaced records ({}) have no positions",
+                Self::UNPLACED
+            ));
         }
         Ok(Self {
             name: name.to_owned(),
@@ -104,11 +151,17 @@ impl Region {
 }
 
 impl fmt::Display for Region {
+    /// As [`Region::parse`] reads it back: braced when the name holds `:` or `,`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.contains([':', ',']) {
+            write!(f, "{{{}}}", self.name)?;
+        } else {
+            f.write_str(&self.name)?;
+        }
         match self.end {
-            None if self.start == 1 => write!(f, "{}", self.name),
-            None => write!(f, "{}:{}", self.name, self.start),
-            Some(end) => write!(f, "{}:{}-{}", self.name, self.start, end),
+            None if self.start == 1 => Ok(()),
+            None => write!(f, ":{}", self.start),
+            Some(end) => write!(f, ":{}-{}", self.start, end),
         }
     }
 }
@@ -412,6 +465,8 @@ impl Filter for MinMapq {
 pub struct Overlaps {
     /// Per reference id: 0-based half-open intervals, sorted.
     by_reference: Vec<Vec<(u64, u64)>>,
+    /// Keep the unplaced records (no reference id): the region `*`.
+    unplaced: bool,
 }
 
 impl Overlaps {
@@ -422,7 +477,12 @@ impl Overlaps {
     /// A region names a reference the file does not have.
     pub fn new(regions: &[Region], reference_names: &[String]) -> Result<Self, FilterError> {
         let mut by_reference = vec![Vec::new(); reference_names.len()];
+        let mut unplaced = false;
         for region in regions {
+            if region.is_unplaced() {
+                unplaced = true;
+                continue;
+            }
             let id = reference_names
                 .iter()
                 .position(|name| *name == region.name)
@@ -435,7 +495,10 @@ impl Overlaps {
         for intervals in &mut by_reference {
             intervals.sort_unstable();
         }
-        Ok(Self { by_reference })
+        Ok(Self {
+            by_reference,
+            unplaced,
+        })
     }
 }
 
@@ -450,6 +513,10 @@ impl Filter for Overlaps {
     fn filter(&mut self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), String> {
         for (i, record) in batch.records().enumerate() {
             let record = record.map_err(|e| e.to_string())?;
+            if record.reference_sequence_id() < 0 {
+                keep[i] = u8::from(self.unplaced);
+                continue;
+            }
             let intervals = usize::try_from(record.reference_sequence_id())
                 .ok()
                 .and_then(|id| self.by_reference.get(id));
@@ -558,6 +625,25 @@ impl FilterChain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn braced_names_and_the_unplaced_region_parse_as_htslib_takes_them() {
+        let r = |text: &str| Region::parse(text).unwrap();
+        let braced = r("{chr1:100}:1-50");
+        assert_eq!(
+            (braced.name.as_str(), braced.start, braced.end),
+            ("chr1:100", 1, Some(50))
+        );
+        assert_eq!(r("{chr1,chr3}").name, "chr1,chr3");
+        assert_eq!(r("{chr1,chr3}").end, None);
+        assert!(r("*").is_unplaced() && !r("chr1").is_unplaced());
+        for text in ["{chr1:100}:1-50", "{chr1,chr3}", "{a:b}:7", "*", "chr2:5-9"] {
+            assert_eq!(r(text).to_string(), text, "round trip");
+        }
+        for bad in ["{chr1", "{}", "{chr1}x", "{chr1}:", "*:1-5"] {
+            assert!(Region::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn regions_parse_as_samtools_takes_them() {

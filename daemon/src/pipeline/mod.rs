@@ -571,9 +571,8 @@ fn convert_on(
     let spans = if options.filters.regions.is_empty() {
         None
     } else {
-        let spans = region::spans(input, &options.filters.regions, &header.reference_names)
-            .map_err(|e| fail(Stage::Filter, e.into()))?;
-        Some(spans)
+        region::spans(input, &options.filters.regions, &header.reference_names)
+            .map_err(|e| fail(Stage::Filter, e.into()))?
     };
     let mut staging = Staging::open(output).map_err(|e| fail(Stage::Output, e.into()))?;
     let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;

@@ -32,7 +32,13 @@ fn index_candidates(bam: &Path) -> Vec<PathBuf> {
     vec![with(".bai"), with(".csi"), bam.with_extension("bai")]
 }
 
-/// The spans of `bam` that hold every record overlapping `regions`, merged, in file order.
+/// The spans of `bam` that hold every record overlapping `regions`, merged, in file order;
+/// `None` when the whole file must be read.
+///
+/// The unplaced records (`*`) come after every placed one in a sorted file: they are read from
+/// the start of the last linear bin of the last reference with records (where noodles and
+/// htslib start too) to the end, the region filter keeping those without a reference. An
+/// index that knows no placed record at all leaves nothing to skip: the whole file is read.
 ///
 /// # Errors
 ///
@@ -42,7 +48,7 @@ pub fn spans(
     bam: &Path,
     regions: &[Region],
     reference_names: &[String],
-) -> Result<Vec<Span>, FilterError> {
+) -> Result<Option<Vec<Span>>, FilterError> {
     let region_error = |region: &Region, reason: String| FilterError::Region {
         region: region.to_string(),
         reason,
@@ -76,6 +82,13 @@ pub fn spans(
 
     let mut chunks: Vec<Chunk> = Vec::new();
     for region in regions {
+        if region.is_unplaced() {
+            match index.last_first_record_start_position() {
+                Some(start) => chunks.push(Chunk::new(start, VirtualPosition::MAX)),
+                None => return Ok(None),
+            }
+            continue;
+        }
         let id = reference_names
             .iter()
             .position(|name| *name == region.name)
@@ -97,13 +110,14 @@ pub fn spans(
         chunks.extend(found);
     }
     chunks.sort_by_key(Chunk::start);
-    Ok(merge_chunks(&chunks)
+    let spans = merge_chunks(&chunks)
         .into_iter()
         .map(|chunk| Span {
             start: chunk.start(),
             end: chunk.end(),
         })
-        .collect())
+        .collect();
+    Ok(Some(spans))
 }
 
 /// samtools warns when the index is older than the data; so do we.

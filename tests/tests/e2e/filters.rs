@@ -390,3 +390,81 @@ fn generated_short_reads_are_coordinate_sorted_as_their_header_says() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn the_unplaced_region_star_matches_samtools() {
+    let dir = TestDir::new();
+    for csi in [false, true] {
+        let bam = indexed(&dir, 6_000, 91, csi);
+        for regions in [&["*"][..], &["chr1:1-100000", "*"]] {
+            let theirs = samtools(&bam, &["-M"], regions);
+            let unplaced = theirs
+                .iter()
+                .filter(|l| !l.starts_with('@') && l.split('\t').nth(2) == Some("*"))
+                .count();
+            assert!(unplaced > 0, "the generator made no unplaced reads");
+            let out = dir.path(&format!("star-{csi}-{}", regions.len()));
+            let mut args = vec![];
+            for region in regions {
+                args.extend(["--region", region]);
+            }
+            let dataset = convert_ok(&bam, &out, &args);
+            assert_same(&dataset, &theirs, &format!("{regions:?} (csi: {csi})"));
+        }
+    }
+
+    // No placed record at all: nothing in the index says where the unplaced ones start.
+    let sam = "@HD\tVN:1.6\tSO:coordinate\n@SQ\tSN:chr1\tLN:1000\n\
+               u1\t4\t*\t0\t0\t*\t*\t0\t0\tACGT\tIIII\n\
+               u2\t4\t*\t0\t0\t*\t*\t0\t0\tGGCC\tIIII\n";
+    let bam = dir.bam_from_sam("unplaced_only", sam);
+    assert!(Command::new("samtools")
+        .arg("index")
+        .arg(&bam)
+        .status()
+        .unwrap()
+        .success());
+    let dataset = convert_ok(&bam, &dir.path("star-only"), &["--region", "*"]);
+    assert_eq!(dataset.rows.len(), 2);
+    assert_same(&dataset, &samtools(&bam, &[], &["*"]), "unplaced only");
+}
+
+#[test]
+fn braced_reference_names_match_samtools() {
+    let dir = TestDir::new();
+    let sam = "@HD\tVN:1.6\tSO:coordinate\n\
+               @SQ\tSN:chr1,chr3\tLN:1000\n@SQ\tSN:chr1:100\tLN:1000\n@SQ\tSN:chr1\tLN:1000\n\
+               a1\t0\tchr1,chr3\t10\t60\t4M\t*\t0\t0\tACGT\tIIII\n\
+               a2\t0\tchr1,chr3\t900\t60\t4M\t*\t0\t0\tACGT\tIIII\n\
+               b1\t0\tchr1:100\t20\t60\t4M\t*\t0\t0\tACGT\tIIII\n\
+               b2\t0\tchr1:100\t80\t60\t4M\t*\t0\t0\tACGT\tIIII\n\
+               c1\t0\tchr1\t30\t60\t4M\t*\t0\t0\tACGT\tIIII\n";
+    let bam = dir.bam_from_sam("braced", sam);
+    assert!(Command::new("samtools")
+        .arg("index")
+        .arg(&bam)
+        .status()
+        .unwrap()
+        .success());
+    for (i, regions) in [
+        &["{chr1,chr3}"][..],
+        &["{chr1:100}:1-50"],
+        &["{chr1,chr3}:800-1000", "{chr1:100}", "chr1"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Not -M: samtools 1.16's multi-region iterator does not read braces. Its one-region-
+        // at-a-time output is the union in file order here, since the regions are disjoint
+        // and listed in the file's order.
+        let theirs = samtools(&bam, &[], regions);
+        assert!(theirs.iter().any(|l| !l.starts_with('@')), "{regions:?}");
+        let mut args = vec![];
+        for region in regions {
+            args.extend(["--region", region]);
+        }
+        let out = dir.path(&format!("braced-{i}"));
+        let dataset = convert_ok(&bam, &out, &args);
+        assert_same(&dataset, &theirs, &format!("{regions:?}"));
+    }
+}
