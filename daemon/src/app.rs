@@ -23,7 +23,9 @@ use crate::dataset;
 use crate::ledger::{self, Entry, FileState, Ledger};
 use crate::metrics::{Metrics, RescanReason};
 use crate::pipeline::write::PartInfo;
-use crate::pipeline::{self, ConvertError, Engine, ErrorKind, Location, Observer, Stage};
+use crate::pipeline::{
+    self, ConvertError, ConvertOptions, Engine, ErrorKind, Location, Observer, Stage,
+};
 use crate::service::Notifier;
 use crate::status::{self, FileStatus};
 use crate::watch::{Claim, Events, Fingerprint, Ready, Take, Tracker, Waiting};
@@ -686,7 +688,11 @@ fn process(
         return Outcome::Success;
     }
     info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, "Converting file.");
-    let outcome = match engine.convert(&file.path, &output, &watch.convert, observer) {
+    let options = ConvertOptions {
+        filed_as: planned_filing(watch, &file.path),
+        ..watch.convert.clone()
+    };
+    let outcome = match engine.convert(&file.path, &output, &options, observer) {
         Ok(summary) => {
             // Published, but not yet in the ledger nor filed away: a restart must cope.
             let _ = crate::faults::point("dataset-published");
@@ -864,20 +870,36 @@ fn dispose(
         Disposition::Move(dir) => {
             let dir = watch.path.join(dir);
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let name = input.file_name().context("input has no file name")?;
-            let mut target = dir.join(name);
-            // Never overwrite an earlier file of the same name.
-            let mut n = 1;
-            while target.exists() {
-                let mut numbered = name.to_owned();
-                numbered.push(format!(".{n}"));
-                target = dir.join(numbered);
-                n += 1;
-            }
+            let target = move_target(&dir, input)?;
             crate::durable::rename(input, &target)?;
             Ok(target)
         }
     }
+}
+
+/// Where a `move:<dir>` disposition puts `input`: `dir/<name>`, or `<name>.1`, `<name>.2`, …
+/// when that is taken, so an earlier file of the same name is never overwritten.
+fn move_target(dir: &Path, input: &Path) -> anyhow::Result<PathBuf> {
+    let name = input.file_name().context("input has no file name")?;
+    let mut target = dir.join(name);
+    let mut n = 1;
+    while target.symlink_metadata().is_ok() {
+        let mut numbered = name.to_owned();
+        numbered.push(format!(".{n}"));
+        target = dir.join(numbered);
+        n += 1;
+    }
+    Ok(target)
+}
+
+/// Where `on_success` will move the input, as an absolute path for the manifest; `None` when
+/// it stays or is deleted.
+fn planned_filing(watch: &WatchConfig, input: &Path) -> Option<PathBuf> {
+    let Disposition::Move(dir) = &watch.on_success else {
+        return None;
+    };
+    let folder = fs::canonicalize(&watch.path).ok()?;
+    move_target(&folder.join(dir), input).ok()
 }
 
 /// Fills `{watch}`, `{stem}` and `{sample}`; values are sanitised so no header value or file

@@ -552,6 +552,7 @@ impl RawConvert {
             // The daemon always continues an interrupted conversion; `convert` asks.
             resume: true,
             filters: FilterOptions::default(),
+            filed_as: None,
         })
     }
 }

@@ -50,6 +50,10 @@ pub struct SourceInfo {
     pub mtime: String,
     /// The sampled content hash of [`crate::ledger::content_hash`].
     pub content_sha256: String,
+    /// Where the input is moved once the dataset is published (the daemon's
+    /// `on_success = "move:…"`), so the manifest still leads to it; `path` is where it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filed_as: Option<PathBuf>,
 }
 
 impl SourceInfo {
@@ -68,6 +72,7 @@ impl SourceInfo {
             size: metadata.len(),
             mtime,
             content_sha256,
+            filed_as: None,
         })
     }
 

@@ -145,6 +145,9 @@ pub struct ConvertOptions {
     /// daemon always does); otherwise such leftovers are discarded.
     pub resume: bool,
     pub filters: FilterOptions,
+    /// Where the caller moves the input after publishing (the daemon's `on_success`),
+    /// recorded in the manifest as `source.filed_as`.
+    pub filed_as: Option<PathBuf>,
 }
 
 impl ConvertOptions {
@@ -560,7 +563,10 @@ fn convert_on(
         };
         return Err(fail(Stage::Output, exists.into()));
     }
-    let source_info = SourceInfo::of(input).map_err(|e| fail(Stage::Open, e.into()))?;
+    let source_info = SourceInfo {
+        filed_as: options.filed_as.clone(),
+        ..SourceInfo::of(input).map_err(|e| fail(Stage::Open, e.into()))?
+    };
     check_complete(input, options.allow_missing_eof)?;
 
     let (profile, header) = profile::profile(input, &options.profile_options(), pool)?;

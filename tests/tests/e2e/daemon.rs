@@ -10,7 +10,7 @@ use bamflow_tests::{bamflow_bin, samtools_view};
 use serde_json::Value;
 
 use crate::harness::{config, config_with, Daemon, EVENTS_RESCAN};
-use crate::support::{assert_dataset_matches_samtools, TestDir};
+use crate::support::{assert_dataset_matches_samtools, manifest, TestDir};
 
 #[test]
 fn converts_good_files_quarantines_bad_ones_and_stops_on_sigterm() {
@@ -163,6 +163,19 @@ fn embedded_default_watches_inbox_and_writes_outbox() {
         dir.path("outbox/sample/_SUCCESS").exists() && dir.path("inbox/done/sample.bam").exists()
     });
     assert!(dir.path(".bamflow/claims").is_dir());
+    // The manifest says where the input was read and where it was filed away.
+    let source = &manifest(&dir.path("outbox/sample"))["source"];
+    let inbox = std::fs::canonicalize(dir.path("inbox")).unwrap();
+    assert_eq!(
+        source["path"],
+        inbox.join("sample.bam").to_str().unwrap(),
+        "{source}"
+    );
+    assert_eq!(
+        source["filed_as"],
+        inbox.join("done/sample.bam").to_str().unwrap(),
+        "{source}"
+    );
     daemon.stop();
 }
 
