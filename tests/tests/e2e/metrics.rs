@@ -26,6 +26,8 @@ const FAMILIES: &[&str] = &[
     "bamflow_files_in_progress",
     "bamflow_files_pending",
     "bamflow_oldest_pending_file_timestamp_seconds",
+    "bamflow_files_waiting",
+    "bamflow_oldest_waiting_file_timestamp_seconds",
     "bamflow_records_read_total",
     "bamflow_records_written_total",
     "bamflow_records_filtered_total",
