@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# A soak: FILES small BAMs (default 2,000) dropped into a watched folder in waves — most good,
+# some duplicates of earlier ones, some corrupt, some text under a .bam name, some cut short
+# and never finished — then IDLE seconds (default 300) of idling with 1 s rescans, which is as
+# many full rescans as 50 minutes at the default 10 s, and 300 re-checks of every waiting file.
+#
+# Prints the daemon's RSS, open fds and threads before the first file, once every file is
+# handled, and after the idle time; then where every file ended: done/, failed/ (each with its
+# error.json), or waiting with a reason in `bamflow status`. Exits 1 if a file is unaccounted
+# for, or if fds or threads grew.
+#
+#   bench/soak.sh
+#   FILES=400 IDLE=60 bench/soak.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FILES=${FILES:-2000}
+IDLE=${IDLE:-300}
+WAVE=${WAVE:-100}
+cargo build --release --quiet --bins
+bin=$PWD/target/release
+
+dir=$(mktemp -d)
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+mkdir -p "$dir/inbox" "$dir/src"
+cat >"$dir/bamflow.toml" <<EOF
+[daemon]
+state_dir = "$dir/state"
+metrics_listen = "127.0.0.1:0"
+scan_interval_seconds = 1
+max_concurrent_files = 2
+
+[[watch]]
+name = "soak"
+path = "$dir/inbox"
+settle_seconds = 1
+output = "$dir/outbox/{stem}"
+EOF
+
+# The files: every 20th a duplicate of the one before, every 20th (offset 5) corrupt, every
+# 40th (offset 10) text, every 40th (offset 30) cut short; the rest good.
+kinds=()
+for i in $(seq 1 "$FILES"); do
+  case $((i % 40)) in
+    0 | 20) kinds+=(duplicate) ;;
+    5 | 25) kinds+=(corrupt) ;;
+    10) kinds+=(text) ;;
+    30) kinds+=(cut) ;;
+    *) kinds+=(good) ;;
+  esac
+done
+echo "generating $FILES files..." >&2
+for i in $(seq 1 "$FILES"); do
+  f="$dir/src/f$i.bam"
+  case ${kinds[$((i - 1))]} in
+    good) "$bin/bamgen" "$f" --records 200 --seed "$i" >/dev/null ;;
+    duplicate) cp "$dir/src/f$((i - 1)).bam" "$f" ;;
+    corrupt)
+      "$bin/bamgen" "$f" --records 200 --seed "$i" >/dev/null
+      printf '\xff\xff\xff\xff\xff\xff\xff\xff' | dd of="$f" bs=1 seek=2000 conv=notrunc status=none
+      ;;
+    text) printf 'sample\tlane\nNA%05d\t1\n' "$i" >"$f" ;;
+    cut)
+      "$bin/bamgen" "$f.full" --records 200 --seed "$i" >/dev/null
+      head -c 9000 "$f.full" >"$f" && rm "$f.full"
+      ;;
+  esac
+done
+
+"$bin/bamflow" daemon --config "$dir/bamflow.toml" 2>"$dir/daemon.log" &
+pid=$!
+for _ in $(seq 100); do
+  address=$(sed -n 's/.*Serving metrics.*address=\([0-9.:]*\).*/\1/p' "$dir/daemon.log")
+  [ -n "$address" ] && break
+  sleep 0.1
+done
+[ -n "$address" ] || { cat "$dir/daemon.log" >&2; exit 1; }
+sleep 2
+
+usage() { # label → "label rss_kb fds threads"
+  local rss threads fds
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+  threads=$(awk '/^Threads:/ {print $2}' "/proc/$pid/status")
+  fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
+  printf '%-28s %10s %6s %8s\n' "$1" "$rss" "$fds" "$threads"
+}
+metric() { curl -s "http://$address/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+
+report=$(mktemp)
+printf '%-28s %10s %6s %8s\n' moment rss_kb fds threads >"$report"
+usage "before the first file" >>"$report"
+
+echo "dropping them in waves of $WAVE..." >&2
+started=$(date +%s)
+for ((i = 1; i <= FILES; i += WAVE)); do
+  for ((j = i; j < i + WAVE && j <= FILES; j++)); do cp "$dir/src/f$j.bam" "$dir/inbox/"; done
+  sleep 1
+done
+
+# Handled: everything but the cut files is filed away.
+cut=$(printf '%s\n' "${kinds[@]}" | grep -c '^cut$')
+want=$((FILES - cut))
+while :; do
+  handled=$(($(find "$dir/inbox/done" -name '*.bam' 2>/dev/null | wc -l) + $(find "$dir/inbox/failed" -name '*.bam' 2>/dev/null | wc -l)))
+  [ "$handled" -ge "$want" ] && break
+  if [ $(($(date +%s) - started)) -gt 3600 ]; then echo "only $handled of $want handled after an hour" >&2; exit 1; fi
+  sleep 2
+done
+echo "handled $handled files in $(($(date +%s) - started)) s; idling $IDLE s..." >&2
+sleep 3
+usage "every file handled" >>"$report"
+rescans0=$(metric 'bamflow_watch_rescans_total{reason="interval"}')
+events0=$(metric 'bamflow_watch_rescans_total{reason="event"}')
+sleep "$IDLE"
+usage "after ${IDLE} s idle" >>"$report"
+rescans1=$(metric 'bamflow_watch_rescans_total{reason="interval"}')
+events1=$(metric 'bamflow_watch_rescans_total{reason="event"}')
+
+cat "$report"
+echo "while idle: $((rescans1 - rescans0)) interval rescans, $((events1 - events0)) event rescans"
+
+# Where every file ended.
+done_n=$(find "$dir/inbox/done" -name '*.bam' | wc -l)
+failed_n=$(find "$dir/inbox/failed" -name '*.bam' | wc -l)
+reports=$(find "$dir/inbox/failed" -name '*.bam.error.json' | wc -l)
+status=$("$bin/bamflow" status --config "$dir/bamflow.toml")
+waiting=$(grep -c 'no_eof_block: no BGZF EOF block yet' <<<"$status" || true)
+in_inbox=$(find "$dir/inbox" -maxdepth 1 -name '*.bam' | wc -l)
+expect() { printf '%s\n' "${kinds[@]}" | grep -c "^$1$" || true; }
+printf '\n%-10s %8s %8s\n' kind dropped ""
+for k in good duplicate corrupt text cut; do printf '%-10s %8d\n' "$k" "$(expect "$k")"; done
+printf '\n%-34s %6d (good + duplicate: %d)\n' "in done/" "$done_n" $(($(expect good) + $(expect duplicate)))
+printf '%-34s %6d (corrupt + text: %d), %d error.json\n' "in failed/" "$failed_n" $(($(expect corrupt) + $(expect text))) "$reports"
+printf '%-34s %6d (cut: %d), %d of them with their reason in status\n' "waiting in the inbox" "$in_inbox" "$cut" "$waiting"
+printf '%-34s %6s\n' "outcome=duplicate in metrics" "$(metric 'bamflow_files_processed_total{outcome="duplicate",watch="soak"}')"
+
+rc=0
+[ "$done_n" -eq $(($(expect good) + $(expect duplicate))) ] || { echo "done/ count differs" >&2; rc=1; }
+[ "$failed_n" -eq $(($(expect corrupt) + $(expect text))) ] && [ "$reports" -eq "$failed_n" ] || { echo "failed/ count differs" >&2; rc=1; }
+[ "$in_inbox" -eq "$cut" ] && [ "$waiting" -eq "$cut" ] || { echo "a waiting file lacks its reason" >&2; rc=1; }
+read -r _ _ fds_handled threads_handled < <(sed -n 3p "$report" | awk '{print $1, $2, $(NF-1), $NF}')
+read -r _ _ fds_idle threads_idle < <(sed -n 4p "$report" | awk '{print $1, $2, $(NF-1), $NF}')
+[ "$fds_idle" -le "$fds_handled" ] && [ "$threads_idle" -le "$threads_handled" ] || { echo "fds or threads grew while idle" >&2; rc=1; }
+exit $rc
