@@ -19,16 +19,17 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, DaemonConfig, Disposition, WatchConfig};
-use crate::dataset;
-use crate::ledger::{self, Entry, FileState, Ledger};
+use crate::ledger::{Entry, FileState, Ledger};
 use crate::metrics::{Metrics, RescanReason};
-use crate::pipeline::write::PartInfo;
-use crate::pipeline::{
-    self, ConvertError, ConvertOptions, Engine, ErrorKind, Location, Observer, Stage,
-};
 use crate::service::Notifier;
 use crate::status::{self, FileStatus};
 use crate::watch::{Claim, Events, Fingerprint, Ready, Take, Tracker, Waiting};
+use bamflow_engine::dataset;
+use bamflow_engine::pipeline::chain;
+use bamflow_engine::pipeline::write::PartInfo;
+use bamflow_engine::pipeline::{
+    self, ConvertError, ConvertOptions, Engine, ErrorKind, Location, Observer, Stage,
+};
 
 /// How often files already seen are re-checked for readiness between full rescans (and how
 /// long the loop waits for filesystem events).
@@ -568,7 +569,7 @@ fn process(
         return Outcome::Vanished;
     }
 
-    let hash = match ledger::content_hash(&file.path) {
+    let hash = match bamflow_engine::hash::content_hash(&file.path) {
         Ok(hash) => hash,
         Err(error) => {
             warn!(path = %file.path.display(), %error, "Cannot read file to hash it.");
@@ -695,7 +696,7 @@ fn process(
     let outcome = match engine.convert(&file.path, &output, &options, observer) {
         Ok(summary) => {
             // Published, but not yet in the ledger nor filed away: a restart must cope.
-            let _ = crate::faults::point("dataset-published");
+            let _ = bamflow_engine::faults::point("dataset-published");
             let m = &summary.manifest;
             let s = &m.stage_seconds;
             info!(
@@ -837,22 +838,12 @@ fn quarantine(watch: &WatchConfig, input: &Path, error: &Failed) {
     let path = moved.with_file_name(name);
     let written = serde_json::to_vec_pretty(&report)
         .map_err(anyhow::Error::from)
-        .and_then(|json| crate::durable::write_file(&path, &json).map_err(anyhow::Error::from));
+        .and_then(|json| {
+            bamflow_engine::durable::write_file(&path, &json).map_err(anyhow::Error::from)
+        });
     if let Err(e) = written {
         warn!(path = %path.display(), error = format!("{e:#}"), "Cannot write error report.");
     }
-}
-
-/// An error and its causes, `: `-separated, as `anyhow`'s `{:#}` prints them.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Applies a disposition; returns where the input is now.
@@ -871,7 +862,7 @@ fn dispose(
             let dir = watch.path.join(dir);
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let target = move_target(&dir, input)?;
-            crate::durable::rename(input, &target)?;
+            bamflow_engine::durable::rename(input, &target)?;
             Ok(target)
         }
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use bamflow::pipeline::compression::ColumnLevel;
+use bamflow_engine::pipeline::compression::ColumnLevel;
 
 /// BAM-to-Parquet ingest.
 #[derive(Debug, Parser)]

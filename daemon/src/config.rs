@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::pipeline::compression::ColumnLevel;
-use crate::pipeline::filter::{FilterOptions, PluginSpec, Region};
-use crate::pipeline::schema::{Column, OutputSchema, PromotedTag, SchemaError, StandardColumn};
-use crate::pipeline::ConvertOptions;
+use bamflow_engine::pipeline::compression::ColumnLevel;
+use bamflow_engine::pipeline::filter::{FilterOptions, PluginSpec, Region};
+use bamflow_engine::pipeline::schema::{
+    Column, OutputSchema, PromotedTag, SchemaError, StandardColumn,
+};
+use bamflow_engine::pipeline::ConvertOptions;
 
 /// Records above this are refused whatever the config says: Arrow text offsets are 32-bit, and
 /// a record's text (B arrays print up to 5 bytes per byte) must fit a batch.
@@ -558,7 +560,7 @@ impl RawConvert {
 }
 
 /// Every standard text column's level is tried on each file's own sample;
-/// [`crate::pipeline::compression`] says why.
+/// [`bamflow_engine::pipeline::compression`] says why.
 fn default_column_zstd_levels() -> BTreeMap<String, ColumnLevel> {
     StandardColumn::ALL
         .iter()
@@ -902,10 +904,12 @@ pub fn check(path: &Path) -> Result<RawConfig, ConfigError> {
 fn check_plugins(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
     for (i, plugin) in raw.plugin.iter().enumerate() {
         let sha256 = plugin.sha256.as_deref().filter(|s| !s.is_empty());
-        crate::plugin::Plugin::load(&plugin.path, sha256).map_err(|e| ConfigError::Invalid {
-            path: path.to_owned(),
-            key: format!("plugin[{i}].path"),
-            message: e.to_string(),
+        bamflow_engine::plugin::Plugin::load(&plugin.path, sha256).map_err(|e| {
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                key: format!("plugin[{i}].path"),
+                message: e.to_string(),
+            }
         })?;
     }
     Ok(())

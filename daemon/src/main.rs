@@ -4,7 +4,6 @@ mod cli;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,8 +12,8 @@ use std::path::Path;
 use bamflow::app::{self, Control};
 use bamflow::config::{self, ConfigError, ConvertOverrides, DaemonConfig, RawConfig};
 use bamflow::ledger;
-use bamflow::pipeline::{self, profile, ConvertSummary, Observer, Progress};
 use bamflow::service::Notifier;
+use bamflow_engine::pipeline::{self, ConvertSummary, Engine, Observer, Progress};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -25,14 +24,14 @@ const EXIT_FAILURE: u8 = 1;
 /// Exit status for a usage or configuration error.
 const EXIT_USAGE: u8 = 2;
 
-/// See [`heap`](bamflow::heap): the system allocator, with large shrinking blocks moved so
+/// See [`heap`](bamflow_engine::heap): the system allocator, with large shrinking blocks moved so
 /// that parquet's page buffers do not fragment the heap.
 #[global_allocator]
-static ALLOCATOR: bamflow::heap::ShrinkByMove = bamflow::heap::ShrinkByMove;
+static ALLOCATOR: bamflow_engine::heap::ShrinkByMove = bamflow_engine::heap::ShrinkByMove;
 
 fn main() -> ExitCode {
-    bamflow::heap::limit_arenas();
-    bamflow::heap::fix_mmap_threshold();
+    bamflow_engine::heap::limit_arenas();
+    bamflow_engine::heap::fix_mmap_threshold();
     let cli = Cli::parse();
     // The daemon reports each file it takes; one-shot commands speak only when asked.
     let default_level = if matches!(cli.command, Command::Daemon { .. }) {
@@ -271,8 +270,8 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         ..ConvertOverrides::default()
     };
     let options = config::convert_options(args.config.as_deref(), &flags)?;
-    let pool = rayon_pool(options.threads)?;
-    let (profile, _) = profile::profile(&args.input, &options.profile_options(), &pool)?;
+    let engine = Engine::new(options.threads).context("cannot start the worker pool")?;
+    let profile = engine.profile(&args.input, &options)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&profile).context("cannot print the profile")?
@@ -283,7 +282,7 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
 /// Loads a plugin as the daemon would and runs the conformance harness on it.
 fn plugin_check(path: &std::path::Path, config: &str, sha256: Option<&str>) -> anyhow::Result<()> {
     serde_json::from_str::<serde_json::Value>(config).context("--config must be JSON")?;
-    let plugin = bamflow::plugin::Plugin::load(path, sha256)?;
+    let plugin = bamflow_engine::plugin::Plugin::load(path, sha256)?;
     println!(
         "{} {} ({}), ABI {}{}",
         plugin.name(),
@@ -310,13 +309,6 @@ fn plugin_check(path: &std::path::Path, config: &str, sha256: Option<&str>) -> a
         path.display()
     );
     Ok(())
-}
-
-fn rayon_pool(threads: usize) -> anyhow::Result<Arc<rayon::ThreadPool>> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
-    Ok(Arc::new(pool))
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {

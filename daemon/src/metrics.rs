@@ -18,9 +18,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::pipeline::busy::BusyStage;
-use crate::pipeline::{ErrorKind, Progress, Stage};
 use crate::watch::{Waiting, WaitingFile};
+use bamflow_engine::pipeline::busy::BusyStage;
+use bamflow_engine::pipeline::{ErrorKind, Progress, Stage};
 
 /// How a file ended, as the `outcome` label says.
 pub const OUTCOMES: [&str; 3] = ["success", "failure", "duplicate"];
@@ -449,19 +449,6 @@ fn since(before: u64, after: u64) -> u64 {
 fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Peak resident set size of this process (`VmHWM`), 0 when unknown.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                let kib = line.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?;
-                kib.trim().parse::<u64>().ok()
-            })
-        })
-        .map_or(0, |kib| kib * 1024)
 }
 
 /// Serves `GET /metrics` and `GET /healthz` on `address` from a thread of its own, so a slow

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset;
+use bamflow_engine::dataset;
 
 /// The file's name in `state_dir`.
 pub const FILE_NAME: &str = "waiting.json";

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::{RecursiveMode, Watcher};
 
 use crate::config::WatchConfig;
-use crate::pipeline::bgzf;
+use bamflow_engine::pipeline::bgzf;
 
 /// What identifies one version of a file: a changed one is a new file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

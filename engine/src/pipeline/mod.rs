@@ -378,6 +378,18 @@ impl ConvertError {
     }
 }
 
+/// An error and its causes, `: `-separated, as `anyhow`'s `{:#}` prints them.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Where in the input a failure happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -543,6 +555,16 @@ impl Engine {
     ) -> Result<ConvertSummary, ConvertError> {
         convert_on(&self.pool, input, output, options, observer)
     }
+
+    /// Profiles `input` as a conversion with `options` would: its header, a sample of its
+    /// records, and the batch plan (what `bamflow profile` prints).
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConvertError`] when the header or the sample cannot be read.
+    pub fn profile(&self, input: &Path, options: &ConvertOptions) -> Result<Profile, ConvertError> {
+        profile::profile(input, &options.profile_options(), &self.pool).map(|(profile, _)| profile)
+    }
 }
 
 fn convert_on(
@@ -621,7 +643,7 @@ fn convert_on(
                 tracing::warn!(
                     path = %input.display(),
                     attempt,
-                    error = %crate::app::chain(&error),
+                    error = %chain(&error),
                     "Writing output failed; redoing the part from the last checkpoint."
                 );
                 attempt += 1;
@@ -857,7 +879,7 @@ fn manifest(
         seconds,
         stage_seconds: stages,
         serial_cpu_seconds: serial,
-        peak_rss_bytes: crate::metrics::peak_rss_bytes(),
+        peak_rss_bytes: crate::heap::peak_rss_bytes(),
         compression_ratio: bytes_out as f64 / bytes_in.max(1) as f64,
         bytes_in,
         bytes_out,

@@ -33,10 +33,10 @@ fn every_fourth_row_group_returns_free_pages_held_between_live_blocks() {
     let before = resident_bytes();
 
     for _ in 0..3 {
-        bamflow::heap::row_group_written();
+        bamflow_engine::heap::row_group_written();
     }
     let after_three = resident_bytes();
-    bamflow::heap::row_group_written();
+    bamflow_engine::heap::row_group_written();
     let after_four = resident_bytes();
 
     let freed = (BLOCKS / 2 * BLOCK) as u64;

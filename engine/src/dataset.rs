@@ -48,7 +48,7 @@ pub struct SourceInfo {
     pub size: u64,
     /// Modification time, RFC 3339 in UTC.
     pub mtime: String,
-    /// The sampled content hash of [`crate::ledger::content_hash`].
+    /// The sampled content hash of [`crate::hash::content_hash`].
     pub content_sha256: String,
     /// Where the input is moved once the dataset is published (the daemon's
     /// `on_success = "move:…"`), so the manifest still leads to it; `path` is where it was read.
@@ -65,7 +65,7 @@ impl SourceInfo {
     pub fn of(path: &Path) -> io::Result<Self> {
         let metadata = fs::metadata(path)?;
         let mtime = metadata.modified().map(timestamp).unwrap_or_default();
-        let content_sha256 = crate::ledger::content_hash(path)?;
+        let content_sha256 = crate::hash::content_hash(path)?;
         let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         Ok(Self {
             path,

@@ -19,7 +19,7 @@ fn blocks_over_the_fixed_threshold_stay_mapped_after_a_larger_one_is_freed() {
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
         return; // the operator's setting wins, and this test has nothing to check
     }
-    assert!(bamflow::heap::fix_mmap_threshold());
+    assert!(bamflow_engine::heap::fix_mmap_threshold());
 
     drop(std::hint::black_box(vec![1u8; 16 << 20]));
     let before = mapped_bytes();

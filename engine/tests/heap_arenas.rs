@@ -31,7 +31,7 @@ fn eight_threads_allocating_at_once_share_two_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
         return; // the operator's setting wins, and this test has nothing to check
     }
-    assert!(bamflow::heap::limit_arenas());
+    assert!(bamflow_engine::heap::limit_arenas());
 
     let barrier = Arc::new(Barrier::new(9));
     let threads: Vec<_> = (0..8)
