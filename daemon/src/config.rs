@@ -9,16 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use bamflow_engine::options::{ConvertConfig, FilterConfig, OptionError};
 use bamflow_engine::pipeline::compression::ColumnLevel;
-use bamflow_engine::pipeline::filter::{FilterOptions, PluginSpec, Region};
-use bamflow_engine::pipeline::schema::{
-    Column, OutputSchema, PromotedTag, SchemaError, StandardColumn,
-};
+use bamflow_engine::pipeline::filter::{FilterOptions, PluginSpec};
 use bamflow_engine::pipeline::ConvertOptions;
-
-/// Records above this are refused whatever the config says: Arrow text offsets are 32-bit, and
-/// a record's text (B arrays print up to 5 bytes per byte) must fit a batch.
-const MAX_RECORD_BYTES_CEILING: usize = 256 << 20;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -152,9 +146,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub watch: Vec<RawWatch>,
     #[serde(default)]
-    pub convert: RawConvert,
+    pub convert: ConvertConfig,
     #[serde(default)]
-    pub filter: RawFilter,
+    pub filter: FilterConfig,
     #[serde(default)]
     pub plugin: Vec<RawPlugin>,
     #[serde(default)]
@@ -184,87 +178,8 @@ pub struct RawWatch {
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
     pub follow_symlinks: Option<bool>,
-    pub convert: Option<RawConvert>,
-    pub filter: Option<RawFilter>,
-}
-
-/// `[convert]`, and the per-watch `[watch.convert]` overrides.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct RawConvert {
-    pub columns: Option<Vec<String>>,
-    pub tags: Option<Vec<String>>,
-    pub zstd_level: Option<i32>,
-    pub column_zstd_levels: Option<BTreeMap<String, ColumnLevel>>,
-    pub part_records: Option<u64>,
-    pub batch_memory_mb: Option<usize>,
-    pub batch_records: Option<usize>,
-    pub max_record_bytes: Option<usize>,
-    pub max_header_bytes: Option<usize>,
-    pub row_group_rows: Option<usize>,
-    pub row_group_mb: Option<usize>,
-}
-
-/// `[filter]`, and the per-watch `[watch.filter]` overrides.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct RawFilter {
-    pub min_mapq: Option<u8>,
-    pub include_flags: Option<u16>,
-    pub exclude_flags: Option<u16>,
-    pub regions: Option<Vec<String>>,
-}
-
-impl RawFilter {
-    /// Later values win: `self` is the base, `over` the override.
-    pub fn merged(&self, over: &RawFilter) -> RawFilter {
-        RawFilter {
-            min_mapq: over.min_mapq.or(self.min_mapq),
-            include_flags: over.include_flags.or(self.include_flags),
-            exclude_flags: over.exclude_flags.or(self.exclude_flags),
-            regions: over.regions.clone().or_else(|| self.regions.clone()),
-        }
-    }
-
-    /// The filters to run: these built-ins, then `plugins` in order.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Invalid`] for a region that does not parse.
-    pub fn resolve(
-        &self,
-        plugins: &[RawPlugin],
-        path: &Path,
-    ) -> Result<FilterOptions, ConfigError> {
-        let regions = self
-            .regions
-            .iter()
-            .flatten()
-            .map(|text| Region::parse(text))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|message| ConfigError::Invalid {
-                path: path.to_owned(),
-                key: "filter.regions".to_owned(),
-                message,
-            })?;
-        let plugins = plugins
-            .iter()
-            .map(|plugin| PluginSpec {
-                path: plugin.path.clone(),
-                sha256: plugin.sha256.clone().filter(|s| !s.is_empty()),
-                config_json: plugin
-                    .config
-                    .as_ref()
-                    .and_then(|c| serde_json::to_string(c).ok())
-                    .unwrap_or_else(|| "{}".to_owned()),
-            })
-            .collect();
-        Ok(FilterOptions {
-            min_mapq: self.min_mapq.unwrap_or(0),
-            include_flags: self.include_flags.unwrap_or(0),
-            exclude_flags: self.exclude_flags.unwrap_or(0),
-            regions,
-            plugins,
-        })
-    }
+    pub convert: Option<ConvertConfig>,
+    pub filter: Option<FilterConfig>,
 }
 
 /// `[[plugin]]`.
@@ -423,169 +338,55 @@ pub struct ConvertOverrides {
     pub batch_records: Option<usize>,
     pub allow_missing_eof: bool,
     pub resume: bool,
-    pub filter: RawFilter,
+    pub filter: FilterConfig,
     /// Plugin libraries, each with an empty config.
     pub plugins: Vec<PathBuf>,
 }
 
-impl RawConvert {
-    /// Later values win: `self` is the base, `over` the override.
-    pub fn merged(&self, over: &RawConvert) -> RawConvert {
-        RawConvert {
-            columns: over.columns.clone().or_else(|| self.columns.clone()),
-            tags: over.tags.clone().or_else(|| self.tags.clone()),
-            zstd_level: over.zstd_level.or(self.zstd_level),
-            column_zstd_levels: over
-                .column_zstd_levels
-                .clone()
-                .or_else(|| self.column_zstd_levels.clone()),
-            part_records: over.part_records.or(self.part_records),
-            batch_memory_mb: over.batch_memory_mb.or(self.batch_memory_mb),
-            batch_records: over.batch_records.or(self.batch_records),
-            max_record_bytes: over.max_record_bytes.or(self.max_record_bytes),
-            max_header_bytes: over.max_header_bytes.or(self.max_header_bytes),
-            row_group_rows: over.row_group_rows.or(self.row_group_rows),
-            row_group_mb: over.row_group_mb.or(self.row_group_mb),
-        }
-    }
-
-    /// Resolves defaults and checks every value.
-    ///
-    /// # Errors
-    ///
-    /// Returns [`ConfigError::Invalid`] naming the key, with `path` naming the source.
-    pub fn resolve(&self, path: &Path, threads: usize) -> Result<ConvertOptions, ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
-        let schema_error = |key: &str, e: SchemaError| invalid(key, e.to_string());
-
-        let tags = self
-            .tags
-            .iter()
-            .flatten()
-            .map(|s| s.parse::<PromotedTag>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| schema_error("convert.tags", e))?;
-        let columns = self.columns.clone().unwrap_or_default();
-        let schema = OutputSchema::new(&columns, &tags).map_err(|e| {
-            let key = if matches!(e, SchemaError::DuplicateTag(_)) {
-                "convert.tags"
-            } else {
-                "convert.columns"
-            };
-            schema_error(key, e)
-        })?;
-
-        let zstd_level = self.zstd_level.unwrap_or(3);
-        if !(1..=22).contains(&zstd_level) {
-            return Err(invalid(
-                "convert.zstd_level",
-                format!("{zstd_level} is outside 1..=22"),
-            ));
-        }
-        let column_zstd_levels = self
-            .column_zstd_levels
-            .clone()
-            .unwrap_or_else(default_column_zstd_levels);
-        for (column, level) in &column_zstd_levels {
-            let key = "convert.column_zstd_levels";
-            let Some(named) = OutputSchema::column_named(column, &schema.promoted) else {
-                return Err(invalid(key, format!("{column:?} is not a column")));
-            };
-            match level {
-                ColumnLevel::Level(level) if !(1..=22).contains(level) => {
-                    let message = format!("{column}: {level} is outside 1..=22");
-                    return Err(invalid(key, message));
-                }
-                ColumnLevel::Auto(_) if !OutputSchema::is_text(named, &schema.promoted) => {
-                    let message = format!("{column}: \"auto\" is only for text columns");
-                    return Err(invalid(key, message));
-                }
-                _ => {}
-            }
-        }
-        let part_records = positive(
-            self.part_records.unwrap_or(4_000_000),
-            "convert.part_records",
-            &invalid,
-        )?;
-        let batch_memory_mb = positive(
-            self.batch_memory_mb.unwrap_or(64),
-            "convert.batch_memory_mb",
-            &invalid,
-        )?;
-        let max_record_bytes = self.max_record_bytes.unwrap_or(64 << 20);
-        if !(32..=MAX_RECORD_BYTES_CEILING).contains(&max_record_bytes) {
-            let message = format!("{max_record_bytes} is outside 32..={MAX_RECORD_BYTES_CEILING}");
-            return Err(invalid("convert.max_record_bytes", message));
-        }
-        let max_header_bytes = positive(
-            self.max_header_bytes.unwrap_or(128 << 20),
-            "convert.max_header_bytes",
-            &invalid,
-        )?;
-        let row_group_rows = positive(
-            self.row_group_rows.unwrap_or(500_000),
-            "convert.row_group_rows",
-            &invalid,
-        )?;
-        let row_group_mb = positive(
-            self.row_group_mb.unwrap_or(64),
-            "convert.row_group_mb",
-            &invalid,
-        )?;
-
-        Ok(ConvertOptions {
-            schema,
-            threads: resolve_threads(threads),
-            zstd_level,
-            column_zstd_levels,
-            part_records,
-            batch_memory_mb,
-            batch_records: self.batch_records.filter(|&n| n > 0),
-            max_record_bytes,
-            max_header_bytes,
-            row_group_rows,
-            row_group_bytes: row_group_mb << 20,
-            allow_missing_eof: false,
-            // The daemon always continues an interrupted conversion; `convert` asks.
-            resume: true,
-            filters: FilterOptions::default(),
-            filed_as: None,
-        })
-    }
+/// Resolves the `[convert]` settings of `path`; `threads` 0 means every core.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming the key.
+pub fn resolve_convert(
+    convert: &ConvertConfig,
+    path: &Path,
+    threads: usize,
+) -> Result<ConvertOptions, ConfigError> {
+    convert.resolve(threads).map_err(|e| invalid(path, e))
 }
 
-/// Every standard text column's level is tried on each file's own sample;
-/// [`bamflow_engine::pipeline::compression`] says why.
-fn default_column_zstd_levels() -> BTreeMap<String, ColumnLevel> {
-    StandardColumn::ALL
+/// The filters to run: the built-ins of `filter`, then `plugins` in order.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] for a region that does not parse.
+pub fn resolve_filter(
+    filter: &FilterConfig,
+    plugins: &[RawPlugin],
+    path: &Path,
+) -> Result<FilterOptions, ConfigError> {
+    let plugins = plugins
         .iter()
-        .filter(|&&c| OutputSchema::is_text(Column::Standard(c), &[]))
-        .map(|c| (c.name().to_owned(), ColumnLevel::AUTO))
-        .collect()
+        .map(|plugin| PluginSpec {
+            path: plugin.path.clone(),
+            sha256: plugin.sha256.clone().filter(|s| !s.is_empty()),
+            config_json: plugin
+                .config
+                .as_ref()
+                .and_then(|c| serde_json::to_string(c).ok())
+                .unwrap_or_else(|| "{}".to_owned()),
+        })
+        .collect();
+    filter.resolve(plugins).map_err(|e| invalid(path, e))
 }
 
-fn positive<T: PartialEq + Default + std::fmt::Display>(
-    value: T,
-    key: &str,
-    invalid: &impl Fn(&str, String) -> ConfigError,
-) -> Result<T, ConfigError> {
-    if value == T::default() {
-        return Err(invalid(key, "must be at least 1".to_owned()));
+fn invalid(path: &Path, error: OptionError) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        key: error.key,
+        message: error.message,
     }
-    Ok(value)
-}
-
-/// `0` means every core.
-pub fn resolve_threads(threads: usize) -> usize {
-    if threads > 0 {
-        return threads;
-    }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Builds the options of one `convert` run: file values, then flags.
@@ -601,7 +402,7 @@ pub fn convert_options(
         Some(path) => (RawConfig::load(path)?, path.to_owned()),
         None => (RawConfig::default(), PathBuf::from("command line")),
     };
-    let over = RawConvert {
+    let over = ConvertConfig {
         columns: flags.columns.clone(),
         tags: flags.tags.clone(),
         zstd_level: flags.zstd_level,
@@ -609,11 +410,11 @@ pub fn convert_options(
         part_records: flags.part_records,
         batch_memory_mb: flags.batch_memory_mb,
         batch_records: flags.batch_records,
-        ..RawConvert::default()
+        ..ConvertConfig::default()
     };
     refuse_unsupported(&raw, &path)?;
     let threads = flags.threads.or(raw.daemon.threads).unwrap_or(0);
-    let mut options = raw.convert.merged(&over).resolve(&path, threads)?;
+    let mut options = resolve_convert(&raw.convert.merged(&over), &path, threads)?;
     options.allow_missing_eof = flags.allow_missing_eof;
     options.resume = flags.resume;
     let mut plugins = raw.plugin.clone();
@@ -622,7 +423,7 @@ pub fn convert_options(
         sha256: None,
         config: None,
     }));
-    options.filters = raw.filter.merged(&flags.filter).resolve(&plugins, &path)?;
+    options.filters = resolve_filter(&raw.filter.merged(&flags.filter), &plugins, &path)?;
     Ok(options)
 }
 
@@ -784,8 +585,8 @@ impl RawConfig {
                 Some(over) => self.filter.merged(over),
                 None => self.filter.clone(),
             };
-            let mut convert = convert.resolve(path, threads)?;
-            convert.filters = filter.resolve(&self.plugin, path)?;
+            let mut convert = resolve_convert(&convert, path, threads)?;
+            convert.filters = resolve_filter(&filter, &self.plugin, path)?;
             watches.push(WatchConfig {
                 name: raw.name.clone(),
                 path: raw.path.clone(),
@@ -834,7 +635,7 @@ impl RawConfig {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("/var/lib/bamflow")),
             scan_interval: Duration::from_secs(scan_interval),
-            threads: resolve_threads(threads),
+            threads: bamflow_engine::options::resolve_threads(threads),
             max_concurrent_files,
             watches,
         })
@@ -889,7 +690,7 @@ pub fn check(path: &Path) -> Result<RawConfig, ConfigError> {
     let raw = RawConfig::parse(path, &text)?;
     let checked = (|| {
         refuse_unsupported(&raw, path)?;
-        raw.convert.resolve(path, raw.daemon.threads.unwrap_or(0))?;
+        resolve_convert(&raw.convert, path, raw.daemon.threads.unwrap_or(0))?;
         if !raw.watch.is_empty() {
             check_filesystem(&raw.resolve_daemon(path)?, path)?;
         }
@@ -972,10 +773,7 @@ mod tests {
     /// The `[convert]` options of a config text, resolved for one thread.
     fn resolved(text: &str) -> Result<ConvertOptions, ConfigError> {
         let path = Path::new("x.toml");
-        RawConfig::parse(path, text)
-            .unwrap()
-            .convert
-            .resolve(path, 1)
+        resolve_convert(&RawConfig::parse(path, text).unwrap().convert, path, 1)
     }
 
     #[test]
@@ -1019,23 +817,22 @@ mod tests {
             "[convert]\nzstd_level = 9\npart_records = 10\n",
         )
         .unwrap();
-        let over = RawConvert {
+        let over = ConvertConfig {
             zstd_level: Some(1),
-            ..RawConvert::default()
+            ..ConvertConfig::default()
         };
-        let options = raw
-            .convert
-            .merged(&over)
-            .resolve(Path::new("x.toml"), 1)
-            .unwrap();
+        let options = raw.convert.merged(&over).resolve(1).unwrap();
         assert_eq!(options.zstd_level, 1);
         assert_eq!(options.part_records, 10);
-        assert_eq!(options.column_zstd_levels, default_column_zstd_levels());
+        assert_eq!(
+            options.column_zstd_levels,
+            bamflow_engine::options::default_column_zstd_levels()
+        );
     }
 
     #[test]
     fn every_standard_text_column_is_auto_by_default() {
-        let levels = default_column_zstd_levels();
+        let levels = bamflow_engine::options::default_column_zstd_levels();
         let columns: Vec<&str> = levels.keys().map(String::as_str).collect();
         assert_eq!(columns, ["cigar", "qname", "qual", "seq", "tags"]);
         assert!(levels.values().all(|&level| level == ColumnLevel::AUTO));
@@ -1098,9 +895,9 @@ mod tests {
         )
         .unwrap();
         let flags = ConvertOverrides {
-            filter: RawFilter {
+            filter: FilterConfig {
                 min_mapq: Some(30),
-                ..RawFilter::default()
+                ..FilterConfig::default()
             },
             ..ConvertOverrides::default()
         };

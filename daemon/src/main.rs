@@ -230,7 +230,7 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         batch_records: args.batch_records,
         allow_missing_eof: args.allow_missing_eof,
         resume: args.resume,
-        filter: config::RawFilter {
+        filter: bamflow_engine::options::FilterConfig {
             min_mapq: args.min_mapq,
             include_flags: args.include_flags,
             exclude_flags: args.exclude_flags,

@@ -15,6 +15,32 @@
 //!
 //! The engine knows nothing of folders to watch, configuration files, metrics servers or
 //! signals: the `bamflow` daemon and command line are built on it, and so can any program.
+//!
+//! ```
+//! use bamflow_engine::pipeline::{ConvertOptions, Engine};
+//! # use bamflow_tests::generator::{write_bam, DataKind, Spec};
+//! # let dir = tempfile::tempdir()?;
+//! # let bam = dir.path().join("in.bam");
+//! # write_bam(&bam, &Spec::new(DataKind::Short, 1_000, 1))?;
+//!
+//! // One worker pool, shared by every conversion and scan made on it.
+//! let engine = Engine::new(2)?;
+//! // Every column, zstd, 4 M records per part; options::ConvertConfig changes any of it.
+//! let options = ConvertOptions::default();
+//!
+//! // One BAM into one dataset folder: part-00000.parquet, _manifest.json, _SUCCESS.
+//! // `&()` observes nothing; an Observer gets progress and can cancel.
+//! let summary = engine.convert(&bam, &dir.path().join("out"), &options, &())?;
+//! assert!(summary.manifest.counts.read >= 1_000);
+//!
+//! // The same rows as Arrow record batches, in record order and bounded memory.
+//! let mut rows = 0;
+//! for batch in engine.scan(&bam, &options)? {
+//!     rows += batch?.num_rows();
+//! }
+//! assert_eq!(rows as u64, summary.manifest.counts.written);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod checkpoint;
 pub mod dataset;
@@ -22,5 +48,6 @@ pub mod durable;
 pub mod faults;
 pub mod hash;
 pub mod heap;
+pub mod options;
 pub mod pipeline;
 pub mod plugin;

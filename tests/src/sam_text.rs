@@ -121,6 +121,20 @@ pub fn read_dataset(dir: &Path) -> anyhow::Result<Dataset> {
     dataset.ok_or_else(|| anyhow!("no parts"))
 }
 
+/// The rows of record batches, as the cells [`read_dataset`] gives, to compare batches from
+/// anywhere (the engine's streaming reader) with a dataset.
+///
+/// # Errors
+///
+/// A column of a type the dataset schema does not use.
+pub fn rows_of(batches: &[RecordBatch]) -> anyhow::Result<Vec<Vec<Cell>>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        push_rows(&mut rows, batch)?;
+    }
+    Ok(rows)
+}
+
 fn push_rows(rows: &mut Vec<Vec<Cell>>, batch: &RecordBatch) -> anyhow::Result<()> {
     let start = rows.len();
     rows.extend((0..batch.num_rows()).map(|_| Vec::with_capacity(batch.num_columns())));

@@ -26,37 +26,37 @@ pub mod encode;
 pub mod filter;
 pub mod header;
 pub mod profile;
+mod read;
 pub mod region;
 pub mod sam_text;
+pub mod scan;
 pub mod schema;
 pub mod source;
 pub mod write;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Seek, SeekFrom};
+use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use arrow_array::RecordBatch;
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver};
 use noodles_bgzf::VirtualPosition;
 use parquet::file::metadata::KeyValue;
 use rayon::ThreadPool;
 
 use self::bgzf::{BgzfError, BgzfStream, BlockReader};
-use self::busy::{BusyStage, BusyTimes, SerialSeconds, SerialThread, StageSeconds};
+use self::busy::{BusyTimes, SerialSeconds, SerialThread, StageSeconds};
 use self::compression::ColumnLevel;
 use self::decode::{DecodeError, Decoder};
 use self::filter::{FilterChain, FilterError, FilterOptions, PluginFilter};
 use self::header::{HeaderError, HeaderLimits};
-use self::profile::{BatchPlan, Profile, ProfileOptions, TrialPlan};
-use self::region::Span;
+use self::profile::{Profile, ProfileOptions, TrialPlan};
+use self::read::{Position, Reading};
 use self::schema::{OutputSchema, SCHEMA_VERSION};
-use self::source::{BatchLimits, RecordSource, SourceError};
+use self::source::SourceError;
 use self::write::{Chunk, Committed, ParquetSink, PartInfo, WriteError, WriteOptions};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Settings, Start};
 use crate::dataset::{self, DatasetError, Manifest, SourceInfo, Staging};
@@ -493,6 +493,9 @@ pub trait Observer: Sync {
     }
 }
 
+/// Observes nothing: `&()` for a conversion or scan nobody watches.
+impl Observer for () {}
+
 /// What a finished conversion produced.
 #[derive(Clone, Debug)]
 pub struct ConvertSummary {
@@ -556,6 +559,22 @@ impl Engine {
         convert_on(&self.pool, input, output, options, observer)
     }
 
+    /// Streams `input` as Arrow record batches with the dataset's schema: the same columns,
+    /// promoted tags, filters and regions as [`Engine::convert`] with the same `options`, in
+    /// record order and bounded memory, decoded on this engine's pool.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConvertError`] when the input cannot be opened, its header or sample read,
+    /// or a filter or region set up; errors met later come out of the iterator.
+    pub fn scan(
+        &self,
+        input: &Path,
+        options: &ConvertOptions,
+    ) -> Result<scan::RecordBatches, ConvertError> {
+        scan::RecordBatches::open(&self.pool, input, options)
+    }
+
     /// Profiles `input` as a conversion with `options` would: its header, a sample of its
     /// records, and the batch plan (what `bamflow profile` prints).
     ///
@@ -610,19 +629,22 @@ fn convert_on(
     let levels = compression::resolve(&options.column_zstd_levels, &profile.level_trials);
     let write = options.write_options(levels);
     let build = Build {
-        input,
-        options,
+        reading: Reading {
+            input,
+            options,
+            plan: profile.batch,
+            pool,
+            observer,
+            decoder: &decoder,
+            filters: &filters,
+            spans: spans.as_deref(),
+            busy: &busy,
+            staging: Some(&staging_dir),
+        },
         write: &write,
-        plan: profile.batch,
-        pool,
-        observer,
         staging: &staging_dir,
         source: &source_info,
         metadata,
-        decoder: &decoder,
-        filters: &filters,
-        spans: spans.as_deref(),
-        busy: &busy,
     };
 
     let mut attempt = 1;
@@ -678,39 +700,31 @@ struct Done {
     records_now: u64,
 }
 
-/// Everything an attempt at building the dataset in its staging folder needs.
+/// Everything an attempt at building the dataset in its staging folder needs: the reading
+/// half, and where and how to write.
 struct Build<'a> {
-    input: &'a Path,
-    options: &'a ConvertOptions,
+    reading: Reading<'a>,
     /// Encoding settings, with each `auto` column level settled by the profile's trial.
     write: &'a WriteOptions,
-    plan: BatchPlan,
-    pool: &'a Arc<ThreadPool>,
-    observer: &'a dyn Observer,
     staging: &'a Path,
     source: &'a SourceInfo,
     metadata: Vec<KeyValue>,
-    decoder: &'a Decoder,
-    filters: &'a FilterChain,
-    /// Index spans to read instead of the whole file (region queries).
-    spans: Option<&'a [Span]>,
-    busy: &'a Arc<BusyTimes>,
 }
 
 impl Build<'_> {
     /// Converts from the checkpoint (when `resume`) or from the start, into the staging folder.
     fn run(&self, resume: bool) -> Result<Done, ConvertError> {
-        let fail = |stage, source: StageError| ConvertError::new(self.input, stage, source);
+        let fail = |stage, source: StageError| ConvertError::new(self.reading.input, stage, source);
         let checkpoint = self
             .start(resume)
             .map_err(|e| fail(Stage::Checkpoint, e.into()))?;
         let sink = ParquetSink::new(
             self.staging,
-            self.options.schema.arrow().clone(),
+            self.reading.options.schema.arrow().clone(),
             self.write,
             self.metadata.clone(),
-            Arc::clone(self.pool),
-            Arc::clone(self.busy),
+            Arc::clone(self.reading.pool),
+            Arc::clone(self.reading.busy),
         )
         .map_err(|e| fail(Stage::Write, e.into()))?
         .resume_after(checkpoint.parts.len());
@@ -720,11 +734,11 @@ impl Build<'_> {
         let last = sink.finish().map_err(|e| fail(Stage::Write, e.into()))?;
         if let Some(committed) = last {
             self.save(&mut checkpoint, committed)
-                .map_err(|e| e.attribute(self.input))?;
+                .map_err(|e| e.attribute(self.reading.input))?;
         }
         // The last part's time and bytes, and the stages' final totals.
-        progress.busy = self.busy.snapshot();
-        self.observer.progress(progress);
+        progress.busy = self.reading.busy.snapshot();
+        self.reading.observer.progress(progress);
         Ok(Done {
             records_now: checkpoint.next_record - first_record,
             checkpoint,
@@ -733,13 +747,13 @@ impl Build<'_> {
 
     /// The checkpoint this attempt starts from, after cleaning the staging folder for it.
     fn start(&self, resume: bool) -> Result<Checkpoint, CheckpointError> {
-        let settings = self.options.checkpoint_settings();
+        let settings = self.reading.options.checkpoint_settings();
         let start = if resume {
             checkpoint::plan(self.staging, self.source, &settings)?
         } else {
             checkpoint::discard(self.staging)?
         };
-        let path = self.input.display();
+        let path = self.reading.input.display();
         match start {
             Start::Fresh { reason: None } => Ok(Checkpoint::start(self.source, settings)),
             Start::Fresh {
@@ -759,7 +773,7 @@ impl Build<'_> {
                     resumes = checkpoint.resumes,
                     "Resuming conversion from its checkpoint."
                 );
-                self.observer.resumed();
+                self.reading.observer.resumed();
                 Ok(*checkpoint)
             }
         }
@@ -886,25 +900,6 @@ fn manifest(
     }
 }
 
-/// A batch back from the pool (filtered in place), with its rows, or the error.
-struct Decoded {
-    batch: RawBatch,
-    result: Result<Rows, ConvertError>,
-}
-
-/// One batch's rows, the records they came from, and what each filter dropped.
-struct Rows {
-    rows: RecordBatch,
-    records: u64,
-    dropped: Vec<u64>,
-}
-
-/// What the decoding thread waited for.
-enum Next {
-    Raw(Result<Result<RawBatch, ConvertError>, crossbeam_channel::RecvError>),
-    Decoded(Result<Decoded, crossbeam_channel::RecvError>),
-}
-
 /// The running pipeline of one attempt: reader, decoder and writer.
 impl Build<'_> {
     /// Runs reader, decoder and writer from the checkpoint until the input is consumed or a
@@ -914,279 +909,28 @@ impl Build<'_> {
         sink: ParquetSink,
         checkpoint: Checkpoint,
     ) -> Result<(ParquetSink, Checkpoint, Progress), ConvertError> {
-        let window = self.plan.window;
-        let limits = self.plan.limits(self.options.part_records);
-        let (raw_tx, raw_rx) = bounded(window);
-        let (decoded_tx, decoded_rx) = bounded::<Chunk>(window);
-        // The only RawBatch buffers there will ever be: the reader waits for one to come back.
-        let (free_tx, free_rx) = bounded(2 * window);
-        for _ in 0..2 * window {
-            let _ = free_tx.send(RawBatch::default());
-        }
-        let bytes_read = AtomicU64::new(0);
+        let (decoded_tx, decoded_rx) = bounded::<Chunk>(self.reading.plan.window);
         let from = Position {
             record: checkpoint.next_record,
             virtual_offset: checkpoint.next_virtual_offset,
         };
-
         std::thread::scope(|scope| {
-            let reader = std::thread::Builder::new()
-                .name("bamflow-reader".into())
-                .spawn_scoped(scope, || {
-                    self.busy.on_thread(SerialThread::Reader, || {
-                        self.read(from, limits, free_rx, raw_tx, &bytes_read)
-                    })
-                });
             let writer = std::thread::Builder::new()
                 .name("bamflow-writer".into())
                 .spawn_scoped(scope, || {
-                    self.busy.on_thread(SerialThread::Writer, || {
+                    self.reading.busy.on_thread(SerialThread::Writer, || {
                         self.write(sink, checkpoint, decoded_rx)
                     })
-                });
-            let (reader, writer) = match (reader, writer) {
-                (Ok(r), Ok(w)) => (r, w),
-                (Err(e), _) | (_, Err(e)) => {
-                    return Err(ConvertError::new(self.input, Stage::Open, e.into()))
-                }
-            };
-
-            let decoded = self.busy.on_thread(SerialThread::Dispatch, || {
-                self.decode(raw_rx, free_tx, decoded_tx, &bytes_read)
-            });
-            let panicked = || ConvertError::new(self.input, Stage::Decode, StageError::Panicked);
-            reader.join().map_err(|_| panicked())?;
-            let written = writer.join().map_err(|_| panicked())?;
+                })
+                .map_err(|e| ConvertError::new(self.reading.input, Stage::Open, e.into()))?;
+            let decoded = self.reading.stream(from, decoded_tx);
+            let written = writer.join().map_err(|_| {
+                ConvertError::new(self.reading.input, Stage::Write, StageError::Panicked)
+            })?;
             // A decode (or forwarded read) error explains a writer that stopped early.
             let progress = decoded?;
             let (sink, checkpoint) = written?;
             Ok((sink, checkpoint, progress))
-        })
-    }
-
-    /// Opens the input positioned at `from`: after the header at the start, or at a checkpoint's
-    /// virtual offset.
-    fn open(&self, from: Position) -> Result<RecordSource<BufReader<File>>, ConvertError> {
-        if from.record == 0 {
-            let mut stream = self.stream_at(0)?;
-            header::read_header(&mut stream, self.options.header_limits())
-                .map_err(|e| ConvertError::from_header(self.input, e))?;
-            return Ok(RecordSource::new(stream, 0, self.options.max_record_bytes));
-        }
-        let position = VirtualPosition::from(from.virtual_offset);
-        self.open_at(position, from.record)?.ok_or_else(|| {
-            let corrupt = CheckpointError::Corrupt {
-                path: self.staging.join(checkpoint::FILE_NAME),
-                reason: format!(
-                    "virtual offset {} of record {} is not in the input",
-                    from.virtual_offset, from.record
-                ),
-            };
-            ConvertError::new(self.input, Stage::Checkpoint, corrupt.into())
-        })
-    }
-
-    /// Opens the input at a record's virtual position; `None` when the file has no such
-    /// position.
-    fn open_at(
-        &self,
-        position: VirtualPosition,
-        record: u64,
-    ) -> Result<Option<RecordSource<BufReader<File>>>, ConvertError> {
-        let mut stream = self.stream_at(position.compressed())?;
-        let found = stream
-            .seek_in_first_block(position)
-            .map_err(|e| ConvertError::from_bgzf(self.input, e))?;
-        Ok(found.then(|| RecordSource::new(stream, record, self.options.max_record_bytes)))
-    }
-
-    /// A BGZF stream over the input from compressed offset `start` (a block boundary).
-    ///
-    /// Buffered reads, not a memory map: a `memmap2` reader measured the same (3 alternating
-    /// runs each on the shared-bench short and long inputs, 2 cores: reader busy 0.10-0.19 s
-    /// either way, walls within the runs' noise), and a map turns a file truncated under the
-    /// daemon into SIGBUS instead of an error naming the file and offset.
-    fn stream_at(&self, start: u64) -> Result<BgzfStream<BufReader<File>>, ConvertError> {
-        let fail = |stage, source: StageError| ConvertError::new(self.input, stage, source);
-        let mut file = File::open(self.input).map_err(|e| fail(Stage::Open, e.into()))?;
-        file.seek(SeekFrom::Start(start))
-            .map_err(|e| fail(Stage::Read, e.into()))?;
-        let reader = BlockReader::new(
-            BufReader::with_capacity(1 << 20, file),
-            start,
-            Arc::clone(self.pool),
-        )
-        .with_busy(Arc::clone(self.busy));
-        Ok(BgzfStream::new(reader))
-    }
-
-    /// Reader thread: frames batches into free buffers and sends them on, in order: the whole
-    /// file, or the index spans of the regions.
-    fn read(
-        &self,
-        from: Position,
-        limits: BatchLimits,
-        free: Receiver<RawBatch>,
-        out: Sender<Result<RawBatch, ConvertError>>,
-        bytes_read: &AtomicU64,
-    ) {
-        let result = (|| {
-            let mut feed = Feed {
-                free: &free,
-                out: &out,
-                spare: None,
-                bytes_read,
-                base: if from.record == 0 {
-                    0
-                } else {
-                    VirtualPosition::from(from.virtual_offset).compressed()
-                },
-            };
-            let Some(spans) = self.spans else {
-                let mut source = self.open(from)?;
-                feed.drain(&mut source, limits, self.input)?;
-                return Ok(());
-            };
-            let mut record = from.record;
-            // Resuming: spans wholly before the checkpoint are done; the one holding it
-            // continues from it.
-            let resume_at = (from.record > 0).then_some(from.virtual_offset);
-            for span in spans {
-                let (start, end) = (u64::from(span.start), u64::from(span.end));
-                let start = match resume_at {
-                    Some(at) if end <= at => continue,
-                    Some(at) if start < at => at,
-                    _ => start,
-                };
-                let mut source = self
-                    .open_at(VirtualPosition::from(start), record)?
-                    .ok_or_else(|| {
-                        let error = FilterError::Region {
-                            region: format!("index span {start}-{end}"),
-                            reason:
-                                "the index points outside the file; rebuild it with samtools index"
-                                    .to_owned(),
-                        };
-                        ConvertError::new(self.input, Stage::Filter, error.into())
-                    })?
-                    .ending_at(span.end);
-                if !feed.drain(&mut source, limits, self.input)? {
-                    return Ok(());
-                }
-                record = source.next_record();
-            }
-            Ok(())
-        })();
-        if let Err(error) = result {
-            let _ = out.send(Err(error));
-        }
-    }
-
-    /// Calling thread: decodes batches on the pool as they arrive, up to one per worker at a
-    /// time, and hands them to the writer in record order; returns the progress made.
-    ///
-    /// Each batch starts decoding as soon as the reader has framed it. Gathering a window of
-    /// batches first and decoding it with `par_iter` made every window wait for its last batch
-    /// to be framed and for its slowest one to decode, a barrier that grows with the cores.
-    fn decode(
-        &self,
-        raw: Receiver<Result<RawBatch, ConvertError>>,
-        free: Sender<RawBatch>,
-        out: Sender<Chunk>,
-        bytes_read: &AtomicU64,
-    ) -> Result<Progress, ConvertError> {
-        let mut progress = Progress::default();
-        self.pool.in_place_scope(|scope| {
-            let mut in_flight: VecDeque<Receiver<Decoded>> =
-                VecDeque::with_capacity(self.plan.window);
-            let mut reading = true;
-            loop {
-                if self.observer.cancelled() {
-                    return Err(ConvertError::new(
-                        self.input,
-                        Stage::Decode,
-                        StageError::Cancelled,
-                    ));
-                }
-                let room = reading && in_flight.len() < self.plan.window;
-                let next = match (in_flight.front(), room) {
-                    (None, false) => return Ok(progress),
-                    (None, true) => Next::Raw(raw.recv()),
-                    (Some(oldest), false) => Next::Decoded(oldest.recv()),
-                    // Whichever comes first: a batch to start or the oldest one finished.
-                    (Some(oldest), true) => crossbeam_channel::select! {
-                        recv(raw) -> batch => Next::Raw(batch),
-                        recv(oldest) -> decoded => Next::Decoded(decoded),
-                    },
-                };
-                match next {
-                    Next::Raw(Ok(batch)) => {
-                        let (done, decoded) = bounded(1);
-                        let mut batch = batch?;
-                        scope.spawn(move |_| {
-                            let result = self.decode_batch(&mut batch);
-                            let _ = done.send(Decoded { batch, result });
-                        });
-                        in_flight.push_back(decoded);
-                    }
-                    Next::Raw(Err(_)) => reading = false,
-                    Next::Decoded(decoded) => {
-                        in_flight.pop_front();
-                        // The job ends by sending; only a panic gets here, and the scope
-                        // re-raises it.
-                        let Ok(Decoded { batch, result }) = decoded else {
-                            return Err(ConvertError::new(
-                                self.input,
-                                Stage::Decode,
-                                StageError::Panicked,
-                            ));
-                        };
-                        let Rows {
-                            rows,
-                            records,
-                            dropped,
-                        } = result?;
-                        progress.records_read += records;
-                        progress.rows_written += rows.num_rows() as u64;
-                        let chunk = Chunk {
-                            rows,
-                            records,
-                            end: u64::from(batch.end),
-                            filtered: dropped,
-                        };
-                        // There is room for every buffer, so this never blocks.
-                        let _ = free.send(batch);
-                        for (name, &n) in self.filters.names().zip(&chunk.filtered) {
-                            self.observer.filtered(name, n);
-                        }
-                        if out.send(chunk).is_err() {
-                            // The writer failed; its error is reported by `stages`.
-                            return Ok(progress);
-                        }
-                        progress.bytes_read = bytes_read.load(Ordering::Relaxed);
-                        progress.busy = self.busy.snapshot();
-                        self.observer.progress(progress);
-                    }
-                }
-            }
-        })
-    }
-
-    /// Filters one batch in place and decodes what is left.
-    fn decode_batch(&self, batch: &mut RawBatch) -> Result<Rows, ConvertError> {
-        let records = batch.len() as u64;
-        let dropped = self
-            .busy
-            .time(BusyStage::Filter, || filter_batch(self.filters, batch))
-            .map_err(|e| ConvertError::new(self.input, Stage::Filter, e.into()))?;
-        let rows = self
-            .busy
-            .time(BusyStage::Decode, || self.decoder.decode(batch))
-            .map_err(|e| ConvertError::new(self.input, Stage::Decode, e.into()))?;
-        Ok(Rows {
-            rows,
-            records,
-            dropped,
         })
     }
 
@@ -1200,7 +944,7 @@ impl Build<'_> {
     ) -> Result<(ParquetSink, Checkpoint), ConvertError> {
         for chunk in chunks {
             sink.accept(&chunk, &mut |part| self.save(&mut checkpoint, part))
-                .map_err(|e| e.attribute(self.input))?;
+                .map_err(|e| e.attribute(self.reading.input))?;
         }
         Ok((sink, checkpoint))
     }
@@ -1213,12 +957,21 @@ impl Build<'_> {
             seconds,
             filtered,
         } = committed;
-        let filtered = self.filters.names().map(str::to_owned).zip(filtered);
+        let filtered = self
+            .reading
+            .filters
+            .names()
+            .map(str::to_owned)
+            .zip(filtered);
         checkpoint.add_part(part.clone(), next_virtual_offset, filtered);
         checkpoint.save(self.staging).map_err(|e| {
-            SinkError::Checkpoint(ConvertError::new(self.input, Stage::Checkpoint, e.into()))
+            SinkError::Checkpoint(ConvertError::new(
+                self.reading.input,
+                Stage::Checkpoint,
+                e.into(),
+            ))
         })?;
-        self.observer.checkpointed(&part, seconds);
+        self.reading.observer.checkpointed(&part, seconds);
         Ok(())
     }
 }
@@ -1244,15 +997,6 @@ impl From<WriteError> for SinkError {
     }
 }
 
-/// Filters a batch in place; returns what each filter dropped.
-fn filter_batch(filters: &FilterChain, batch: &mut RawBatch) -> Result<Vec<u64>, FilterError> {
-    if filters.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut keep = Vec::with_capacity(batch.len());
-    filters.apply(batch, &mut keep)
-}
-
 /// The built-in filters and the plugins of a conversion, plugins loaded and their first state
 /// created with this file's header.
 fn filter_chain(
@@ -1271,59 +1015,6 @@ fn filter_chain(
         )?));
     }
     Ok(FilterChain::new(filters))
-}
-
-/// The reader thread's end of the buffer loop: takes free buffers, fills them, sends them on.
-struct Feed<'a> {
-    free: &'a Receiver<RawBatch>,
-    out: &'a Sender<Result<RawBatch, ConvertError>>,
-    /// A free buffer a finished span did not fill, kept for the next one.
-    spare: Option<RawBatch>,
-    bytes_read: &'a AtomicU64,
-    /// Compressed offset reading started from, so progress counts this run's bytes only.
-    base: u64,
-}
-
-impl Feed<'_> {
-    /// Sends batches from `source` until it ends; `Ok(false)` when the decoder stopped.
-    fn drain(
-        &mut self,
-        source: &mut RecordSource<BufReader<File>>,
-        limits: BatchLimits,
-        input: &Path,
-    ) -> Result<bool, ConvertError> {
-        loop {
-            let mut batch = match self.spare.take() {
-                Some(batch) => batch,
-                // A closed channel means the decoder stopped; its error is the one reported.
-                None => match self.free.recv() {
-                    Ok(batch) => batch,
-                    Err(_) => return Ok(false),
-                },
-            };
-            let more = source
-                .read_batch(&mut batch, limits)
-                .map_err(|e| ConvertError::from_source(input, e))?;
-            if !more {
-                self.spare = Some(batch);
-                return Ok(true);
-            }
-            self.bytes_read.store(
-                batch.end.compressed().saturating_sub(self.base),
-                Ordering::Relaxed,
-            );
-            if self.out.send(Ok(batch)).is_err() {
-                return Ok(false);
-            }
-        }
-    }
-}
-
-/// Where reading starts: record number and virtual offset (record 0: after the header).
-#[derive(Clone, Copy, Debug)]
-struct Position {
-    record: u64,
-    virtual_offset: u64,
 }
 
 #[cfg(test)]
