@@ -127,28 +127,38 @@ pub struct ShrinkByMove;
 // null is returned with the old block untouched.
 unsafe impl GlobalAlloc for ShrinkByMove {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        System.alloc(layout)
+        // SAFETY: the caller's guarantees for `alloc` are `System.alloc`'s.
+        unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        System.alloc_zeroed(layout)
+        // SAFETY: the caller's guarantees for `alloc_zeroed` are `System.alloc_zeroed`'s.
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
+        // SAFETY: `ptr` came from this allocator, which is `System` for every block.
+        unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if new_size >= layout.size() || layout.size() < MOVE_ON_SHRINK {
-            return System.realloc(ptr, layout, new_size);
+            // SAFETY: the caller's guarantees for `realloc` are `System.realloc`'s.
+            return unsafe { System.realloc(ptr, layout, new_size) };
         }
-        // The caller guarantees `new_size`, rounded up to the alignment, fits an isize; it is
-        // smaller than a size that already did.
-        let shrunk = Layout::from_size_align_unchecked(new_size, layout.align());
-        let moved = System.alloc(shrunk);
+        // SAFETY: the caller guarantees `new_size`, rounded up to the alignment, fits an
+        // isize; it is smaller than a size that already did, and the alignment is the old one.
+        let shrunk = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: `shrunk` has a non-zero size (`new_size` > 0 per `realloc`'s contract).
+        let moved = unsafe { System.alloc(shrunk) };
         if !moved.is_null() {
-            std::ptr::copy_nonoverlapping(ptr, moved, new_size);
-            System.dealloc(ptr, layout);
+            // SAFETY: `ptr` holds `layout.size()` > `new_size` bytes, `moved` holds
+            // `new_size`, and two live blocks never overlap; `ptr` came from `System` with
+            // `layout` and is freed once, after the copy.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, moved, new_size);
+                System.dealloc(ptr, layout);
+            }
         }
         moved
     }
@@ -173,10 +183,12 @@ mod tests {
 
     /// Reallocates through the allocator under test, as `Vec` would, and checks the bytes.
     fn resize(ptr: *mut u8, layout: Layout, new_size: usize) -> (*mut u8, Layout) {
+        // SAFETY: `ptr` was allocated by ShrinkByMove with `layout`; sizes are non-zero.
         let resized = unsafe { ShrinkByMove.realloc(ptr, layout, new_size) };
         assert!(!resized.is_null());
         let new_layout = Layout::from_size_align(new_size, layout.align()).unwrap();
         let kept = layout.size().min(new_size);
+        // SAFETY: `resized` is non-null and holds at least `kept` initialised bytes.
         let bytes = unsafe { std::slice::from_raw_parts(resized, kept) };
         assert!(
             bytes.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
@@ -219,13 +231,16 @@ mod tests {
             for &from in &sizes {
                 for &to in &sizes {
                     let layout = Layout::from_size_align(from, align).unwrap();
+                    // SAFETY: every size tried is non-zero.
                     let ptr = unsafe { ShrinkByMove.alloc(layout) };
                     assert!(!ptr.is_null());
                     for i in 0..from {
+                        // SAFETY: `i` < `from`, the block's size.
                         unsafe { *ptr.add(i) = (i % 251) as u8 };
                     }
                     let (resized, new_layout) = resize(ptr, layout, to);
                     assert_eq!(resized as usize % align, 0, "{from} → {to}, align {align}");
+                    // SAFETY: `resized` is the live block of `new_layout`, freed once.
                     unsafe { ShrinkByMove.dealloc(resized, new_layout) };
                 }
             }
@@ -235,9 +250,11 @@ mod tests {
     #[test]
     fn a_large_shrink_moves_the_block() {
         let layout = Layout::from_size_align(1 << 20, 1).unwrap();
+        // SAFETY: a non-zero size.
         let ptr = unsafe { ShrinkByMove.alloc(layout) };
         assert!(!ptr.is_null());
         for i in 0..1000 {
+            // SAFETY: `i` < 1000 < the block's 1 MiB.
             unsafe { *ptr.add(i) = (i % 251) as u8 };
         }
         // The new block is allocated while the old one is still held, so it cannot be the
@@ -247,6 +264,7 @@ mod tests {
             moved, ptr,
             "a 1 MiB block shrunk to 1000 bytes stayed in place"
         );
+        // SAFETY: `moved` is the live block of `new_layout`, freed once.
         unsafe { ShrinkByMove.dealloc(moved, new_layout) };
     }
 }

@@ -221,6 +221,7 @@ pub unsafe fn check(table: &PluginTable, config_json: &str) -> Report {
     let mut report = Report {
         // SAFETY: the table's strings are NUL-terminated and live as long as the library.
         name: unsafe { text(table.name) },
+        // SAFETY: as for the name.
         version: unsafe { text(table.version) },
         ..Report::default()
     };
