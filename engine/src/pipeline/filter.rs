@@ -624,7 +624,91 @@ impl FilterChain {
 
 #[cfg(test)]
 mod tests {
+    use bamflow_plugin_api::RecordBuilder;
+
     use super::*;
+    use crate::pipeline::tests::raw_batch;
+
+    #[test]
+    fn the_chain_runs_in_order_counts_per_filter_and_compacts_between() {
+        // flag, mapq, reference id and position of six records.
+        let specs = [
+            (0x0, 60, 0, 100),
+            (0x400, 60, 0, 200), // duplicate: exclude_flags
+            (0x0, 5, 0, 300),    // low MAPQ
+            (0x10, 60, 1, 100),  // chr2: outside the region
+            (0x0, 60, 0, 5_000), // past the region
+            (0x0, 30, 0, 150),
+        ];
+        let records: Vec<Vec<u8>> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(flags, mapq, id, pos))| {
+                RecordBuilder::new(format!("r{i}").as_bytes())
+                    .reference(id, pos)
+                    .flags(flags)
+                    .mapq(mapq)
+                    .cigar(&[(0, 50)])
+                    .build()
+            })
+            .collect();
+        let options = FilterOptions {
+            exclude_flags: 0x400,
+            min_mapq: 20,
+            regions: vec![Region::parse("chr1:1-1000").unwrap()],
+            ..FilterOptions::default()
+        };
+        let names = ["chr1".to_owned(), "chr2".to_owned()];
+        let chain = FilterChain::new(FilterChain::builtins(&options, &names).unwrap());
+        assert_eq!(
+            chain.names().collect::<Vec<_>>(),
+            ["exclude_flags", "min_mapq", "regions"]
+        );
+        let mut batch = raw_batch(&records);
+        let mut keep = Vec::new();
+        let dropped = chain.apply(&mut batch, &mut keep).unwrap();
+        assert_eq!(dropped, [1, 1, 2]);
+        let kept: Vec<&[u8]> = batch.records().collect();
+        assert_eq!(kept, [&records[0][..], &records[5]]);
+
+        // An empty batch passes through every filter, each dropping nothing.
+        let mut empty = raw_batch(&[]);
+        assert_eq!(chain.apply(&mut empty, &mut keep).unwrap(), [0, 0, 0]);
+    }
+
+    #[test]
+    fn the_unplaced_region_keeps_only_records_without_a_reference() {
+        let placed = RecordBuilder::new(b"placed")
+            .reference(0, 10)
+            .cigar(&[(0, 5)])
+            .build();
+        // Unmapped but placed beside its mate: not unplaced.
+        let beside_mate = RecordBuilder::new(b"mate")
+            .reference(0, 10)
+            .flags(0x4)
+            .build();
+        let unplaced = RecordBuilder::new(b"unplaced").build();
+        let options = FilterOptions {
+            regions: vec![Region::parse("*").unwrap()],
+            ..FilterOptions::default()
+        };
+        let chain = FilterChain::new(FilterChain::builtins(&options, &["c".to_owned()]).unwrap());
+        let mut batch = raw_batch(&[placed, beside_mate, unplaced.clone()]);
+        chain.apply(&mut batch, &mut Vec::new()).unwrap();
+        assert_eq!(batch.records().collect::<Vec<_>>(), [&unplaced[..]]);
+    }
+
+    #[test]
+    fn a_region_on_a_reference_the_file_lacks_is_refused() {
+        let options = FilterOptions {
+            regions: vec![Region::parse("chrX").unwrap()],
+            ..FilterOptions::default()
+        };
+        let error = FilterChain::builtins(&options, &["chr1".to_owned()])
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("no such reference"), "{error}");
+    }
 
     #[test]
     fn braced_names_and_the_unplaced_region_parse_as_htslib_takes_them() {

@@ -1018,8 +1018,42 @@ fn filter_chain(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use bamflow_plugin_api::RecordBuilder;
+
     use super::*;
+
+    /// A raw batch of `records`, as the reader frames them.
+    pub(crate) fn raw_batch(records: &[Vec<u8>]) -> RawBatch {
+        let mut batch = RawBatch::default();
+        batch.clear();
+        for record in records {
+            batch.data.extend_from_slice(record);
+            batch.offsets.push(batch.data.len() as u32);
+        }
+        batch
+    }
+
+    #[test]
+    fn retain_keeps_the_marked_records_in_order_in_place() {
+        let records: Vec<Vec<u8>> = (0..6)
+            .map(|i| RecordBuilder::new(format!("read{i}{}", "x".repeat(i)).as_bytes()).build())
+            .collect();
+        let mut batch = raw_batch(&records);
+        let capacity = batch.data.capacity();
+        batch.retain(&[1, 0, 0, 1, 1, 0]);
+        let kept: Vec<&[u8]> = batch.records().collect();
+        assert_eq!(kept, [&records[0][..], &records[3], &records[4]]);
+        assert_eq!(batch.data.capacity(), capacity, "compacted in place");
+
+        batch.retain(&[0, 0, 0]);
+        assert!(batch.is_empty());
+        assert_eq!(batch.offsets, [0]);
+        // A keep mask shorter than the batch drops what it does not cover.
+        let mut batch = raw_batch(&records);
+        batch.retain(&[1]);
+        assert_eq!(batch.len(), 1);
+    }
 
     #[test]
     fn error_kinds_follow_the_cause() {
