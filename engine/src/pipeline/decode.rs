@@ -564,3 +564,127 @@ impl Builders {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, Int64Type, UInt16Type, UInt8Type};
+    use arrow_array::Array;
+    use arrow_schema::DataType;
+    use bamflow_plugin_api::RecordBuilder;
+
+    use super::*;
+    use crate::pipeline::schema::PromotedTag;
+    use crate::pipeline::tests::raw_batch;
+
+    fn decoder(columns: &[&str], tags: &[&str]) -> Decoder {
+        let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+        let tags: Vec<PromotedTag> = tags.iter().map(|t| t.parse().unwrap()).collect();
+        let schema = OutputSchema::new(&columns, &tags).unwrap();
+        Decoder::new(schema, &["chr1".to_owned(), "chr2".to_owned()])
+    }
+
+    /// Row `row` of column `name`, as text the way samtools prints the field; `None` for null.
+    fn cell(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
+        let column = batch.column_by_name(name).unwrap();
+        if column.is_null(row) {
+            return None;
+        }
+        let text = match column.data_type() {
+            DataType::Utf8 => column.as_string::<i32>().value(row).to_owned(),
+            DataType::UInt16 => column.as_primitive::<UInt16Type>().value(row).to_string(),
+            DataType::UInt8 => column.as_primitive::<UInt8Type>().value(row).to_string(),
+            DataType::Int32 => column.as_primitive::<Int32Type>().value(row).to_string(),
+            DataType::Int64 => column.as_primitive::<Int64Type>().value(row).to_string(),
+            DataType::Dictionary(_, _) => {
+                let dictionary = column.as_dictionary::<Int32Type>();
+                let key = dictionary.keys().value(row) as usize;
+                dictionary.values().as_string::<i32>().value(key).to_owned()
+            }
+            other => panic!("no text for {other}"),
+        };
+        Some(text)
+    }
+
+    #[test]
+    fn a_mapped_record_decodes_as_samtools_prints_its_fields() {
+        let record = RecordBuilder::new(b"pair/1")
+            .reference(0, 99)
+            .flags(0x63)
+            .mapq(60)
+            .cigar(&[(b'S', 5), (b'M', 10), (b'D', 2), (b'M', 3), (b'I', 1)])
+            .mate(0, 199, 150)
+            .sequence(b"ACGTACGTACGTACGTACG", &[30; 19])
+            .tag_int(*b"NM", 3)
+            .tag_string(*b"RG", "grp1")
+            .build();
+        let batch = decoder(&[], &[]).decode(&raw_batch(&[record])).unwrap();
+        let row = |name| cell(&batch, name, 0);
+        assert_eq!(row("qname").as_deref(), Some("pair/1"));
+        assert_eq!(row("flag").as_deref(), Some("99"));
+        assert_eq!(row("rname").as_deref(), Some("chr1"));
+        assert_eq!(row("pos").as_deref(), Some("100"));
+        assert_eq!(row("mapq").as_deref(), Some("60"));
+        assert_eq!(row("cigar").as_deref(), Some("5S10M2D3M1I"));
+        // The mate on the same reference: its real name, never `=`.
+        assert_eq!(row("rnext").as_deref(), Some("chr1"));
+        assert_eq!(row("pnext").as_deref(), Some("200"));
+        assert_eq!(row("tlen").as_deref(), Some("150"));
+        assert_eq!(row("seq").as_deref(), Some("ACGTACGTACGTACGTACG"));
+        assert_eq!(row("qual").as_deref(), Some("?".repeat(19).as_str()));
+        // 100 + 10 + 2 + 3 - 1.
+        assert_eq!(row("end").as_deref(), Some("114"));
+        assert_eq!(row("tags").as_deref(), Some("NM:i:3\tRG:Z:grp1"));
+    }
+
+    #[test]
+    fn an_unplaced_record_has_nulls_where_samtools_prints_stars_and_zeros() {
+        let record = RecordBuilder::new(b"lost").build();
+        let batch = decoder(&[], &[]).decode(&raw_batch(&[record])).unwrap();
+        for name in [
+            "rname", "pos", "mapq", "cigar", "rnext", "pnext", "seq", "qual", "end", "tags",
+        ] {
+            assert_eq!(cell(&batch, name, 0), None, "{name}");
+        }
+        assert_eq!(cell(&batch, "flag", 0).as_deref(), Some("4"));
+        assert_eq!(cell(&batch, "tlen", 0).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn a_promoted_tag_leaves_tags_only_when_its_column_is_written() {
+        let record = RecordBuilder::new(b"r")
+            .reference(1, 0)
+            .cigar(&[(b'M', 4)])
+            .tag_int(*b"NM", 2)
+            .tag_int_array(*b"XB", &[1, -2])
+            .build();
+        let batch = decoder(&["qname", "tags", "NM"], &["NM:i"])
+            .decode(&raw_batch(std::slice::from_ref(&record)))
+            .unwrap();
+        assert_eq!(cell(&batch, "NM", 0).as_deref(), Some("2"));
+        assert_eq!(cell(&batch, "tags", 0).as_deref(), Some("XB:B:i,1,-2"));
+        // Promoted but not selected: it stays in tags.
+        let batch = decoder(&["tags"], &["NM:i"])
+            .decode(&raw_batch(&[record]))
+            .unwrap();
+        assert_eq!(
+            cell(&batch, "tags", 0).as_deref(),
+            Some("NM:i:2\tXB:B:i,1,-2")
+        );
+    }
+
+    #[test]
+    fn a_bad_record_is_named_by_number_and_field() {
+        let good = RecordBuilder::new(b"ok").build();
+        let bad = RecordBuilder::new(b"far").reference(7, 0).build();
+        let mut batch = raw_batch(&[good, bad]);
+        batch.first_record = 10;
+        let error = decoder(&[], &[]).decode(&batch).unwrap_err();
+        assert_eq!(error.record(), Some(12));
+        let message = error.to_string();
+        assert!(
+            message.contains("record 12") && message.contains("reference id 7"),
+            "{message}"
+        );
+    }
+}

@@ -648,7 +648,7 @@ mod tests {
                     .reference(id, pos)
                     .flags(flags)
                     .mapq(mapq)
-                    .cigar(&[(0, 50)])
+                    .cigar(&[(b'M', 50)])
                     .build()
             })
             .collect();
@@ -680,7 +680,7 @@ mod tests {
     fn the_unplaced_region_keeps_only_records_without_a_reference() {
         let placed = RecordBuilder::new(b"placed")
             .reference(0, 10)
-            .cigar(&[(0, 5)])
+            .cigar(&[(b'M', 5)])
             .build();
         // Unmapped but placed beside its mate: not unplaced.
         let beside_mate = RecordBuilder::new(b"mate")
