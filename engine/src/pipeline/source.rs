@@ -173,3 +173,149 @@ impl<R: Read> RecordSource<R> {
         self.stream.virtual_position()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use bamflow_plugin_api::RecordBuilder;
+
+    use super::*;
+    use crate::pipeline::bgzf::BlockReader;
+
+    /// Records as BAM stores them: each behind its `block_size`.
+    fn stream_of(records: &[Vec<u8>]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for record in records {
+            raw.extend_from_slice(&(record.len() as u32).to_le_bytes());
+            raw.extend_from_slice(record);
+        }
+        raw
+    }
+
+    /// A record source over `raw`, BGZF-compressed by noodles (64 KiB blocks).
+    fn source(raw: &[u8], max_record_bytes: usize) -> RecordSource<std::io::Cursor<Vec<u8>>> {
+        let mut writer = noodles_bgzf::io::Writer::new(Vec::new());
+        writer.write_all(raw).unwrap();
+        let compressed = writer.finish().unwrap();
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap(),
+        );
+        let blocks = BlockReader::new(std::io::Cursor::new(compressed), 0, pool);
+        RecordSource::new(BgzfStream::new(blocks), 0, max_record_bytes)
+    }
+
+    fn records() -> Vec<Vec<u8>> {
+        (0..5)
+            .map(|i| {
+                // Two of them (150 KB) span several 64 KiB blocks.
+                let bases = if i % 2 == 1 { 100_000 } else { 100 };
+                RecordBuilder::new(format!("r{i}").as_bytes())
+                    .sequence(&b"ACGT".repeat(bases / 4), &vec![30; bases])
+                    .build()
+            })
+            .collect()
+    }
+
+    fn batches(source: &mut RecordSource<impl Read>, limits: BatchLimits) -> Vec<RawBatch> {
+        let mut out = Vec::new();
+        let mut batch = RawBatch::default();
+        while source.read_batch(&mut batch, limits).unwrap() {
+            out.push(batch.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn records_spanning_blocks_are_framed_whole_in_batches_that_respect_parts() {
+        let records = records();
+        let limits = |max_records, part_records| BatchLimits {
+            max_records,
+            max_bytes: usize::MAX,
+            part_records,
+        };
+        let mut source = source(&stream_of(&records), 1 << 20);
+        let framed = batches(&mut source, limits(2, 1_000));
+        assert_eq!(
+            framed.iter().map(RawBatch::len).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+        assert_eq!(
+            framed.iter().map(|b| b.first_record).collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
+        let all: Vec<&[u8]> = framed.iter().flat_map(RawBatch::records).collect();
+        assert_eq!(all, records.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert!(framed.windows(2).all(|w| w[0].end == w[1].start));
+
+        // A batch never straddles a part boundary (every 3 records).
+        let mut source = self::source(&stream_of(&records), 1 << 20);
+        let framed = batches(&mut source, limits(10, 3));
+        assert_eq!(framed.iter().map(RawBatch::len).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(source.next_record(), 5);
+    }
+
+    #[test]
+    fn a_record_cut_short_is_named() {
+        let raw = stream_of(&records());
+        let mut source = source(&raw[..raw.len() - 10], 1 << 20);
+        let limits = BatchLimits {
+            max_records: 100,
+            max_bytes: usize::MAX,
+            part_records: 1_000,
+        };
+        let error = source
+            .read_batch(&mut RawBatch::default(), limits)
+            .unwrap_err();
+        assert!(
+            matches!(error, SourceError::TruncatedRecord { record: 5, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn absurd_record_sizes_are_refused_before_anything_is_allocated() {
+        let limits = BatchLimits {
+            max_records: 100,
+            max_bytes: usize::MAX,
+            part_records: 1_000,
+        };
+        let mut raw = stream_of(&records()[..1]);
+        raw.extend_from_slice(&u32::MAX.to_le_bytes());
+        let error = source(&raw, 1 << 20)
+            .read_batch(&mut RawBatch::default(), limits)
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                SourceError::RecordTooLarge {
+                    record: 2,
+                    size: u32::MAX,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let mut raw = stream_of(&records()[..1]);
+        raw.extend_from_slice(&8u32.to_le_bytes());
+        raw.extend_from_slice(&[0; 8]);
+        let error = source(&raw, 1 << 20)
+            .read_batch(&mut RawBatch::default(), limits)
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                SourceError::RecordTooSmall {
+                    record: 2,
+                    size: 8,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+}
