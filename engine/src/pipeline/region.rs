@@ -129,3 +129,124 @@ fn warn_if_stale(bam: &Path, index: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bamflow_tests::generator::{self, DataKind, Spec};
+    use noodles_sam::alignment::Record as _;
+
+    use super::*;
+
+    /// Each record's start and, when placed, its reference and 1-based inclusive interval.
+    type Placed = (VirtualPosition, Option<(usize, usize, usize)>);
+
+    /// Writes a coordinate-sorted generated BAM and its BAI (built by noodles), and lists
+    /// every record's start and placement: the oracle the index's spans must cover.
+    fn indexed_bam(dir: &Path) -> (PathBuf, Vec<String>, Vec<Placed>) {
+        let bam = dir.join("sorted.bam");
+        generator::write_bam(&bam, &Spec::new(DataKind::Short, 20_000, 5)).unwrap();
+        let mut bai = bam.as_os_str().to_owned();
+        bai.push(".bai");
+        match noodles_bam::fs::index(&bam).unwrap() {
+            noodles_bam::Index::Bai(index) => noodles_bam::bai::fs::write(&bai, &index).unwrap(),
+            noodles_bam::Index::Csi(_) => unreachable!("references under 2^29 get a BAI"),
+        }
+
+        let mut reader = noodles_bam::io::reader::Builder
+            .build_from_path(&bam)
+            .unwrap();
+        let header = reader.read_header().unwrap();
+        let names = header
+            .reference_sequences()
+            .keys()
+            .map(|name| name.to_string())
+            .collect();
+        let mut records = Vec::new();
+        let mut record = noodles_bam::Record::default();
+        loop {
+            let start = reader.get_ref().virtual_position();
+            if reader.read_record(&mut record).unwrap() == 0 {
+                break;
+            }
+            let placed = match (
+                record.reference_sequence_id().transpose().unwrap(),
+                record.alignment_start().transpose().unwrap(),
+                record.alignment_end().transpose().unwrap(),
+            ) {
+                (Some(id), Some(start), Some(end)) => Some((id, start.get(), end.get())),
+                _ => None,
+            };
+            records.push((start, placed));
+        }
+        (bam, names, records)
+    }
+
+    fn covered(spans: &[Span], at: VirtualPosition) -> bool {
+        spans.iter().any(|s| s.start <= at && at < s.end)
+    }
+
+    #[test]
+    fn spans_cover_every_overlapping_record_and_little_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bam, names, records) = indexed_bam(dir.path());
+        let region = Region::parse(&format!("{}:200000-260000", names[0])).unwrap();
+        let spans = spans(&bam, std::slice::from_ref(&region), &names)
+            .unwrap()
+            .unwrap();
+        assert!(
+            spans.windows(2).all(|w| w[0].end < w[1].start),
+            "sorted, disjoint"
+        );
+        let overlapping: Vec<_> = records
+            .iter()
+            .filter(|(_, placed)| {
+                placed.is_some_and(|(id, start, end)| id == 0 && start <= 260_000 && end >= 200_000)
+            })
+            .collect();
+        assert!(overlapping.len() > 100, "the region holds records");
+        for (at, _) in &overlapping {
+            assert!(covered(&spans, *at), "record at {at:?} not in {spans:?}");
+        }
+        let read = records
+            .iter()
+            .filter(|(at, _)| covered(&spans, *at))
+            .count();
+        assert!(
+            read < records.len() / 4,
+            "{read} of {} records read",
+            records.len()
+        );
+    }
+
+    #[test]
+    fn the_unplaced_span_runs_to_the_end_and_holds_every_unplaced_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bam, names, records) = indexed_bam(dir.path());
+        let unplaced = Region::parse("*").unwrap();
+        let spans = spans(&bam, &[unplaced], &names).unwrap().unwrap();
+        assert_eq!(spans.last().map(|s| s.end), Some(VirtualPosition::MAX));
+        let without: Vec<_> = records.iter().filter(|(_, p)| p.is_none()).collect();
+        assert!(!without.is_empty(), "the generator makes unplaced reads");
+        for (at, _) in without {
+            assert!(covered(&spans, *at));
+        }
+    }
+
+    #[test]
+    fn no_index_and_an_unknown_reference_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bam, names, _) = indexed_bam(dir.path());
+        let unknown = Region::parse("chrUn").unwrap();
+        let error = spans(&bam, &[unknown], &names).unwrap_err().to_string();
+        assert!(
+            error.contains("chrUn") && error.contains("no such reference"),
+            "{error}"
+        );
+
+        let copy = dir.path().join("unindexed.bam");
+        std::fs::copy(&bam, &copy).unwrap();
+        let region = Region::parse(&names[0]).unwrap();
+        let error = spans(&copy, &[region], &names).unwrap_err().to_string();
+        assert!(error.contains("regions need an index"), "{error}");
+    }
+}
