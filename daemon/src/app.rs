@@ -27,9 +27,7 @@ use crate::watch::{Claim, Events, Fingerprint, Ready, Take, Tracker, Waiting};
 use bamflow_engine::dataset;
 use bamflow_engine::pipeline::chain;
 use bamflow_engine::pipeline::write::PartInfo;
-use bamflow_engine::pipeline::{
-    self, ConvertError, ConvertOptions, Engine, ErrorKind, Location, Observer, Stage,
-};
+use bamflow_engine::pipeline::{self, ConvertError, Engine, ErrorKind, Location, Observer, Stage};
 
 /// How often files already seen are re-checked for readiness between full rescans (and how
 /// long the loop waits for filesystem events).
@@ -569,8 +567,9 @@ fn process(
         return Outcome::Vanished;
     }
 
-    let hash = match bamflow_engine::hash::content_hash(&file.path) {
-        Ok(hash) => hash,
+    // Identified once: the ledger keys on its hash, and the engine takes it as it is.
+    let source = match dataset::SourceInfo::of(&file.path) {
+        Ok(source) => source,
         Err(error) => {
             warn!(path = %file.path.display(), %error, "Cannot read file to hash it.");
             return Outcome::Waits(Waiting::Unreadable {
@@ -578,6 +577,7 @@ fn process(
             });
         }
     };
+    let hash = source.content_sha256.clone();
     let entry = |state| Entry::new(&watch.name, &file.path, file.fingerprint.size, &hash, state);
     let record = |ledger: &mut Ledger, entry: Entry| {
         if let Err(error) = ledger.append(entry) {
@@ -682,18 +682,20 @@ fn process(
             warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away converted input.");
         }
     };
-    if let Some(published) = published_from(&output, &file.path) {
+    if let Some(published) = published_from(&output, &source) {
         // A crash struck after the dataset was published but before the input was filed away.
         info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), outcome = "success", "Dataset was already published from this input; filing the input away.");
         succeeded(&published.counts);
         return Outcome::Success;
     }
     info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, "Converting file.");
-    let options = ConvertOptions {
+    let source = dataset::SourceInfo {
         filed_as: planned_filing(watch, &file.path),
-        ..watch.convert.clone()
+        ..source
     };
-    let outcome = match engine.convert(&file.path, &output, &options, observer) {
+    let converted =
+        engine.convert_identified(&file.path, source, &output, &watch.convert, observer);
+    let outcome = match converted {
         Ok(summary) => {
             // Published, but not yet in the ledger nor filed away: a restart must cope.
             let _ = bamflow_engine::faults::point("dataset-published");
@@ -762,11 +764,10 @@ impl Drop for ConvertingGuard<'_> {
     }
 }
 
-/// The complete dataset at `output`, when it was made from exactly this `input`.
-fn published_from(output: &Path, input: &Path) -> Option<dataset::Published> {
+/// The complete dataset at `output`, when it was made from exactly this `source`.
+fn published_from(output: &Path, source: &dataset::SourceInfo) -> Option<dataset::Published> {
     let published = dataset::Published::read(output)?;
-    let source = dataset::SourceInfo::of(input).ok()?;
-    published.source.same_content(&source).then_some(published)
+    published.source.same_content(source).then_some(published)
 }
 
 /// `<name>.error.json`: what failed, where, and when.

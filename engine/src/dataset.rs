@@ -63,15 +63,25 @@ impl SourceInfo {
     ///
     /// Returns the I/O error of `stat` or of reading.
     pub fn of(path: &Path) -> io::Result<Self> {
-        let metadata = fs::metadata(path)?;
-        let mtime = metadata.modified().map(timestamp).unwrap_or_default();
         let content_sha256 = crate::hash::content_hash(path)?;
-        let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         Ok(Self {
-            path,
-            size: metadata.len(),
-            mtime,
             content_sha256,
+            ..Self::stat(path)?
+        })
+    }
+
+    /// The path, size and mtime of `path`, without reading it (no content hash).
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of `stat`.
+    pub fn stat(path: &Path) -> io::Result<Self> {
+        let metadata = fs::metadata(path)?;
+        Ok(Self {
+            path: fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
+            size: metadata.len(),
+            mtime: metadata.modified().map(timestamp).unwrap_or_default(),
+            content_sha256: String::new(),
             filed_as: None,
         })
     }

@@ -232,7 +232,6 @@ impl ConvertConfig {
             // The daemon always continues an interrupted conversion; `convert` asks.
             resume: true,
             filters: FilterOptions::default(),
-            filed_as: None,
         })
     }
 }

@@ -136,6 +136,24 @@ pub fn ends(file: &File) -> io::Result<Ends> {
     })
 }
 
+/// Checks that `file` starts with a well-formed BGZF block header, without inflating it: what
+/// a file without its EOF block is (text, CRAM, plain gzip, cut short within its first block)
+/// before it is called truncated.
+///
+/// # Errors
+///
+/// The [`BgzfError`] the reader would meet at byte 0.
+pub fn check_first_frame(file: &File) -> Result<(), BgzfError> {
+    let mut frames = FrameReader {
+        inner: io::BufReader::new(file),
+        offset: 0,
+    };
+    match frames.read_frame(&mut Frame::default())? {
+        true => Ok(()),
+        false => Err(BgzfError::Empty),
+    }
+}
+
 /// One compressed frame as read from the file.
 #[derive(Default)]
 struct Frame {
@@ -823,5 +841,28 @@ mod tests {
         let mut bad_crc = EOF_BLOCK;
         bad_crc[20] = 0x01;
         t(&bad_crc, "CRC32");
+    }
+
+    #[test]
+    fn the_first_frame_is_classified_without_inflating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |input: &[u8]| {
+            let path = dir.path().join("input");
+            std::fs::write(&path, input).unwrap();
+            check_first_frame(&File::open(&path).unwrap()).map_err(|e| e.to_string())
+        };
+        let fails = |input: &[u8], expected: &str| {
+            let err = check(input).unwrap_err();
+            assert!(err.contains(expected), "{err} does not contain {expected}");
+        };
+        fails(b"@HD\tVN:1.6\n", "looks like text");
+        fails(b"CRAM\x03\x00", "CRAM");
+        fails(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0, 0], "plain gzip");
+        fails(&EOF_BLOCK[..20], "truncated");
+        fails(b"", "empty");
+        // A well-formed header is all it looks at: a bad CRC is found when inflating.
+        let mut bad_crc = EOF_BLOCK;
+        bad_crc[20] = 0x01;
+        assert_eq!(check(&bad_crc), Ok(()));
     }
 }

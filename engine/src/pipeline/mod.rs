@@ -145,9 +145,6 @@ pub struct ConvertOptions {
     /// daemon always does); otherwise such leftovers are discarded.
     pub resume: bool,
     pub filters: FilterOptions,
-    /// Where the caller moves the input after publishing (the daemon's `on_success`),
-    /// recorded in the manifest as `source.filed_as`.
-    pub filed_as: Option<PathBuf>,
 }
 
 impl ConvertOptions {
@@ -556,7 +553,27 @@ impl Engine {
         options: &ConvertOptions,
         observer: &dyn Observer,
     ) -> Result<ConvertSummary, ConvertError> {
-        convert_on(&self.pool, input, output, options, observer)
+        convert_on(&self.pool, input, None, output, options, observer)
+    }
+
+    /// [`Engine::convert`] of an input the caller has identified already, e.g. to look it up
+    /// in a ledger: its content is not hashed again. `source` (its `filed_as` included) is
+    /// what the manifest records; the conversion checks the input still has its size and
+    /// mtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::convert`]; an input whose size or mtime changed since `source` was taken
+    /// fails at stage `open`.
+    pub fn convert_identified(
+        &self,
+        input: &Path,
+        source: SourceInfo,
+        output: &Path,
+        options: &ConvertOptions,
+        observer: &dyn Observer,
+    ) -> Result<ConvertSummary, ConvertError> {
+        convert_on(&self.pool, input, Some(source), output, options, observer)
     }
 
     /// Streams `input` as Arrow record batches with the dataset's schema: the same columns,
@@ -589,6 +606,7 @@ impl Engine {
 fn convert_on(
     pool: &Arc<ThreadPool>,
     input: &Path,
+    identified: Option<SourceInfo>,
     output: &Path,
     options: &ConvertOptions,
     observer: &dyn Observer,
@@ -604,9 +622,19 @@ fn convert_on(
         };
         return Err(fail(Stage::Output, exists.into()));
     }
-    let source_info = SourceInfo {
-        filed_as: options.filed_as.clone(),
-        ..SourceInfo::of(input).map_err(|e| fail(Stage::Open, e.into()))?
+    let source_info = match identified {
+        Some(source) => {
+            let now = SourceInfo::stat(input).map_err(|e| fail(Stage::Open, e.into()))?;
+            if (now.size, &now.mtime) != (source.size, &source.mtime) {
+                let changed = io::Error::other(format!(
+                    "the input changed since it was identified: {} bytes, mtime {} (was {} bytes, {})",
+                    now.size, now.mtime, source.size, source.mtime
+                ));
+                return Err(fail(Stage::Open, changed.into()));
+            }
+            source
+        }
+        None => SourceInfo::of(input).map_err(|e| fail(Stage::Open, e.into()))?,
     };
     check_complete(input, options.allow_missing_eof)?;
 
@@ -808,14 +836,7 @@ fn check_complete(input: &Path, allow_missing_eof: bool) -> Result<(), ConvertEr
     }
     if !allow_missing_eof && !bgzf::has_eof_block(&file).map_err(|e| fail(Stage::Read, e.into()))? {
         // A file that is not BGZF at all deserves that message rather than "truncated".
-        let mut stream = BgzfStream::new(BlockReader::new(
-            BufReader::new(file),
-            0,
-            single_thread_pool(input)?,
-        ));
-        stream
-            .at_end()
-            .map_err(|e| ConvertError::from_bgzf(input, e))?;
+        bgzf::check_first_frame(&file).map_err(|e| ConvertError::from_bgzf(input, e))?;
         return Err(fail(Stage::Read, BgzfError::MissingEof.into()));
     }
     Ok(())
