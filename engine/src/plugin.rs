@@ -1,6 +1,8 @@
 //! Loading filter plugins and calling them through the C ABI (DESIGN.md §7).
 //!
-//! Every `unsafe` block of the host side lives here. Before a library is opened, its file and
+//! Opening the library and finding its entry point are the only `unsafe` here; calls into the
+//! plugin go through the plugin API's safe host wrapper ([`bamflow_plugin_api::host`]), which
+//! the conformance harness uses too. Before a library is opened, its file and
 //! folder must not be writable by group or others (anyone who can write it can run code as
 //! bamflow), and its SHA-256 must match the pin when one is configured. Then the
 //! `bamflow_plugin_v1` symbol must exist and its table must carry ABI major
@@ -10,16 +12,13 @@
 //! unloading code still referenced is undefined behaviour. Loading the same path again reuses
 //! the same handle (the dynamic loader counts references).
 
-use std::ffi::c_void;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use bamflow_plugin_api::abi::{
-    text, EntryPoint, PluginTable, RawBatch, ENTRY_SYMBOL, FLAG_THREAD_SAFE, STATUS_OK,
-    STATUS_PANIC, TABLE_SIZE,
-};
+use bamflow_plugin_api::abi::{EntryPoint, ENTRY_SYMBOL, TABLE_SIZE};
+use bamflow_plugin_api::host::{CallError, State, Table, TableError};
 use bamflow_plugin_api::{Batch, ABI_MAJOR};
 use sha2::{Digest, Sha256};
 
@@ -66,14 +65,8 @@ pub struct Plugin {
     path: PathBuf,
     name: String,
     version: String,
-    table: &'static PluginTable,
+    table: Table,
 }
-
-// SAFETY: the table is immutable static data of a library that is never unloaded; its
-// functions are called only as the ABI allows (states are not shared unless thread-safe).
-unsafe impl Send for Plugin {}
-// SAFETY: as above; `Plugin` itself only reads the table.
-unsafe impl Sync for Plugin {}
 
 impl Plugin {
     /// Checks and loads the library at `path`.
@@ -109,35 +102,24 @@ impl Plugin {
                 message: e.to_string(),
             })?;
         // SAFETY: calling the entry point as the ABI defines it; it returns a pointer to a
-        // static table or null.
+        // static table of the library, or null.
         let table = unsafe { entry() };
-        // SAFETY: a non-null table pointer points to static data of the never-unloaded library;
-        // only the leading `abi_major` and `table_size` are read before they are checked.
-        let (abi_major, table_size) = match unsafe { table.as_ref() } {
-            Some(t) => (t.abi_major, t.table_size),
-            None => {
-                return Err(PluginError::Load {
-                    path: path.to_owned(),
-                    message: "bamflow_plugin_v1 returned no table".to_owned(),
-                })
-            }
-        };
-        if abi_major != ABI_MAJOR {
-            return Err(PluginError::AbiMismatch {
+        // SAFETY: the library is never unloaded, so a table it returned stays valid.
+        let table = unsafe { Table::new(table) }.map_err(|error| match error {
+            TableError::AbiMismatch { found } => PluginError::AbiMismatch {
                 path: path.to_owned(),
-                found: abi_major,
-            });
-        }
-        if table_size < TABLE_SIZE {
-            return Err(PluginError::TableTooSmall {
+                found,
+            },
+            TableError::TooSmall { found } => PluginError::TableTooSmall {
                 path: path.to_owned(),
-                found: table_size,
-            });
-        }
-        // SAFETY: same major and at least our table's size: every field we read exists.
-        let table: &'static PluginTable = unsafe { &*table };
-        // SAFETY: the ABI requires NUL-terminated strings that live as long as the library.
-        let (name, version) = unsafe { (text(table.name), text(table.version)) };
+                found,
+            },
+            TableError::Null => PluginError::Load {
+                path: path.to_owned(),
+                message: error.to_string(),
+            },
+        })?;
+        let (name, version) = (table.name(), table.version());
         Ok(Self {
             path: path.to_owned(),
             name,
@@ -159,14 +141,12 @@ impl Plugin {
     }
 
     pub fn thread_safe(&self) -> bool {
-        self.table.flags & FLAG_THREAD_SAFE != 0
+        self.table.thread_safe()
     }
 
     /// Runs the plugin API's conformance harness on this plugin.
     pub fn conformance(&self, config_json: &str) -> bamflow_plugin_api::conformance::Report {
-        // SAFETY: the table was checked by `load` (ABI major, table size) and its library is
-        // never unloaded.
-        unsafe { bamflow_plugin_api::conformance::check(self.table, config_json) }
+        bamflow_plugin_api::conformance::check(self.table, config_json)
     }
 
     /// Creates a state for one file.
@@ -175,46 +155,34 @@ impl Plugin {
     ///
     /// [`PluginError::Create`] (or `Panicked`) with the plugin's message.
     pub fn create(&self, config_json: &str, sam_header: &str) -> Result<PluginState, PluginError> {
-        let mut ptr = std::ptr::null_mut();
-        // SAFETY: buffers valid for their lengths, `ptr` writable; the ABI's create contract.
-        let status = unsafe {
-            (self.table.create)(
-                config_json.as_ptr(),
-                config_json.len(),
-                sam_header.as_ptr(),
-                sam_header.len(),
-                &mut ptr,
-            )
-        };
-        if status == STATUS_OK && !ptr.is_null() {
-            return Ok(PluginState {
-                plugin: self.clone(),
-                ptr,
-            });
-        }
-        // SAFETY: `last_error(NULL)` returns this thread's create error, NUL-terminated.
-        let message = unsafe { text((self.table.last_error)(std::ptr::null_mut())) };
-        let name = self.name.clone();
-        Err(if status == STATUS_PANIC {
-            PluginError::Panicked { name, message }
-        } else {
-            PluginError::Create { name, message }
+        let state = self
+            .table
+            .create(config_json, sam_header)
+            .map_err(|error| self.failed(error, true))?;
+        Ok(PluginState {
+            plugin: self.clone(),
+            state,
         })
+    }
+
+    /// A plugin's error, named: a panic, a refused config (`creating`), or a failed call.
+    fn failed(&self, error: CallError, creating: bool) -> PluginError {
+        let (name, message) = (self.name.clone(), error.message.clone());
+        if error.is_panic() {
+            PluginError::Panicked { name, message }
+        } else if creating {
+            PluginError::Create { name, message }
+        } else {
+            PluginError::Failed { name, message }
+        }
     }
 }
 
-/// One plugin state; destroyed on drop.
+/// One plugin state, made for one file; destroyed on drop.
 pub struct PluginState {
     plugin: Plugin,
-    ptr: *mut c_void,
+    state: State,
 }
-
-// SAFETY: a state may move between threads; the ABI only forbids concurrent calls, which
-// `&mut self` in `filter` rules out, and `filter_shared` is used only for thread-safe plugins.
-unsafe impl Send for PluginState {}
-// SAFETY: shared access only goes through `filter_shared`, which callers use only when the
-// plugin declares FLAG_THREAD_SAFE.
-unsafe impl Sync for PluginState {}
 
 impl PluginState {
     /// Runs the plugin on a batch, exclusively.
@@ -223,48 +191,20 @@ impl PluginState {
     ///
     /// The plugin's message.
     pub fn filter(&mut self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), PluginError> {
-        self.call(batch, keep)
+        self.state
+            .filter(batch, keep)
+            .map_err(|e| self.plugin.failed(e, false))
     }
 
     /// Runs a thread-safe plugin's shared state on a batch.
     ///
     /// # Errors
     ///
-    /// The plugin's message.
+    /// The plugin's message; a plugin that is not thread-safe is refused.
     pub fn filter_shared(&self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), PluginError> {
-        debug_assert!(self.plugin.thread_safe());
-        self.call(batch, keep)
-    }
-
-    fn call(&self, batch: &Batch<'_>, keep: &mut [u8]) -> Result<(), PluginError> {
-        let (data, offsets) = batch.parts();
-        let raw = RawBatch {
-            data: data.as_ptr(),
-            data_len: data.len(),
-            offsets: offsets.as_ptr(),
-            count: batch.len(),
-        };
-        // SAFETY: the batch buffers and the mask (one byte per record) are valid for the call,
-        // and the state is not used concurrently unless the plugin is thread-safe.
-        let status = unsafe { (self.plugin.table.filter_batch)(self.ptr, &raw, keep.as_mut_ptr()) };
-        if status == STATUS_OK {
-            return Ok(());
-        }
-        // SAFETY: `last_error` on a live state returns a NUL-terminated string.
-        let message = unsafe { text((self.plugin.table.last_error)(self.ptr)) };
-        let name = self.plugin.name.clone();
-        Err(if status == STATUS_PANIC {
-            PluginError::Panicked { name, message }
-        } else {
-            PluginError::Failed { name, message }
-        })
-    }
-}
-
-impl Drop for PluginState {
-    fn drop(&mut self) {
-        // SAFETY: the state came from `create` and is destroyed exactly once.
-        unsafe { (self.plugin.table.destroy)(self.ptr) }
+        self.state
+            .filter_shared(batch, keep)
+            .map_err(|e| self.plugin.failed(e, false))
     }
 }
 

@@ -2,11 +2,10 @@
 //! batches and the largest records, answer with a valid mask, answer the same way twice, and
 //! how many nanoseconds does it spend per record? `bamflow plugin check PATH` runs it.
 
-use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::abi::{text, PluginTable, RawBatch, STATUS_OK};
-use crate::RecordBuilder;
+use crate::host::{State, Table};
+use crate::{Batch, RecordBuilder};
 
 /// The header plugins are created with: two references and a read group.
 pub const HEADER: &str = "@HD\tVN:1.6\tSO:coordinate\n@SQ\tSN:chr1\tLN:248956422\n\
@@ -80,15 +79,6 @@ impl OwnedBatch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    fn raw(&self) -> RawBatch {
-        RawBatch {
-            data: self.data.as_ptr(),
-            data_len: self.data.len(),
-            offsets: self.offsets.as_ptr(),
-            count: self.len(),
-        }
-    }
 }
 
 /// Realistic records: mapped and unmapped, several MAPQs, flags and CIGARs, CB/UB/NM/RG tags.
@@ -156,73 +146,31 @@ pub fn largest_records() -> Vec<Vec<u8>> {
     vec![long, long_name]
 }
 
-/// A plugin state, destroyed on drop.
-struct State<'t> {
-    table: &'t PluginTable,
-    ptr: *mut c_void,
-}
-
-impl State<'_> {
-    fn error(&self) -> String {
-        // SAFETY: `last_error` returns a valid NUL-terminated string for a live state.
-        unsafe { text((self.table.last_error)(self.ptr)) }
-    }
-
-    /// Runs the plugin on `batch`; returns the mask.
-    fn filter(&mut self, batch: &OwnedBatch) -> Result<Vec<u8>, String> {
-        let mut keep = vec![1u8; batch.len()];
-        let raw = batch.raw();
-        // SAFETY: the batch and mask are valid for the call; the state is used by one thread.
-        let status = unsafe { (self.table.filter_batch)(self.ptr, &raw, keep.as_mut_ptr()) };
-        if status != STATUS_OK {
-            return Err(format!("status {status}: {}", self.error()));
-        }
-        match keep.iter().find(|&&k| k > 1) {
-            Some(k) => Err(format!("keep mask holds {k}, not 0 or 1")),
-            None => Ok(keep),
-        }
+/// Runs the plugin on `batch` and checks its mask holds only 0 and 1.
+fn filter(state: &mut State, batch: &OwnedBatch) -> Result<Vec<u8>, String> {
+    let view = Batch::new(&batch.data, &batch.offsets).map_err(|e| e.to_string())?;
+    let mut keep = vec![1u8; batch.len()];
+    state
+        .filter(&view, &mut keep)
+        .map_err(|e| format!("status {}: {}", e.status, e.message))?;
+    match keep.iter().find(|&&k| k > 1) {
+        Some(k) => Err(format!("keep mask holds {k}, not 0 or 1")),
+        None => Ok(keep),
     }
 }
 
-impl Drop for State<'_> {
-    fn drop(&mut self) {
-        // SAFETY: the state came from `create` and is destroyed once.
-        unsafe { (self.table.destroy)(self.ptr) }
-    }
-}
-
-fn create<'t>(table: &'t PluginTable, config_json: &str) -> Result<State<'t>, String> {
-    let mut ptr = std::ptr::null_mut();
-    // SAFETY: the buffers are valid for their lengths and `ptr` is writable.
-    let status = unsafe {
-        (table.create)(
-            config_json.as_ptr(),
-            config_json.len(),
-            HEADER.as_ptr(),
-            HEADER.len(),
-            &mut ptr,
-        )
-    };
-    if status != STATUS_OK || ptr.is_null() {
-        // SAFETY: `last_error(NULL)` returns the create error of this thread.
-        let message = unsafe { text((table.last_error)(std::ptr::null_mut())) };
-        return Err(format!("create failed (status {status}): {message}"));
-    }
-    Ok(State { table, ptr })
+fn create(table: Table, config_json: &str) -> Result<State, String> {
+    table
+        .create(config_json, HEADER)
+        .map_err(|e| format!("create failed (status {}): {}", e.status, e.message))
 }
 
 /// Runs every check on a plugin's table, creating its states with `config_json`.
 ///
-/// # Safety
-///
-/// `table` must be the table of a loaded plugin library that stays loaded during the call, as
-/// the host obtains it (ABI major and size already checked).
-pub unsafe fn check(table: &PluginTable, config_json: &str) -> Report {
+pub fn check(table: Table, config_json: &str) -> Report {
     let mut report = Report {
-        // SAFETY: the table's strings are NUL-terminated and live as long as the library.
-        name: unsafe { text(table.name) },
-        // SAFETY: as for the name.
-        version: unsafe { text(table.version) },
+        name: table.name(),
+        version: table.version(),
         ..Report::default()
     };
     let mut state = match create(table, config_json) {
@@ -237,28 +185,30 @@ pub unsafe fn check(table: &PluginTable, config_json: &str) -> Report {
     };
 
     let empty = OwnedBatch::from_records([]);
-    report.check("empty batch", state.filter(&empty).map(|_| "ok".into()));
+    report.check(
+        "empty batch",
+        filter(&mut state, &empty).map(|_| "ok".into()),
+    );
     let one = sample_records(1, 1);
     let one = OwnedBatch::from_records(one.iter().map(Vec::as_slice));
     report.check(
         "one-record batch",
-        state.filter(&one).map(|m| format!("keep = {}", m[0])),
+        filter(&mut state, &one).map(|m| format!("keep = {}", m[0])),
     );
     let largest = largest_records();
     let largest = OwnedBatch::from_records(largest.iter().map(Vec::as_slice));
     report.check(
         "largest records",
-        state
-            .filter(&largest)
+        filter(&mut state, &largest)
             .map(|_| "a 1 Mbp read with 50,000 CIGAR ops and a 254-byte name".into()),
     );
 
     // The same records twice on this state, and once on a fresh one: the same masks.
     let records = sample_records(10_000, 7);
     let batch = OwnedBatch::from_records(records.iter().map(Vec::as_slice));
-    let first = state.filter(&batch);
-    let second = state.filter(&batch);
-    let fresh = create(table, config_json).and_then(|mut s| s.filter(&batch));
+    let first = filter(&mut state, &batch);
+    let second = filter(&mut state, &batch);
+    let fresh = create(table, config_json).and_then(|mut s| filter(&mut s, &batch));
     let deterministic = match (first, second, fresh) {
         (Ok(a), Ok(b), Ok(c)) if a == b && b == c => Ok(format!(
             "kept {} of {} three times",
@@ -279,7 +229,7 @@ pub unsafe fn check(table: &PluginTable, config_json: &str) -> Report {
     let started = Instant::now();
     let mut kept = 0;
     for batch in &batches {
-        match state.filter(batch) {
+        match filter(&mut state, batch) {
             Ok(mask) => kept += mask.iter().filter(|&&k| k == 1).count(),
             Err(e) => {
                 report.check("timing", Err(e));
