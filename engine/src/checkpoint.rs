@@ -277,6 +277,34 @@ pub fn discard(dir: &Path) -> Result<Start, CheckpointError> {
     Ok(Start::Fresh { reason: None })
 }
 
+/// Removes the checkpoint from a staging folder whose dataset is complete (sealed): it is not
+/// part of the dataset, and it goes before the folder is published, durably, so a published
+/// dataset never holds it.
+///
+/// # Errors
+///
+/// Returns [`CheckpointError::Cleanup`] when it cannot be removed or the folder synced.
+pub fn remove_from(dir: &Path) -> Result<(), CheckpointError> {
+    let cleanup = |source| CheckpointError::Cleanup {
+        dir: dir.to_owned(),
+        source,
+    };
+    match fs::remove_file(dir.join(FILE_NAME)) {
+        Ok(()) => durable::sync_dir(dir).map_err(|e| cleanup(io::Error::other(e))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(cleanup(e)),
+    }
+}
+
+/// Checks that every part a sealed dataset's manifest lists has its size and CRC32.
+///
+/// # Errors
+///
+/// [`CheckpointError::PartMismatch`] for the first part that is missing or differs.
+pub fn verify_parts(dir: &Path, parts: &[PartInfo]) -> Result<(), CheckpointError> {
+    parts.iter().try_for_each(|part| verify_part(dir, part))
+}
+
 /// Checks that a listed part exists with its recorded size and CRC32.
 fn verify_part(dir: &Path, part: &PartInfo) -> Result<(), CheckpointError> {
     let path = dir.join(&part.file);

@@ -104,9 +104,9 @@ pub struct Counts {
 }
 
 /// `_manifest.json`: what the dataset holds and how it was made.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
-    pub bamflow_version: &'static str,
+    pub bamflow_version: String,
     pub schema_version: u32,
     pub source: SourceInfo,
     pub counts: Counts,
@@ -155,6 +155,11 @@ impl Published {
         serde_json::from_slice(&bytes).ok()
     }
 }
+
+/// The manifest's name in a dataset folder.
+const MANIFEST: &str = "_manifest.json";
+/// The marker of a complete dataset, written last.
+const SUCCESS: &str = "_SUCCESS";
 
 /// A dataset being built. Dropping it unpublished removes the staging folder, unless kept.
 #[derive(Debug)]
@@ -231,17 +236,36 @@ impl Staging {
         &self.dir
     }
 
-    /// Writes the manifest and `_SUCCESS`, then renames the folder to its target.
+    /// Writes the manifest and `_SUCCESS` into the staging folder: the dataset is complete,
+    /// and [`Staging::sealed`] finds it so should the process die before it is published.
     ///
     /// # Errors
     ///
-    /// Returns a [`DatasetError`] when a write or the rename fails; the target then does not
-    /// exist and the staging folder is removed on drop.
-    pub fn publish(mut self, manifest: &Manifest) -> Result<PathBuf, DatasetError> {
+    /// Returns a [`DatasetError`] when a write fails.
+    pub fn seal(&mut self, manifest: &Manifest) -> Result<(), DatasetError> {
         let json = serde_json::to_vec_pretty(manifest).map_err(DatasetError::Manifest)?;
-        durable::write_file(&self.dir.join("_manifest.json"), &json)?;
-        durable::write_file(&self.dir.join("_SUCCESS"), b"")?;
-        durable::sync_dir(&self.dir)?;
+        durable::write_file(&self.dir.join(MANIFEST), &json)?;
+        durable::write_file(&self.dir.join(SUCCESS), b"")?;
+        durable::sync_dir(&self.dir).map_err(DatasetError::from)
+    }
+
+    /// The manifest of a sealed staging folder (`_SUCCESS` written), if this one is.
+    pub fn sealed(&self) -> Option<Manifest> {
+        if !self.dir.join(SUCCESS).is_file() {
+            return None;
+        }
+        let bytes = fs::read(self.dir.join(MANIFEST)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Renames the sealed folder to its target; the caller has removed everything that is
+    /// not part of the dataset (the checkpoint) first.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`DatasetError`] when the target exists or the rename fails; the target then
+    /// does not exist and the staging folder is removed on drop.
+    pub fn publish(mut self) -> Result<PathBuf, DatasetError> {
         if self.target.symlink_metadata().is_ok() {
             return Err(DatasetError::AlreadyExists {
                 path: self.target.clone(),
@@ -249,14 +273,6 @@ impl Staging {
         }
         durable::rename(&self.dir, &self.target)?;
         self.published = true;
-        // The checkpoint has done its job. Should a crash keep it, it is a harmless extra file.
-        match fs::remove_file(self.target.join(crate::checkpoint::FILE_NAME)) {
-            Ok(()) => durable::sync_dir(&self.target)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => {
-                tracing::warn!(path = %self.target.display(), %error, "Could not remove the checkpoint of a published dataset.");
-            }
-        }
         Ok(self.target.clone())
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A stage of the pipeline, as the `stage` label of the busy-time metric names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +137,7 @@ fn thread_cpu_time() -> Duration {
 }
 
 /// CPU seconds of each serial thread, as the manifest records them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SerialSeconds {
     pub reader: f64,
     pub dispatch: f64,
@@ -145,7 +145,7 @@ pub struct SerialSeconds {
 }
 
 /// Busy seconds per stage, as the manifest records them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageSeconds {
     pub read: f64,
     pub inflate: f64,

@@ -64,7 +64,7 @@ impl std::str::FromStr for ColumnLevel {
 }
 
 /// What compressing a sample of one column's text at level 1 and at `level` gave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LevelTrial {
     pub sample_bytes: usize,
     pub level: i32,

@@ -650,6 +650,18 @@ fn convert_on(
             .map_err(|e| fail(Stage::Filter, e.into()))?
     };
     let mut staging = Staging::open(output).map_err(|e| fail(Stage::Output, e.into()))?;
+    // A run that died after sealing its dataset and before renaming it left it complete.
+    if let Some(manifest) = staging.sealed() {
+        if options.resume && sealed_matches(&manifest, &source_info, options) {
+            checkpoint::verify_parts(staging.path(), &manifest.parts)
+                .map_err(|e| fail(Stage::Checkpoint, e.into()))?;
+            tracing::info!(path = %input.display(), output = %output.display(), "Publishing the dataset an interrupted run had completed.");
+            return publish(staging, manifest, input);
+        }
+        // Another input's or other settings' dataset: not to be mixed with, or mistaken for,
+        // this one.
+        checkpoint::discard(staging.path()).map_err(|e| fail(Stage::Checkpoint, e.into()))?;
+    }
     let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let staging_dir = staging.path().to_owned();
@@ -715,10 +727,36 @@ fn convert_on(
             serial: busy.serial_snapshot(),
         },
     );
-    let output = staging
-        .publish(&manifest)
+    staging
+        .seal(&manifest)
         .map_err(|e| fail(Stage::Publish, e.into()))?;
+    publish(staging, manifest, input)
+}
+
+/// Publishes a sealed staging folder: the checkpoint goes first, then the folder is renamed.
+/// A crash between the two leaves a sealed folder that the next run publishes as it is.
+fn publish(
+    staging: Staging,
+    manifest: Manifest,
+    input: &Path,
+) -> Result<ConvertSummary, ConvertError> {
+    let fail = |source: StageError| ConvertError::new(input, Stage::Publish, source);
+    checkpoint::remove_from(staging.path()).map_err(|e| fail(e.into()))?;
+    // Sealed, checkpoint removed, not yet renamed: what a crash here leaves must be published
+    // by the next run.
+    let _ = crate::faults::point("dataset-sealed");
+    let output = staging.publish().map_err(|e| fail(e.into()))?;
     Ok(ConvertSummary { output, manifest })
+}
+
+/// Whether a sealed staging folder's dataset is what this conversion would make: the same
+/// input content, columns, tags and filters.
+fn sealed_matches(manifest: &Manifest, source: &SourceInfo, options: &ConvertOptions) -> bool {
+    let settings = options.checkpoint_settings();
+    manifest.source.same_content(source)
+        && manifest.columns == settings.columns
+        && manifest.tags == settings.tags
+        && manifest.filters == settings.filters
 }
 
 /// What one attempt at a conversion finished with.
@@ -890,7 +928,7 @@ fn manifest(
     let bytes_in = source.size;
     let bytes_out: u64 = checkpoint.parts.iter().map(|p| p.bytes).sum();
     Manifest {
-        bamflow_version: env!("CARGO_PKG_VERSION"),
+        bamflow_version: env!("CARGO_PKG_VERSION").to_owned(),
         schema_version: SCHEMA_VERSION,
         // Of this run: records resumed from a checkpoint took no time now.
         records_per_second: records_now as f64 / seconds.max(1e-9),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bamflow_plugin_api::{RecordView, Tag, TagValue};
 use rayon::ThreadPool;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::bgzf::{BgzfStream, BlockReader};
 use super::compression::{self, LevelTrial};
@@ -37,7 +37,7 @@ const MIN_BATCH_BYTES: usize = 64 << 10;
 const MAX_BATCH_BYTES: usize = 64 << 20;
 
 /// Mean, median and 99th percentile of a sampled quantity.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Distribution {
     pub mean: f64,
     pub p50: u64,
@@ -63,14 +63,14 @@ impl Distribution {
 }
 
 /// A BAM index found beside the file.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IndexInfo {
-    pub kind: &'static str,
+    pub kind: String,
     pub path: PathBuf,
 }
 
 /// How records are batched: sized so everything in flight fits `batch_memory_mb`.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct BatchPlan {
     /// Batches decoded in parallel at once.
     pub window: usize,
@@ -113,7 +113,7 @@ impl BatchPlan {
 }
 
 /// What `bamflow profile` prints and `convert` plans with.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Profile {
     pub path: PathBuf,
     pub file_bytes: u64,
@@ -133,7 +133,7 @@ pub struct Profile {
     pub batch: BatchPlan,
     /// Text columns whose level is `auto`, their sample compressed at level 1 and at
     /// `zstd_level`.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub level_trials: BTreeMap<String, LevelTrial>,
 }
 
@@ -370,7 +370,10 @@ fn find_index(path: &Path) -> Option<IndexInfo> {
     ]
     .into_iter()
     .find(|(_, p)| p.is_file())
-    .map(|(kind, path)| IndexInfo { kind, path })
+    .map(|(kind, path)| IndexInfo {
+        kind: kind.to_owned(),
+        path,
+    })
 }
 
 #[cfg(test)]

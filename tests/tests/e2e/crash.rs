@@ -306,6 +306,50 @@ fn convert_resume_continues_and_a_changed_input_starts_over() {
 }
 
 #[test]
+fn a_dataset_sealed_but_not_renamed_is_published_by_the_next_run_without_its_checkpoint() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 3_000, 54);
+    let out = dir.path("out");
+    // Killed after the manifest and _SUCCESS are written and the checkpoint removed, before
+    // the rename: the dataset is complete in its staging folder.
+    convert_killed_at(&bam, &out, "dataset-sealed=kill@1");
+    assert!(!out.exists(), "nothing published");
+    let staging = staging_of(&out);
+    assert!(staging.join("_SUCCESS").exists() && !staging.join("_checkpoint.json").exists());
+
+    let (ok, log) = convert_resume(&bam, &out);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("Publishing the dataset an interrupted run had completed."),
+        "{log}"
+    );
+    let files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let part = |f: &str| f.starts_with("part-") && f.ends_with(".parquet");
+    assert!(
+        files.contains(&"_SUCCESS".to_owned())
+            && files
+                .iter()
+                .all(|f| part(f) || f == "_SUCCESS" || f == "_manifest.json"),
+        "only parts, the manifest and _SUCCESS (DESIGN §3): {files:?}"
+    );
+    assert_dataset_matches_samtools(&sam_text::read_dataset(&out).unwrap(), &bam);
+
+    // The same sealed folder for another input is not published for this one.
+    let other = dir.path("other");
+    convert_killed_at(&bam, &other, "dataset-sealed=kill@1");
+    let changed = dir.path("changed.bam");
+    std::fs::copy(dir.generated(DataKind::Short, 2_000, 55), &changed).unwrap();
+    std::fs::rename(&changed, &bam).unwrap();
+    let (ok, log) = convert_resume(&bam, &other);
+    assert!(ok, "{log}");
+    assert!(!log.contains("an interrupted run had completed"), "{log}");
+    assert_dataset_matches_samtools(&sam_text::read_dataset(&other).unwrap(), &bam);
+}
+
+#[test]
 fn an_fsync_error_abandons_the_part_and_redoes_it_on_a_fresh_file() {
     let dir = TestDir::new();
     let bam = dir.generated(DataKind::Short, 5_000, 53);
