@@ -238,3 +238,113 @@ fn drain(shared: &Shared, index: usize) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int32Type;
+    use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::arrow_writer::compute_leaves;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    use super::*;
+
+    fn batch(schema: &Arc<Schema>, from: i32, rows: i32) -> RecordBatch {
+        let numbers: ArrayRef = Arc::new(Int32Array::from_iter_values(from..from + rows));
+        let text: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (from..from + rows).map(|i| format!("row {i} {}", "q".repeat(i as usize % 50))),
+        ));
+        RecordBatch::try_new(Arc::clone(schema), vec![numbers, text]).unwrap()
+    }
+
+    /// Encodes `batches` as row groups of `per_group` batches through ColumnEncoders, on a
+    /// pool of two, and returns the file.
+    fn encode(schema: &Arc<Schema>, batches: &[RecordBatch], per_group: usize) -> std::fs::File {
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap(),
+        );
+        let busy = Arc::new(BusyTimes::default());
+        let properties = WriterProperties::builder().build();
+        let (mut file, factory) =
+            ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(properties))
+                .and_then(ArrowWriter::into_serialized_writer)
+                .unwrap();
+        for (index, group) in batches.chunks(per_group).enumerate() {
+            let writers = factory.create_column_writers(index).unwrap();
+            let encoders = ColumnEncoders::new(writers, Arc::clone(&pool), Arc::clone(&busy));
+            for batch in group {
+                let leaves = schema
+                    .fields()
+                    .iter()
+                    .zip(batch.columns())
+                    .flat_map(|(field, array)| compute_leaves(field, array).unwrap())
+                    .collect();
+                encoders.submit(leaves).unwrap();
+            }
+            assert!(encoders.estimated_bytes() <= 1 << 30);
+            let chunks = encoders.finish().unwrap();
+            let mut row_group = file.next_row_group().unwrap();
+            for chunk in chunks {
+                chunk.append_to_row_group(&mut row_group).unwrap();
+            }
+            row_group.close().unwrap();
+        }
+        let mut out = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut out, &file.into_inner().unwrap()).unwrap();
+        out
+    }
+
+    #[test]
+    fn queued_batches_are_written_in_order_into_their_row_groups() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int32, false),
+            Field::new("text", DataType::Utf8, false),
+        ]));
+        // More batches per row group than a column may queue: submit must wait, not drop.
+        let batches: Vec<_> = (0..23).map(|i| batch(&schema, i * 1_000, 1_000)).collect();
+        let file = encode(&schema, &batches, 10);
+
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        assert_eq!(reader.metadata().num_row_groups(), 3);
+        let mut expected = 0;
+        for read in reader.build().unwrap() {
+            let read = read.unwrap();
+            let numbers = read.column(0).as_primitive::<Int32Type>();
+            let text = read.column(1).as_string::<i32>();
+            for row in 0..read.num_rows() {
+                assert_eq!(numbers.value(row), expected);
+                assert!(text.value(row).starts_with(&format!("row {expected} ")));
+                expected += 1;
+            }
+        }
+        assert_eq!(expected, 23_000);
+    }
+
+    #[test]
+    fn an_empty_row_group_closes() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int32, false)]));
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap(),
+        );
+        let (_, factory) = ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), None)
+            .and_then(ArrowWriter::into_serialized_writer)
+            .unwrap();
+        let encoders = ColumnEncoders::new(
+            factory.create_column_writers(0).unwrap(),
+            pool,
+            Arc::new(BusyTimes::default()),
+        );
+        encoders.seal();
+        let chunks = encoders.finish().unwrap();
+        assert_eq!(chunks.len(), 1);
+    }
+}
