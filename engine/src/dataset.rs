@@ -24,27 +24,46 @@ use crate::pipeline::write::PartInfo;
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("output {} already exists", path.display())]
-    AlreadyExists { path: PathBuf },
-    #[error("staging folder {} is in use by another bamflow process", path.display())]
-    Busy { path: PathBuf },
-    #[error("output path {} has no file name", path.display())]
-    NoFileName { path: PathBuf },
-    #[error("cannot create {}", path.display())]
-    Create {
+    /// The output folder exists: a dataset is never overwritten.
+    AlreadyExists {
+        /// The output folder.
         path: PathBuf,
+    },
+    #[error("staging folder {} is in use by another bamflow process", path.display())]
+    /// Another process holds the staging folder's lock.
+    Busy {
+        /// The staging folder.
+        path: PathBuf,
+    },
+    #[error("output path {} has no file name", path.display())]
+    /// The output path ends in `..` or `/`.
+    NoFileName {
+        /// The output path.
+        path: PathBuf,
+    },
+    #[error("cannot create {}", path.display())]
+    /// A folder could not be created.
+    Create {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
     #[error("cannot serialize the manifest")]
+    /// The manifest could not be serialized.
     Manifest(#[source] serde_json::Error),
     #[error(transparent)]
+    /// A durable write (temp file, fsync, rename) failed.
     Durable(#[from] DurableError),
 }
 
 /// Where the input came from, to tell a re-dropped or changed file apart.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceInfo {
+    /// Where it was read (canonical).
     pub path: PathBuf,
+    /// Bytes.
     pub size: u64,
     /// Modification time, RFC 3339 in UTC.
     pub mtime: String,
@@ -97,7 +116,9 @@ impl SourceInfo {
 /// Record counts of one conversion.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Counts {
+    /// Input records read.
     pub read: u64,
+    /// Rows written (records that passed the filters).
     pub written: u64,
     /// Records dropped, by filter name.
     pub filtered: BTreeMap<String, u64>,
@@ -106,24 +127,37 @@ pub struct Counts {
 /// `_manifest.json`: what the dataset holds and how it was made.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The bamflow version that wrote the dataset.
     pub bamflow_version: String,
+    /// The column layout's version (`bamflow:schema_version`).
     pub schema_version: u32,
+    /// The input.
     pub source: SourceInfo,
+    /// Records read and written, and dropped per filter.
     pub counts: Counts,
+    /// The part files, in record order.
     pub parts: Vec<PartInfo>,
+    /// The columns written, in order.
     pub columns: Vec<String>,
     /// Promoted tags, as configured (e.g. `NM:i`).
     pub tags: Vec<String>,
+    /// The filters run, in order, as `name=setting`.
     pub filters: Vec<String>,
+    /// The zstd level of every column without its own.
     pub zstd_level: i32,
     /// Columns compressed at their own level.
     pub column_zstd_levels: std::collections::BTreeMap<String, i32>,
+    /// What the profile found, and the batch plan.
     pub profile: Profile,
     /// Times the conversion continued from a checkpoint after an interruption.
     pub resumes: u64,
+    /// When the conversion started (RFC 3339, UTC).
     pub started: String,
+    /// When it finished.
     pub finished: String,
+    /// Wall seconds.
     pub seconds: f64,
+    /// Records read per wall second.
     pub records_per_second: f64,
     /// Busy seconds per stage, summed over threads: where the time went.
     pub stage_seconds: crate::pipeline::busy::StageSeconds,
@@ -132,7 +166,9 @@ pub struct Manifest {
     pub serial_cpu_seconds: crate::pipeline::busy::SerialSeconds,
     /// Peak resident memory of the process when the conversion finished.
     pub peak_rss_bytes: u64,
+    /// Bytes of the input.
     pub bytes_in: u64,
+    /// Bytes of the parts.
     pub bytes_out: u64,
     /// `bytes_out / bytes_in`.
     pub compression_ratio: f64,
@@ -141,7 +177,9 @@ pub struct Manifest {
 /// The part of a published `_manifest.json` that tells which input it was made from.
 #[derive(Debug, Deserialize)]
 pub struct Published {
+    /// The input it was made from.
     pub source: SourceInfo,
+    /// Its counts.
     pub counts: Counts,
 }
 

@@ -42,11 +42,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
+#[doc(hidden)]
 pub mod checkpoint;
 pub mod dataset;
+#[doc(hidden)]
 pub mod durable;
+#[doc(hidden)]
 pub mod faults;
 pub mod hash;
+#[doc(hidden)]
 pub mod heap;
 pub mod options;
 pub mod pipeline;

@@ -20,7 +20,9 @@ const MAX_RECORD_BYTES_CEILING: usize = 256 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
 pub struct OptionError {
+    /// The key, as the config file spells it (`convert.zstd_level`).
     pub key: String,
+    /// What is wrong with its value.
     pub message: String,
 }
 
@@ -52,25 +54,40 @@ impl OptionError {
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ConvertConfig {
+    /// Columns to write, in this order; `None` or empty: all, the standard ones then the promoted tags.
     pub columns: Option<Vec<String>>,
+    /// Tags promoted to typed columns, as `TAG:TYPE` (`NM:i`, `CB:Z`, `ML:B:i`).
     pub tags: Option<Vec<String>>,
+    /// zstd level (1-22) of every column without its own; default 3.
     pub zstd_level: Option<i32>,
+    /// Columns with their own level, or `auto`; replaces the default (every text column `auto`).
     pub column_zstd_levels: Option<BTreeMap<String, ColumnLevel>>,
+    /// Input records per part: the checkpoint unit; default 4,000,000.
     pub part_records: Option<u64>,
+    /// Memory for record batches in flight, MiB; default 64.
     pub batch_memory_mb: Option<usize>,
+    /// Records per batch; `None` or 0: chosen by the profile from `batch_memory_mb`.
     pub batch_records: Option<usize>,
+    /// Largest record accepted, bytes; default 64 MiB.
     pub max_record_bytes: Option<usize>,
+    /// Largest header accepted (text and reference list), bytes; default 128 MiB.
     pub max_header_bytes: Option<usize>,
+    /// Rows after which a row group closes; default 500,000.
     pub row_group_rows: Option<usize>,
+    /// Encoded MiB after which a row group closes; default 64.
     pub row_group_mb: Option<usize>,
 }
 
 /// The built-in filters as written (`[filter]`, `[watch.filter]`, the filter flags).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct FilterConfig {
+    /// Keep records with MAPQ at least this (`samtools view -q`).
     pub min_mapq: Option<u8>,
+    /// Keep records with all these FLAG bits (`-f`).
     pub include_flags: Option<u16>,
+    /// Drop records with any of these FLAG bits (`-F`).
     pub exclude_flags: Option<u16>,
+    /// Keep records overlapping any of these regions (needs an index).
     pub regions: Option<Vec<String>>,
 }
 

@@ -26,37 +26,90 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     #[error("plugin {}: cannot read it", path.display())]
+    /// The library or its folder cannot be read.
     Read {
+        /// The library.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
     #[error("plugin {}: {what} is writable by group or others (mode {mode:o}); refusing to load it", path.display())]
+    /// Group or others can write the library or its folder.
     Writable {
+        /// The library.
         path: PathBuf,
+        /// `the file` or `its folder`.
         what: &'static str,
+        /// Its mode.
         mode: u32,
     },
     #[error("plugin {}: SHA-256 is {actual}, but the config pins {expected}", path.display())]
+    /// The library is not the one pinned.
     Sha256Mismatch {
+        /// The library.
         path: PathBuf,
+        /// The pin.
         expected: String,
+        /// The file's SHA-256.
         actual: String,
     },
     #[error("plugin {}: cannot load it: {message}", path.display())]
-    Load { path: PathBuf, message: String },
+    /// The dynamic loader refused it.
+    Load {
+        /// The library.
+        path: PathBuf,
+        /// What the loader said.
+        message: String,
+    },
     #[error("plugin {}: no bamflow_plugin_v1 symbol: {message}", path.display())]
-    NoSymbol { path: PathBuf, message: String },
+    /// It exports no `bamflow_plugin_v1`.
+    NoSymbol {
+        /// The library.
+        path: PathBuf,
+        /// What the loader said.
+        message: String,
+    },
     #[error("plugin {}: built for plugin ABI {found}, this bamflow speaks ABI {ABI_MAJOR}", path.display())]
-    AbiMismatch { path: PathBuf, found: u32 },
+    /// It was built for another ABI major.
+    AbiMismatch {
+        /// The library.
+        path: PathBuf,
+        /// Its ABI major.
+        found: u32,
+    },
     #[error("plugin {}: its table is {found} bytes, smaller than the {TABLE_SIZE} of ABI {ABI_MAJOR}", path.display())]
-    TableTooSmall { path: PathBuf, found: u32 },
+    /// Its table is smaller than this ABI's.
+    TableTooSmall {
+        /// The library.
+        path: PathBuf,
+        /// Its table's size.
+        found: u32,
+    },
     #[error("plugin {name}: {message}")]
-    Create { name: String, message: String },
+    /// It refused its config or the header.
+    Create {
+        /// The plugin.
+        name: String,
+        /// Its message.
+        message: String,
+    },
     #[error("plugin {name} panicked: {message}")]
-    Panicked { name: String, message: String },
+    /// It panicked.
+    Panicked {
+        /// The plugin.
+        name: String,
+        /// The panic's message.
+        message: String,
+    },
     #[error("plugin {name} failed: {message}")]
-    Failed { name: String, message: String },
+    /// It failed on a batch.
+    Failed {
+        /// The plugin.
+        name: String,
+        /// Its message.
+        message: String,
+    },
 }
 
 /// A loaded plugin library: its checked table.
@@ -128,18 +181,22 @@ impl Plugin {
         })
     }
 
+    /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The plugin's version.
     pub fn version(&self) -> &str {
         &self.version
     }
 
+    /// The library.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Whether one state may serve several threads at once.
     pub fn thread_safe(&self) -> bool {
         self.table.thread_safe()
     }

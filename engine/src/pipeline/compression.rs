@@ -37,7 +37,9 @@ const TRIAL_BYTES: usize = 2 * PAGE_BYTES;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ColumnLevel {
+    /// A fixed level, 1-22.
     Level(i32),
+    /// Chosen per file by the level trial.
     Auto(AutoWord),
 }
 
@@ -45,10 +47,12 @@ pub enum ColumnLevel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AutoWord {
     #[serde(rename = "auto")]
+    /// `"auto"`.
     Auto,
 }
 
 impl ColumnLevel {
+    /// The `auto` level.
     pub const AUTO: Self = Self::Auto(AutoWord::Auto);
 }
 
@@ -66,9 +70,13 @@ impl std::str::FromStr for ColumnLevel {
 /// What compressing a sample of one column's text at level 1 and at `level` gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LevelTrial {
+    /// Bytes of text compressed.
     pub sample_bytes: usize,
+    /// The level tried against 1.
     pub level: i32,
+    /// Compressed bytes at that level.
     pub bytes_at_level: usize,
+    /// Compressed bytes at level 1.
     pub bytes_at_1: usize,
 }
 

@@ -25,15 +25,26 @@ use crate::plugin::{Plugin, PluginError, PluginState};
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
     #[error("filter {filter} failed on the batch starting at record {record}: {message}")]
+    /// A filter failed on a batch.
     Failed {
+        /// The filter's name.
         filter: String,
+        /// The batch's first record (from 1).
         record: u64,
+        /// The filter's message.
         message: String,
     },
     #[error(transparent)]
+    /// A plugin was refused or failed.
     Plugin(#[from] PluginError),
     #[error("region {region:?}: {reason}")]
-    Region { region: String, reason: String },
+    /// A region cannot be answered (no index, no such reference).
+    Region {
+        /// The region, as given.
+        region: String,
+        /// Why it cannot be answered.
+        reason: String,
+    },
 }
 
 impl FilterError {
@@ -51,6 +62,7 @@ impl FilterError {
 /// unplaced records (no reference, no position) at the end of a sorted file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Region {
+    /// Reference name, or `*` for the unplaced records.
     pub name: String,
     /// 1-based first position.
     pub start: u64,
@@ -169,20 +181,26 @@ impl fmt::Display for Region {
 /// A plugin to load: its library, an optional pinned SHA-256, and its `config` as JSON.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginSpec {
+    /// The shared library.
     pub path: PathBuf,
+    /// Its pinned SHA-256, if any.
     pub sha256: Option<String>,
+    /// Its `config` table, as JSON.
     pub config_json: String,
 }
 
 /// The filters of a conversion, as configured.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FilterOptions {
+    /// Keep records with MAPQ at least this.
     pub min_mapq: u8,
     /// Keep records with all these flag bits set (`samtools view -f`).
     pub include_flags: u16,
     /// Drop records with any of these flag bits set (`samtools view -F`).
     pub exclude_flags: u16,
+    /// Keep records overlapping any of these.
     pub regions: Vec<Region>,
+    /// Plugins, run after the built-ins, in order.
     pub plugins: Vec<PluginSpec>,
 }
 
@@ -310,6 +328,7 @@ pub struct InProcess<F> {
 }
 
 impl<F: Filter + Clone + Sync> InProcess<F> {
+    /// A built-in filter run in-process; `prototype` is cloned per worker.
     pub fn new(prototype: F) -> Self {
         Self {
             name: F::NAME.to_string_lossy().into_owned(),
@@ -547,6 +566,7 @@ pub struct FilterChain {
 }
 
 impl FilterChain {
+    /// The chain of `filters`, run in this order.
     pub fn new(filters: Vec<Box<dyn BatchFilter>>) -> Self {
         Self { filters }
     }
@@ -577,6 +597,7 @@ impl FilterChain {
             .collect()
     }
 
+    /// Whether there is no filter.
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()
     }

@@ -17,21 +17,30 @@
 //! a free one) and by the bounded channel to the writer, never by the file size. Batches
 //! decode in any order and are handed on oldest first, so rows come out in record order.
 
+// The stages. Those whose types appear in errors, the manifest or the daemon's metrics are
+// public but hidden from the documented API.
+#[doc(hidden)]
 pub mod bgzf;
+#[doc(hidden)]
 pub mod busy;
-pub mod columns;
+mod columns;
 pub mod compression;
+#[doc(hidden)]
 pub mod decode;
-pub mod encode;
+mod encode;
 pub mod filter;
+#[doc(hidden)]
 pub mod header;
 pub mod profile;
 mod read;
+#[doc(hidden)]
 pub mod region;
-pub mod sam_text;
+mod sam_text;
 pub mod scan;
 pub mod schema;
+#[doc(hidden)]
 pub mod source;
+#[doc(hidden)]
 pub mod write;
 
 use std::collections::BTreeMap;
@@ -76,6 +85,7 @@ pub struct RawBatch {
     pub start: VirtualPosition,
     /// Virtual position just after the last record.
     pub end: VirtualPosition,
+    /// The records' bytes, back to back.
     pub data: Vec<u8>,
     /// Record `i` is `data[offsets[i]..offsets[i + 1]]`; starts with 0.
     pub offsets: Vec<u32>,
@@ -94,6 +104,7 @@ impl RawBatch {
         self.offsets.len().saturating_sub(1)
     }
 
+    /// Whether it holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -127,27 +138,39 @@ impl RawBatch {
 /// Everything a conversion needs to know, resolved from config and flags.
 #[derive(Clone, Debug)]
 pub struct ConvertOptions {
+    /// The columns written.
     pub schema: OutputSchema,
+    /// Worker threads of the pool a one-shot conversion starts.
     pub threads: usize,
+    /// zstd level of every column without its own.
     pub zstd_level: i32,
     /// Levels of single columns, by output column name; they win over `zstd_level`.
     pub column_zstd_levels: BTreeMap<String, ColumnLevel>,
+    /// Input records per part: the checkpoint unit.
     pub part_records: u64,
+    /// Memory for record batches in flight, MiB.
     pub batch_memory_mb: usize,
     /// Fixed records per batch; `None` lets the profile choose from `batch_memory_mb`.
     pub batch_records: Option<usize>,
+    /// Largest record accepted, bytes.
     pub max_record_bytes: usize,
+    /// Largest header accepted, bytes.
     pub max_header_bytes: usize,
+    /// Rows after which a row group closes.
     pub row_group_rows: usize,
+    /// Encoded bytes after which a row group closes.
     pub row_group_bytes: usize,
+    /// Convert a file without the BGZF EOF block (it may be truncated).
     pub allow_missing_eof: bool,
     /// Continue from the checkpoint of an interrupted conversion into the same output (the
     /// daemon always does); otherwise such leftovers are discarded.
     pub resume: bool,
+    /// The filters, built-in and plugins.
     pub filters: FilterOptions,
 }
 
 impl ConvertOptions {
+    /// What profiling a file needs of these options.
     pub fn profile_options(&self) -> ProfileOptions {
         ProfileOptions {
             header_limits: self.header_limits(),
@@ -215,19 +238,30 @@ impl ConvertOptions {
 pub enum Stage {
     /// Checking the output folder and creating its staging folder, before any work.
     Output,
+    /// Opening and identifying the input.
     Open,
+    /// Reading BGZF blocks.
     Read,
+    /// Inflating them.
     Inflate,
+    /// Parsing the BAM header.
     Header,
+    /// Framing records.
     Frame,
+    /// Filtering (built-ins and plugins, regions).
     Filter,
+    /// Decoding records into columns.
     Decode,
+    /// Encoding and writing parts.
     Write,
+    /// Saving or trusting a checkpoint.
     Checkpoint,
+    /// Sealing and renaming the dataset.
     Publish,
 }
 
 impl Stage {
+    /// Every stage, in pipeline order.
     pub const ALL: [Self; 11] = [
         Self::Output,
         Self::Open,
@@ -262,6 +296,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind.
     pub const ALL: [Self; 6] = [
         Self::Io,
         Self::InvalidInput,
@@ -271,6 +306,7 @@ impl ErrorKind {
         Self::Internal,
     ];
 
+    /// The `kind` label.
     pub fn name(self) -> &'static str {
         match self {
             Self::Io => "io",
@@ -305,28 +341,40 @@ impl fmt::Display for Stage {
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error(transparent)]
+    /// An I/O error.
     Io(#[from] io::Error),
     #[error(transparent)]
+    /// The BGZF layer.
     Bgzf(#[from] BgzfError),
     #[error(transparent)]
+    /// The BAM header.
     Header(#[from] HeaderError),
     #[error(transparent)]
+    /// Record framing.
     Source(#[from] SourceError),
     #[error(transparent)]
+    /// Decoding a record.
     Decode(#[from] DecodeError),
     #[error(transparent)]
+    /// Writing a part.
     Write(#[from] WriteError),
     #[error(transparent)]
+    /// Staging or publishing the dataset.
     Dataset(#[from] DatasetError),
     #[error(transparent)]
+    /// A checkpoint.
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
+    /// A filter.
     Filter(#[from] FilterError),
     #[error("cannot start the worker pool")]
+    /// The worker pool could not start.
     ThreadPool(#[from] rayon::ThreadPoolBuildError),
     #[error("a pipeline thread panicked")]
+    /// A pipeline thread panicked (a bug).
     Panicked,
     #[error("cancelled")]
+    /// The observer cancelled the conversion.
     Cancelled,
 }
 
@@ -334,13 +382,22 @@ pub enum StageError {
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {stage} failed", path.display())]
 pub struct ConvertError {
+    /// The input.
     pub path: PathBuf,
+    /// Where it failed.
     pub stage: Stage,
+    /// Why.
     #[source]
     pub source: StageError,
 }
 
 impl ConvertError {
+    /// The stage that failed.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// The failure of `path` at `stage`.
     pub fn new(path: &Path, stage: Stage, source: StageError) -> Self {
         Self {
             path: path.to_owned(),
@@ -458,7 +515,9 @@ impl ConvertError {
 /// Progress of a running conversion, cumulative since it started (this run, when resumed).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Progress {
+    /// Input records read so far.
     pub records_read: u64,
+    /// Rows decoded and sent to the writer so far.
     pub rows_written: u64,
     /// Compressed bytes of the input consumed so far.
     pub bytes_read: u64,
@@ -496,7 +555,9 @@ impl Observer for () {}
 /// What a finished conversion produced.
 #[derive(Clone, Debug)]
 pub struct ConvertSummary {
+    /// The published dataset folder.
     pub output: PathBuf,
+    /// Its `_manifest.json`.
     pub manifest: Manifest,
 }
 

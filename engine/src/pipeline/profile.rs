@@ -39,9 +39,13 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Mean, median and 99th percentile of a sampled quantity.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Distribution {
+    /// Mean.
     pub mean: f64,
+    /// Median.
     pub p50: u64,
+    /// 99th percentile.
     pub p99: u64,
+    /// Largest.
     pub max: u64,
 }
 
@@ -65,7 +69,9 @@ impl Distribution {
 /// A BAM index found beside the file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IndexInfo {
+    /// `bai` or `csi`.
     pub kind: String,
+    /// The index file.
     pub path: PathBuf,
 }
 
@@ -103,6 +109,7 @@ impl BatchPlan {
         }
     }
 
+    /// When the reader closes a batch, for parts of `part_records`.
     pub fn limits(&self, part_records: u64) -> BatchLimits {
         BatchLimits {
             max_records: self.max_records,
@@ -115,21 +122,31 @@ impl BatchPlan {
 /// What `bamflow profile` prints and `convert` plans with.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Profile {
+    /// The input.
     pub path: PathBuf,
+    /// Its size.
     pub file_bytes: u64,
+    /// Bytes of its SAM header text.
     pub header_text_bytes: usize,
+    /// Reference sequences in its header.
     pub references: usize,
     /// `SO` of the `@HD` line, e.g. `coordinate`; `unknown` when absent.
     pub sort_order: String,
+    /// The index beside it, if any.
     pub index: Option<IndexInfo>,
+    /// Records in the sample.
     pub records_sampled: usize,
     /// Whether the sample is the whole file.
     pub sampled_whole_file: bool,
+    /// Record sizes in the sample, bytes.
     pub record_bytes: Distribution,
+    /// Read lengths in the sample.
     pub read_length: Distribution,
+    /// Share of unmapped records in the sample.
     pub unmapped_fraction: f64,
     /// Tags seen in the sample, with the SAM types they had (e.g. `i`, `Z`, `B:C`).
     pub tags: BTreeMap<String, BTreeSet<String>>,
+    /// How records are batched.
     pub batch: BatchPlan,
     /// Text columns whose level is `auto`, their sample compressed at level 1 and at
     /// `zstd_level`.
@@ -140,11 +157,15 @@ pub struct Profile {
 /// Settings the profile needs.
 #[derive(Clone, Debug)]
 pub struct ProfileOptions {
+    /// Limits for the header.
     pub header_limits: HeaderLimits,
+    /// Largest record accepted.
     pub max_record_bytes: usize,
+    /// Memory for batches in flight, MiB.
     pub batch_memory_mb: usize,
     /// Overrides the records per batch the profile would choose.
     pub batch_records: Option<usize>,
+    /// Worker threads.
     pub threads: usize,
     /// Columns whose zstd level is `auto`, to try on the sample.
     pub level_trial: Option<TrialPlan>,
@@ -154,8 +175,11 @@ pub struct ProfileOptions {
 /// `columns`, at level 1 and at `level`.
 #[derive(Clone, Debug)]
 pub struct TrialPlan {
+    /// The columns written.
     pub schema: OutputSchema,
+    /// The `auto` columns to try.
     pub columns: Vec<String>,
+    /// The level tried against 1.
     pub level: i32,
 }
 

@@ -11,22 +11,36 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// A standard column, in schema order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StandardColumn {
+    /// Read name.
     Qname,
+    /// FLAG.
     Flag,
+    /// Reference name.
     Rname,
+    /// 1-based position.
     Pos,
+    /// Mapping quality.
     Mapq,
+    /// CIGAR text.
     Cigar,
+    /// Mate's reference name.
     Rnext,
+    /// Mate's 1-based position.
     Pnext,
+    /// Template length.
     Tlen,
+    /// Sequence text.
     Seq,
+    /// Qualities, Phred+33.
     Qual,
+    /// 1-based inclusive alignment end.
     End,
+    /// Optional fields not promoted, as samtools prints them.
     Tags,
 }
 
 impl StandardColumn {
+    /// Every standard column, in schema order.
     pub const ALL: [Self; 13] = [
         Self::Qname,
         Self::Flag,
@@ -43,6 +57,7 @@ impl StandardColumn {
         Self::Tags,
     ];
 
+    /// The column's name.
     pub fn name(self) -> &'static str {
         match self {
             Self::Qname => "qname",
@@ -116,11 +131,14 @@ impl PromotedType {
 /// A tag configured to get its own column, e.g. `NM:i`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PromotedTag {
+    /// The two-letter tag.
     pub name: [u8; 2],
+    /// Its column's type.
     pub ty: PromotedType,
 }
 
 impl PromotedTag {
+    /// The column's name: the tag.
     pub fn column_name(&self) -> String {
         String::from_utf8_lossy(&self.name).into_owned()
     }
@@ -170,6 +188,7 @@ impl fmt::Display for PromotedTag {
 /// One output column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
+    /// A standard column.
     Standard(StandardColumn),
     /// Index into [`OutputSchema::promoted`].
     Promoted(usize),
@@ -181,12 +200,16 @@ pub enum SchemaError {
     #[error(
         "invalid tag {0:?}: expected TAG:TYPE with TYPE one of i, f, Z, H, A, B:i, B:f (e.g. NM:i)"
     )]
+    /// A promoted tag that is not `TAG:TYPE`.
     InvalidTagSpec(String),
     #[error("tag {0} is listed twice in tags")]
+    /// A tag promoted twice.
     DuplicateTag(String),
     #[error("unknown column {0:?}: columns are qname, flag, rname, pos, mapq, cigar, rnext, pnext, tlen, seq, qual, end, tags, and the promoted tags")]
+    /// A column that does not exist.
     UnknownColumn(String),
     #[error("column {0:?} is selected twice")]
+    /// A column selected twice.
     DuplicateColumn(String),
 }
 
@@ -195,6 +218,7 @@ pub enum SchemaError {
 pub struct OutputSchema {
     /// Private so that `standard`, derived from it, cannot go stale.
     columns: Vec<Column>,
+    /// The promoted tags, written or not.
     pub promoted: Vec<PromotedTag>,
     arrow: SchemaRef,
     /// Which standard columns are written, by [`StandardColumn`] index: the decoder asks for
