@@ -697,19 +697,12 @@ fn convert_on(
         }
         None => SourceInfo::of(input).map_err(|e| fail(Stage::Open, e.into()))?,
     };
-    check_complete(input, options.allow_missing_eof)?;
-
-    let (profile, header) = profile::profile(input, &options.profile_options(), pool)?;
-    // Filters and the index first: a plugin or region that cannot work fails the file before
-    // anything is written.
-    let filters = filter_chain(&options.filters, &header, observer)
-        .map_err(|e| fail(Stage::Filter, e.into()))?;
-    let spans = if options.filters.regions.is_empty() {
-        None
-    } else {
-        region::spans(input, &options.filters.regions, &header.reference_names)
-            .map_err(|e| fail(Stage::Filter, e.into()))?
-    };
+    let Prepared {
+        profile,
+        header,
+        filters,
+        spans,
+    } = prepare(pool, input, options, observer)?;
     let mut staging = Staging::open(output).map_err(|e| fail(Stage::Output, e.into()))?;
     // A run that died after sealing its dataset and before renaming it left it complete.
     if let Some(manifest) = staging.sealed() {
@@ -792,6 +785,41 @@ fn convert_on(
         .seal(&manifest)
         .map_err(|e| fail(Stage::Publish, e.into()))?;
     publish(staging, manifest, input)
+}
+
+/// What reading a file needs before its first record: its profile and header, the filters
+/// built for it, and the index spans of its regions.
+struct Prepared {
+    profile: Profile,
+    header: header::BamHeader,
+    filters: FilterChain,
+    spans: Option<Vec<region::Span>>,
+}
+
+/// Checks the input is complete, profiles it and sets up its filters and regions: a plugin or
+/// region that cannot work fails the file before anything is read or written.
+fn prepare(
+    pool: &Arc<ThreadPool>,
+    input: &Path,
+    options: &ConvertOptions,
+    observer: &dyn Observer,
+) -> Result<Prepared, ConvertError> {
+    let fail = |source: StageError| ConvertError::new(input, Stage::Filter, source);
+    check_complete(input, options.allow_missing_eof)?;
+    let (profile, header) = profile::profile(input, &options.profile_options(), pool)?;
+    let filters = filter_chain(&options.filters, &header, observer).map_err(|e| fail(e.into()))?;
+    let spans = if options.filters.regions.is_empty() {
+        None
+    } else {
+        region::spans(input, &options.filters.regions, &header.reference_names)
+            .map_err(|e| fail(e.into()))?
+    };
+    Ok(Prepared {
+        profile,
+        header,
+        filters,
+        spans,
+    })
 }
 
 /// Publishes a sealed staging folder: the checkpoint goes first, then the folder is renamed.

@@ -19,9 +19,7 @@ use super::busy::BusyTimes;
 use super::decode::Decoder;
 use super::read::{Position, Reading};
 use super::write::Chunk;
-use super::{
-    check_complete, filter_chain, profile, region, ConvertError, ConvertOptions, Stage, StageError,
-};
+use super::{prepare, ConvertError, ConvertOptions, Prepared, Stage, StageError};
 
 /// The record batches of one BAM file, in record order; see [`Engine::scan`](super::Engine::scan).
 ///
@@ -44,16 +42,12 @@ impl RecordBatches {
         options: &ConvertOptions,
     ) -> Result<Self, ConvertError> {
         let fail = |stage, source: StageError| ConvertError::new(input, stage, source);
-        check_complete(input, options.allow_missing_eof)?;
-        let (profile, header) = profile::profile(input, &options.profile_options(), pool)?;
-        let filters = filter_chain(&options.filters, &header, &())
-            .map_err(|e| fail(Stage::Filter, e.into()))?;
-        let spans = if options.filters.regions.is_empty() {
-            None
-        } else {
-            region::spans(input, &options.filters.regions, &header.reference_names)
-                .map_err(|e| fail(Stage::Filter, e.into()))?
-        };
+        let Prepared {
+            profile,
+            header,
+            filters,
+            spans,
+        } = prepare(pool, input, options, &())?;
         let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
         let plan = profile.batch;
         let (chunks_tx, chunks) = bounded(plan.window);

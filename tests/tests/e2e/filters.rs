@@ -11,7 +11,7 @@ use bamflow_tests::{convert, plugin_library, samtools_view_regions};
 use serde_json::Value;
 
 use crate::harness::{config, Daemon};
-use crate::support::{convert_ok, manifest, TestDir};
+use crate::support::{convert_ok, manifest, stdout_of, TestDir};
 
 /// `samtools view -h --no-PG [args] BAM [regions]`, as lines.
 fn samtools(bam: &Path, args: &[&str], regions: &[&str]) -> Vec<String> {
@@ -379,16 +379,7 @@ fn generated_short_reads_are_coordinate_sorted_as_their_header_says() {
     // mates out of order.
     let dir = TestDir::new();
     let bam = dir.generated(DataKind::Short, 60_000, 88);
-    let output = Command::new("samtools")
-        .arg("index")
-        .arg(&bam)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    stdout_of(Command::new("samtools").arg("index").arg(&bam));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use bamflow_tests::sam_text::{self, Cell, TagOrder};
 use bamflow_tests::{bamflow, samtools_view};
 use serde_json::Value;
 
-use crate::support::{convert_ok, manifest, TestDir};
+use crate::support::{convert_ok, manifest, stdout_of, TestDir};
 
 /// samtools' record lines (header removed).
 fn records(bam: &std::path::Path) -> Vec<String> {
@@ -395,14 +395,7 @@ fn check_config_accepts_the_sample_config_once_its_folders_exist() {
         sample.replace("/srv/drop/novaseq", dir.path("novaseq").to_str().unwrap()),
     )
     .unwrap();
-    let output = bamflow(&["check-config", copy.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    stdout_of(&mut bamflow(&["check-config", copy.to_str().unwrap()]));
 }
 
 #[test]

@@ -177,3 +177,14 @@ pub fn sample(text: &str, series: &str) -> f64 {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
+
+/// Runs `command`, fails the test with its stderr unless it succeeds, and returns its stdout.
+pub fn stdout_of(command: &mut std::process::Command) -> String {
+    let output = command.output().expect("the command runs");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

@@ -10,7 +10,7 @@ use bamflow_tests::generator::DataKind;
 use serde_json::Value;
 
 use crate::harness::{config, Daemon};
-use crate::support::{http_get, sample, TestDir};
+use crate::support::{http_get, sample, stdout_of, TestDir};
 
 /// How long nothing may happen. The rescan loop this guards against made thousands of
 /// rescans a second; with `scan_interval_seconds = 1` a few interval rescans fall inside.
@@ -100,15 +100,11 @@ fn an_idle_daemon_does_not_rescan_because_of_its_own_reads() {
 }
 
 fn status(config: &Path) -> String {
-    let output = bamflow_tests::bamflow(&["status", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    stdout_of(&mut bamflow_tests::bamflow(&[
+        "status",
+        "--config",
+        config.to_str().unwrap(),
+    ]))
 }
 
 fn error_report(path: &Path) -> Value {
