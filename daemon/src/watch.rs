@@ -3,7 +3,11 @@
 //! A full rescan is the truth (network filesystems deliver no events). A file is ready when its
 //! (size, mtime, inode) have not changed for the settle window, it ends with the BGZF EOF block,
 //! and its sentinel exists when one is configured. "New" is decided per file, never from an
-//! mtime high-water mark, so a file copied in with an old mtime is still taken.
+//! mtime high-water mark, so a file copied in with an old mtime is still taken. Every file that
+//! is not ready has a [`Waiting`] reason, which the daemon reports (log, metrics, status).
+//!
+//! Filesystem events only hasten a rescan, and only those that can make a file ready: the
+//! daemon's own listings and reads open files too, and once made every rescan trigger the next.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
