@@ -21,6 +21,9 @@ pub struct BamHeader {
     pub reference_names: Arc<[String]>,
     /// Reference sequence lengths, indexed by `refID`.
     pub reference_lengths: Vec<u32>,
+    /// Where the first record starts: the reader seeks there instead of parsing the header
+    /// again.
+    pub records_start: noodles_bgzf::VirtualPosition,
 }
 
 /// Why the header could not be read.
@@ -96,10 +99,12 @@ pub fn read_header<R: Read>(
     }
 
     let text = sam_header_text(&raw_text, &reference_names, &reference_lengths)?;
+    let records_start = stream.virtual_position()?;
     Ok(BamHeader {
         text,
         reference_names: reference_names.into(),
         reference_lengths,
+        records_start,
     })
 }
 

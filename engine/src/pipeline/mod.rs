@@ -734,6 +734,7 @@ fn convert_on(
             spans: spans.as_deref(),
             busy: &busy,
             staging: Some(&staging_dir),
+            records_start: header.records_start,
         },
         write: &write,
         staging: &staging_dir,

@@ -41,6 +41,8 @@ pub(super) struct Reading<'a> {
     pub busy: &'a Arc<BusyTimes>,
     /// The staging folder whose checkpoint a resume position came from, for its errors.
     pub staging: Option<&'a Path>,
+    /// Where the first record starts (the header's end).
+    pub records_start: VirtualPosition,
 }
 
 impl Reading<'_> {
@@ -80,6 +82,12 @@ impl Reading<'_> {
     /// virtual offset.
     fn open(&self, from: Position) -> Result<RecordSource<BufReader<File>>, ConvertError> {
         if from.record == 0 {
+            // Just after the header, as the profile found it; the header is not parsed again.
+            if let Some(source) = self.open_at(self.records_start, 0)? {
+                return Ok(source);
+            }
+            // A position at the very end (a file without records) is not inside a block.
+            tracing::debug!(path = %self.input.display(), "Reading the header again to find the first record.");
             let mut stream = self.stream_at(0)?;
             header::read_header(&mut stream, self.options.header_limits())
                 .map_err(|e| ConvertError::from_header(self.input, e))?;

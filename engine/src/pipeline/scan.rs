@@ -49,6 +49,7 @@ impl RecordBatches {
             spans,
         } = prepare(pool, input, options, &())?;
         let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
+        let records_start = header.records_start;
         let plan = profile.batch;
         let (chunks_tx, chunks) = bounded(plan.window);
         let schema = Arc::clone(options.schema.arrow());
@@ -69,6 +70,7 @@ impl RecordBatches {
                     spans: spans.as_deref(),
                     busy: &busy,
                     staging: None,
+                    records_start,
                 };
                 reading.stream(Position::START, chunks_tx).map(|_| ())
             })
