@@ -36,18 +36,12 @@ path = "$dir/inbox"
 settle_seconds = 5
 output = "$dir/outbox/{stem}"
 EOF
-"$bin/bamflow" daemon --config "$dir/bamflow.toml" 2>"$dir/daemon.log" &
-pid=$!
-for _ in $(seq 100); do
-  address=$(sed -n 's/.*Serving metrics.*address=\([0-9.:]*\).*/\1/p' "$dir/daemon.log")
-  [ -n "$address" ] && break
-  sleep 0.1
-done
-[ -n "$address" ] || { cat "$dir/daemon.log" >&2; exit 1; }
+. bench/daemon.sh
+start_daemon "$dir/bamflow.toml" "$dir/daemon.log"
 
 ticks_per_second=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-rescans() { curl -s "http://$address/metrics" | awk -v r="$1" '$1 == "bamflow_watch_rescans_total{reason=\"" r "\"}" {print $2}'; }
+rescans() { metric "bamflow_watch_rescans_total{reason=\"$1\"}"; }
 
 printf '%-44s %8s %10s %14s %16s\n' state seconds cpu_share event_rescans interval_rescans
 measure() { # label

@@ -73,14 +73,8 @@ for i in $(seq 1 "$FILES"); do
   esac
 done
 
-"$bin/bamflow" daemon --config "$dir/bamflow.toml" 2>"$dir/daemon.log" &
-pid=$!
-for _ in $(seq 100); do
-  address=$(sed -n 's/.*Serving metrics.*address=\([0-9.:]*\).*/\1/p' "$dir/daemon.log")
-  [ -n "$address" ] && break
-  sleep 0.1
-done
-[ -n "$address" ] || { cat "$dir/daemon.log" >&2; exit 1; }
+. bench/daemon.sh
+start_daemon "$dir/bamflow.toml" "$dir/daemon.log"
 sleep 2
 
 usage() { # label → "label rss_kb fds threads"
@@ -90,7 +84,6 @@ usage() { # label → "label rss_kb fds threads"
   fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
   printf '%-28s %10s %6s %8s\n' "$1" "$rss" "$fds" "$threads"
 }
-metric() { curl -s "http://$address/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
 report=$(mktemp)
 printf '%-28s %10s %6s %8s\n' moment rss_kb fds threads >"$report"
