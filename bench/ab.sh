@@ -7,6 +7,7 @@
 #
 #   bench/ab.sh 85af787              # before the engine became its own crate
 #   REPS=5 SCALE=2 bench/ab.sh main~3
+#   INPUTS="data/short.bam data/long.bam" bench/ab.sh main~3   # these BAMs instead
 #
 # Needs GNU time, and python3 with pyarrow for the value check (scripts/test.sh makes
 # target/test-venv, used when present). Inputs are cached in $BENCH_DIR (default target/bench).
@@ -36,10 +37,18 @@ inputs=(
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 printf '%-10s %10s %10s %7s %10s %10s %7s  %s\n' input old_wall_s new_wall_s ratio old_rss_MB new_rss_MB ratio datasets
+if [ -n "${INPUTS:-}" ]; then
+  inputs=()
+  for bam in $INPUTS; do inputs+=("$(basename "$bam" .bam) file 0 $bam"); done
+fi
 for spec in "${inputs[@]}"; do
   read -r name kind records extra <<<"$spec"
-  bam="$BENCH_DIR/$name-$records.bam"
-  [ -s "$bam" ] || "$BIN/bamgen" "$bam" --kind "$kind" --records "$records" ${extra:-}
+  if [ "$kind" = file ]; then
+    bam=$extra
+  else
+    bam="$BENCH_DIR/$name-$records.bam"
+    [ -s "$bam" ] || "$BIN/bamgen" "$bam" --kind "$kind" --records "$records" ${extra:-}
+  fi
   : >"$BENCH_DIR/ab-old.txt"
   : >"$BENCH_DIR/ab-new.txt"
   for _ in $(seq "$REPS"); do
