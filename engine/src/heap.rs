@@ -61,7 +61,7 @@ pub fn limit_arenas() -> bool {
 /// in afresh: at 1 MiB, 11 s of system time instead of 5 in the same run.
 const MMAP_THRESHOLD: i32 = 4 << 20;
 
-/// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`]; call it before any thread starts.
+/// Fixes glibc's mmap threshold at `MMAP_THRESHOLD` (4 MiB); call it before any thread starts.
 /// Returns whether it was set: not when `MALLOC_MMAP_THRESHOLD_` is set (the operator's choice
 /// wins), nor on a system without glibc.
 pub fn fix_mmap_threshold() -> bool {
@@ -98,7 +98,7 @@ fn set_unless_operator(env: &str, parameter: libc::c_int, value: libc::c_int) ->
 /// (8 M: 2.0-3.4 s without, 2.2-3.3 s with).
 const TRIM_EVERY_ROW_GROUPS: usize = 4;
 
-/// Counts a written row group, and every [`TRIM_EVERY_ROW_GROUPS`] across the process returns
+/// Counts a written row group, and every `TRIM_EVERY_ROW_GROUPS` (4) across the process returns
 /// glibc's free pages to the system. Does nothing without glibc.
 pub fn row_group_written() {
     static WRITTEN: AtomicUsize = AtomicUsize::new(0);

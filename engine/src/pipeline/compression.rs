@@ -81,7 +81,7 @@ pub struct LevelTrial {
 }
 
 impl LevelTrial {
-    /// Compresses up to [`TRIAL_BYTES`] of `text` page by page at level 1 and at `level`, the
+    /// Compresses up to `TRIAL_BYTES` of `text` page by page at level 1 and at `level`, the
     /// two levels in parallel on the current rayon pool; `None` when there is no text or zstd
     /// fails.
     ///

@@ -15,7 +15,7 @@ pub struct HeaderLimits {
 /// A parsed BAM header.
 #[derive(Debug)]
 pub struct BamHeader {
-    /// The SAM header as `samtools view -H --no-PG` prints it (see [`sam_header_text`]).
+    /// The SAM header as `samtools view -H --no-PG` prints it (see `sam_header_text`).
     pub text: String,
     /// Reference sequence names, indexed by `refID`.
     pub reference_names: Arc<[String]>,

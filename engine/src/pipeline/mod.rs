@@ -8,7 +8,7 @@
 //! writer thread:  Arrow batches ─▶ Parquet parts (fsync, rename) ─▶ checkpoint
 //! ```
 //!
-//! A conversion starts from its [`checkpoint`](crate::checkpoint) when an interrupted run left
+//! A conversion starts from its [`checkpoint`] when an interrupted run left
 //! one: the reader seeks to the saved virtual offset and part numbering continues. A write or
 //! fsync error abandons the part being written and redoes it from the last checkpoint.
 //!

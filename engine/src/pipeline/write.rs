@@ -5,7 +5,7 @@
 //!
 //! zstd dominates the CPU time of a conversion, so columns are encoded and compressed in
 //! parallel on the shared pool: each column of the open row group has its own
-//! [`ArrowColumnWriter`], and every accepted chunk is split into per-column leaves that are
+//! `ArrowColumnWriter`, and every accepted chunk is split into per-column leaves that are
 //! written concurrently. Finished column chunks are appended to the file in schema order.
 
 use std::collections::BTreeMap;
