@@ -248,7 +248,7 @@ impl Tracker {
                 seen.ends = None;
                 seen.hold = None;
             }
-            let verdict = judge(watch, &path, seen, now, wall_now);
+            let verdict = judge(watch, &path, seen, now);
             let waiting = match verdict {
                 Ok(take) => {
                     ready.push((
@@ -319,13 +319,7 @@ impl Tracker {
 }
 
 /// Whether a file can be taken now, or why it waits.
-fn judge(
-    watch: &WatchConfig,
-    path: &Path,
-    seen: &mut Seen,
-    now: Instant,
-    wall_now: SystemTime,
-) -> Result<Take, Waiting> {
+fn judge(watch: &WatchConfig, path: &Path, seen: &mut Seen, now: Instant) -> Result<Take, Waiting> {
     if let Some((waiting, until)) = &seen.hold {
         if now < *until {
             return Err(waiting.clone());
@@ -334,9 +328,10 @@ fn judge(
     }
     let settled_for = now.duration_since(seen.stable_since);
     if settled_for < watch.settle {
-        let left = watch.settle - settled_for;
+        // From the wall-clock time of the change, so the reason stays the same from one
+        // re-check to the next (and is logged and written for `status` once).
         return Err(Waiting::Settling {
-            until: wall_now + left,
+            until: seen.changed_at + watch.settle,
         });
     }
     let ends = match seen.ends {
@@ -656,6 +651,139 @@ fn path_hash(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Disposition;
+
+    fn watch(dir: &Path, settle: Duration) -> WatchConfig {
+        WatchConfig {
+            name: "w".into(),
+            path: dir.to_owned(),
+            pattern: glob::Pattern::new("*.bam").unwrap(),
+            settle,
+            sentinel: None,
+            incomplete_timeout: None,
+            output: "/out/{stem}".into(),
+            on_success: Disposition::Keep,
+            on_failure: Disposition::Keep,
+            follow_symlinks: false,
+            convert: bamflow_engine::pipeline::ConvertOptions::default(),
+        }
+    }
+
+    /// Each file's reason after a rescan, by name; `None` for a ready file.
+    fn reasons(tracker: &Tracker) -> Vec<(String, String)> {
+        let mut reasons: Vec<_> = tracker
+            .waiting(|_| false)
+            .into_iter()
+            .map(|f| {
+                let name = f.path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, f.waiting.reason().to_owned())
+            })
+            .collect();
+        reasons.sort();
+        reasons
+    }
+
+    #[test]
+    fn every_file_that_is_not_taken_has_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let eof = bgzf::EOF_BLOCK;
+        // A complete BGZF file (the EOF block alone), one cut short, text, and a sentinel-less
+        // one.
+        fs::write(dir.path().join("whole.bam"), eof).unwrap();
+        fs::write(dir.path().join("cut.bam"), &eof[..20]).unwrap();
+        fs::write(dir.path().join("notes.bam"), "sample\tlane\n").unwrap();
+        let mut tracker = Tracker::default();
+        let now = Instant::now();
+
+        // Settling: with the same `until` at every re-check, so it is reported once.
+        let slow = watch(dir.path(), Duration::from_secs(3600));
+        assert!(tracker.scan(&slow, now).unwrap().is_empty());
+        let first = tracker.waiting(|_| false);
+        tracker.recheck(&slow, now + Duration::from_secs(1));
+        assert_eq!(
+            first.iter().map(|f| &f.waiting).collect::<Vec<_>>(),
+            tracker
+                .waiting(|_| false)
+                .iter()
+                .map(|f| &f.waiting)
+                .collect::<Vec<_>>()
+        );
+        assert!(reasons(&tracker).iter().all(|(_, r)| r == "settling"));
+
+        // Settled: the complete one and the text one are taken (the text fails in the engine);
+        // the cut one waits for its EOF block.
+        let quick = watch(dir.path(), Duration::ZERO);
+        let ready = tracker.recheck(&quick, now);
+        let mut taken: Vec<_> = ready
+            .iter()
+            .map(|r| {
+                (
+                    r.path.file_name().unwrap().to_string_lossy().into_owned(),
+                    r.take,
+                )
+            })
+            .collect();
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            taken,
+            [
+                ("notes.bam".into(), Take::Convert),
+                ("whole.bam".into(), Take::Convert)
+            ]
+        );
+        let waiting: Vec<_> = reasons(&tracker)
+            .into_iter()
+            .filter(|(name, _)| name == "cut.bam")
+            .collect();
+        assert_eq!(waiting, [("cut.bam".to_owned(), "no_eof_block".to_owned())]);
+
+        // With a sentinel required, the complete file waits for it.
+        let sentinel = WatchConfig {
+            sentinel: Some("{name}.done".into()),
+            ..quick.clone()
+        };
+        let ready = tracker.recheck(&sentinel, now);
+        assert!(ready.iter().all(|r| !r.path.ends_with("whole.bam")));
+        assert!(reasons(&tracker).contains(&("whole.bam".into(), "sentinel_missing".into())));
+
+        // With a timeout, the cut file is taken to be failed as incomplete.
+        let timeout = WatchConfig {
+            incomplete_timeout: Some(Duration::from_millis(1)),
+            ..quick
+        };
+        let ready = tracker.recheck(&timeout, now + Duration::from_secs(1));
+        let cut = ready.iter().find(|r| r.path.ends_with("cut.bam")).unwrap();
+        assert!(matches!(cut.take, Take::Incomplete { .. }));
+    }
+
+    #[test]
+    fn only_events_that_can_make_a_file_ready_count() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+        use notify::event::{DataChange, RenameMode};
+        let event = |kind| Ok(notify::Event::new(kind));
+        assert!(can_make_ready(&event(EventKind::Create(CreateKind::File))));
+        assert!(can_make_ready(&event(EventKind::Access(
+            AccessKind::Close(AccessMode::Write)
+        ))));
+        assert!(can_make_ready(&event(EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        )))));
+        // The daemon's own listings and reads, and writes still in progress.
+        assert!(!can_make_ready(&event(EventKind::Access(
+            AccessKind::Open(AccessMode::Any)
+        ))));
+        assert!(!can_make_ready(&event(EventKind::Access(
+            AccessKind::Close(AccessMode::Read)
+        ))));
+        assert!(!can_make_ready(&event(EventKind::Modify(
+            ModifyKind::Data(DataChange::Any)
+        ))));
+        // An overflow of the kernel's queue, or an error: nothing is known, rescan.
+        assert!(can_make_ready(&Ok(
+            notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan)
+        )));
+        assert!(can_make_ready(&Err(notify::Error::generic("watch lost"))));
+    }
 
     #[test]
     fn temporary_and_hidden_names_are_ignored() {
