@@ -96,11 +96,14 @@ for ((i = 1; i <= FILES; i += WAVE)); do
   sleep 1
 done
 
+# BAMs in a folder (0 while it does not exist yet).
+bams() { find "$1" -name '*.bam' 2>/dev/null | wc -l || true; }
+
 # Handled: everything but the cut files is filed away.
-cut=$(printf '%s\n' "${kinds[@]}" | grep -c '^cut$')
+cut=$(printf '%s\n' "${kinds[@]}" | grep -c '^cut$' || true)
 want=$((FILES - cut))
 while :; do
-  handled=$(($(find "$dir/inbox/done" -name '*.bam' 2>/dev/null | wc -l) + $(find "$dir/inbox/failed" -name '*.bam' 2>/dev/null | wc -l)))
+  handled=$(($(bams "$dir/inbox/done") + $(bams "$dir/inbox/failed")))
   [ "$handled" -ge "$want" ] && break
   if [ $(($(date +%s) - started)) -gt 3600 ]; then echo "only $handled of $want handled after an hour" >&2; exit 1; fi
   sleep 2

@@ -252,6 +252,8 @@ impl Worker<'_> {
                 self.engine,
                 &observer,
             );
+            // What the conversion freed goes back to the system, not kept for the next file.
+            bamflow_engine::heap::return_free_memory();
             let label = match outcome {
                 Outcome::Success | Outcome::AlreadyDone => Some("success"),
                 Outcome::Failure => Some("failure"),

@@ -104,11 +104,18 @@ pub fn row_group_written() {
     static WRITTEN: AtomicUsize = AtomicUsize::new(0);
     let written = WRITTEN.fetch_add(1, Ordering::Relaxed) + 1;
     if written % TRIM_EVERY_ROW_GROUPS == 0 {
-        // SAFETY: `malloc_trim` only releases memory glibc holds free; no live block moves.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        return_free_memory();
+    }
+}
+
+/// Returns glibc's free pages to the system now: the daemon calls it when a file is done, so
+/// an idle daemon holds what it uses, not what its last conversion freed. Does nothing
+/// without glibc.
+pub fn return_free_memory() {
+    // SAFETY: `malloc_trim` only releases memory glibc holds free; no live block moves.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
