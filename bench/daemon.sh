@@ -1,8 +1,21 @@
 # A release daemon for the benchmarks that watch one: sourced from the repository root.
+# Builds the release binaries, makes a scratch folder $dir (removed on exit, with the daemon)
+# and $bin (target/release), and gives:
 #   start_daemon CONFIG LOG   starts it; sets $pid and $address (its metrics listener)
 #   metric NAME{LABELS}       one sample of its /metrics
+cargo build --release --quiet --bins
+bin=$PWD/target/release
+
+dir=$(mktemp -d)
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
 start_daemon() {
-  target/release/bamflow daemon --config "$1" 2>"$2" &
+  "$bin/bamflow" daemon --config "$1" 2>"$2" &
   pid=$!
   address=
   for _ in $(seq 100); do

@@ -13,16 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-60}
-cargo build --release --quiet --bins
-bin=$PWD/target/release
-
-dir=$(mktemp -d)
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+. bench/daemon.sh
 
 mkdir -p "$dir/inbox"
 cat >"$dir/bamflow.toml" <<EOF
@@ -36,7 +27,6 @@ path = "$dir/inbox"
 settle_seconds = 5
 output = "$dir/outbox/{stem}"
 EOF
-. bench/daemon.sh
 start_daemon "$dir/bamflow.toml" "$dir/daemon.log"
 
 ticks_per_second=$(getconf CLK_TCK)

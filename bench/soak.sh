@@ -17,16 +17,7 @@ cd "$(dirname "$0")/.."
 FILES=${FILES:-2000}
 IDLE=${IDLE:-300}
 WAVE=${WAVE:-100}
-cargo build --release --quiet --bins
-bin=$PWD/target/release
-
-dir=$(mktemp -d)
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+. bench/daemon.sh
 
 mkdir -p "$dir/inbox" "$dir/src"
 cat >"$dir/bamflow.toml" <<EOF
@@ -73,7 +64,6 @@ for i in $(seq 1 "$FILES"); do
   esac
 done
 
-. bench/daemon.sh
 start_daemon "$dir/bamflow.toml" "$dir/daemon.log"
 sleep 2
 

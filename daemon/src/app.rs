@@ -808,15 +808,16 @@ fn incomplete_error(watch: &WatchConfig, file: &Ready, since: SystemTime) -> Fai
         .unwrap_or_default()
         .as_secs();
     let timeout = watch.incomplete_timeout.unwrap_or_default().as_secs();
+    let cause = std::io::Error::other(format!(
+        "no BGZF EOF block after {waited} s unchanged (since {}; incomplete_timeout_seconds = \
+         {timeout}): the file is incomplete, e.g. a copy cut short",
+        humantime::format_rfc3339_seconds(since),
+    ));
+    // Named as every conversion failure is; the offset is the end the file stopped at.
+    let error = ConvertError::new(&file.path, Stage::Read, cause.into());
     Failed {
-        stage: Stage::Read,
         location: Some(Location::Byte(file.fingerprint.size)),
-        message: format!(
-            "{}: read failed: no BGZF EOF block after {waited} s unchanged (since {}; \
-             incomplete_timeout_seconds = {timeout}): the file is incomplete, e.g. a copy cut short",
-            file.path.display(),
-            humantime::format_rfc3339_seconds(since),
-        ),
+        ..Failed::from(&error)
     }
 }
 

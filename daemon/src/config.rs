@@ -3,14 +3,12 @@
 //! Unknown keys are errors — all of them at once, each with its line and column — so a typo is
 //! never a silently ignored setting. Every key has a default; `config/bamflow.toml` documents them.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use bamflow_engine::options::{ConvertConfig, FilterConfig, OptionError};
-use bamflow_engine::pipeline::compression::ColumnLevel;
 use bamflow_engine::pipeline::filter::{FilterOptions, PluginSpec};
 use bamflow_engine::pipeline::ConvertOptions;
 
@@ -328,14 +326,9 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// Values given on the command line, which win over the file.
 #[derive(Clone, Debug, Default)]
 pub struct ConvertOverrides {
-    pub columns: Option<Vec<String>>,
-    pub tags: Option<Vec<String>>,
-    pub zstd_level: Option<i32>,
-    pub column_zstd_levels: Option<BTreeMap<String, ColumnLevel>>,
+    /// The `[convert]` keys given as flags.
+    pub convert: ConvertConfig,
     pub threads: Option<usize>,
-    pub part_records: Option<u64>,
-    pub batch_memory_mb: Option<usize>,
-    pub batch_records: Option<usize>,
     pub allow_missing_eof: bool,
     pub resume: bool,
     pub filter: FilterConfig,
@@ -402,19 +395,9 @@ pub fn convert_options(
         Some(path) => (RawConfig::load(path)?, path.to_owned()),
         None => (RawConfig::default(), PathBuf::from("command line")),
     };
-    let over = ConvertConfig {
-        columns: flags.columns.clone(),
-        tags: flags.tags.clone(),
-        zstd_level: flags.zstd_level,
-        column_zstd_levels: flags.column_zstd_levels.clone(),
-        part_records: flags.part_records,
-        batch_memory_mb: flags.batch_memory_mb,
-        batch_records: flags.batch_records,
-        ..ConvertConfig::default()
-    };
     refuse_unsupported(&raw, &path)?;
     let threads = flags.threads.or(raw.daemon.threads).unwrap_or(0);
-    let mut options = resolve_convert(&raw.convert.merged(&over), &path, threads)?;
+    let mut options = resolve_convert(&raw.convert.merged(&flags.convert), &path, threads)?;
     options.allow_missing_eof = flags.allow_missing_eof;
     options.resume = flags.resume;
     let mut plugins = raw.plugin.clone();
@@ -768,6 +751,10 @@ fn check_filesystem(config: &DaemonConfig, path: &Path) -> Result<(), ConfigErro
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use bamflow_engine::pipeline::compression::ColumnLevel;
+
     use super::*;
 
     /// The `[convert]` options of a config text, resolved for one thread.

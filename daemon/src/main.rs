@@ -13,6 +13,7 @@ use bamflow::app::{self, Control};
 use bamflow::config::{self, ConfigError, ConvertOverrides, DaemonConfig, RawConfig};
 use bamflow::ledger;
 use bamflow::service::Notifier;
+use bamflow_engine::options::{ConvertConfig, FilterConfig};
 use bamflow_engine::pipeline::{self, ConvertSummary, Engine, Observer, Progress};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -218,19 +219,22 @@ fn waiting_without_daemon(config: &DaemonConfig) -> anyhow::Result<()> {
 
 fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     let flags = ConvertOverrides {
-        columns: args.columns,
-        tags: args.tags,
-        zstd_level: args.zstd_level,
-        column_zstd_levels: args
-            .column_zstd_level
-            .map(|levels| levels.into_iter().collect()),
+        convert: ConvertConfig {
+            columns: args.columns,
+            tags: args.tags,
+            zstd_level: args.zstd_level,
+            column_zstd_levels: args
+                .column_zstd_level
+                .map(|levels| levels.into_iter().collect()),
+            part_records: args.part_records,
+            batch_memory_mb: args.batch_memory_mb,
+            batch_records: args.batch_records,
+            ..ConvertConfig::default()
+        },
         threads: args.threads,
-        part_records: args.part_records,
-        batch_memory_mb: args.batch_memory_mb,
-        batch_records: args.batch_records,
         allow_missing_eof: args.allow_missing_eof,
         resume: args.resume,
-        filter: bamflow_engine::options::FilterConfig {
+        filter: FilterConfig {
             min_mapq: args.min_mapq,
             include_flags: args.include_flags,
             exclude_flags: args.exclude_flags,

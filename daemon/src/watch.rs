@@ -757,6 +757,24 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_of_events_wakes_the_loop_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Events::watch([dir.path()]);
+        // A copy of many files: each created, written and closed.
+        for i in 0..50 {
+            fs::write(dir.path().join(format!("{i}.bam")), b"x").unwrap();
+        }
+        assert!(events.wait(Duration::from_secs(10), || false));
+        // Gathered into that one wake-up: nothing is left to wake the loop again.
+        assert!(!events.wait(Duration::from_millis(500), || false));
+        // The daemon's own reads of the folder and its files do not wake it.
+        for entry in fs::read_dir(dir.path()).unwrap() {
+            let _ = fs::read(entry.unwrap().path()).unwrap();
+        }
+        assert!(!events.wait(Duration::from_millis(500), || false));
+    }
+
+    #[test]
     fn only_events_that_can_make_a_file_ready_count() {
         use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
         use notify::event::{DataChange, RenameMode};

@@ -600,6 +600,7 @@ impl<R: Read> BgzfStream<R> {
     }
 
     /// Whether the stream has no more bytes.
+    #[cfg(test)]
     pub fn at_end(&mut self) -> Result<bool, BgzfError> {
         self.ensure_data()?;
         Ok(self.chunk.is_empty())

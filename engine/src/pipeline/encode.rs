@@ -287,7 +287,6 @@ mod tests {
                     .collect();
                 encoders.submit(leaves).unwrap();
             }
-            assert!(encoders.estimated_bytes() <= 1 << 30);
             let chunks = encoders.finish().unwrap();
             let mut row_group = file.next_row_group().unwrap();
             for chunk in chunks {

@@ -221,6 +221,14 @@ mod tests {
             .collect()
     }
 
+    fn limits(max_records: usize, part_records: u64) -> BatchLimits {
+        BatchLimits {
+            max_records,
+            max_bytes: usize::MAX,
+            part_records,
+        }
+    }
+
     fn batches(source: &mut RecordSource<impl Read>, limits: BatchLimits) -> Vec<RawBatch> {
         let mut out = Vec::new();
         let mut batch = RawBatch::default();
@@ -233,11 +241,6 @@ mod tests {
     #[test]
     fn records_spanning_blocks_are_framed_whole_in_batches_that_respect_parts() {
         let records = records();
-        let limits = |max_records, part_records| BatchLimits {
-            max_records,
-            max_bytes: usize::MAX,
-            part_records,
-        };
         let mut source = source(&stream_of(&records), 1 << 20);
         let framed = batches(&mut source, limits(2, 1_000));
         assert_eq!(
@@ -263,11 +266,7 @@ mod tests {
     fn a_record_cut_short_is_named() {
         let raw = stream_of(&records());
         let mut source = source(&raw[..raw.len() - 10], 1 << 20);
-        let limits = BatchLimits {
-            max_records: 100,
-            max_bytes: usize::MAX,
-            part_records: 1_000,
-        };
+        let limits = limits(100, 1_000);
         let error = source
             .read_batch(&mut RawBatch::default(), limits)
             .unwrap_err();
@@ -279,11 +278,7 @@ mod tests {
 
     #[test]
     fn absurd_record_sizes_are_refused_before_anything_is_allocated() {
-        let limits = BatchLimits {
-            max_records: 100,
-            max_bytes: usize::MAX,
-            part_records: 1_000,
-        };
+        let limits = limits(100, 1_000);
         let mut raw = stream_of(&records()[..1]);
         raw.extend_from_slice(&u32::MAX.to_le_bytes());
         let error = source(&raw, 1 << 20)

@@ -382,6 +382,11 @@ fn generated_short_reads_are_coordinate_sorted_as_their_header_says() {
     stdout_of(Command::new("samtools").arg("index").arg(&bam));
 }
 
+/// `--region R` for each region.
+fn region_args<'a>(regions: &[&'a str]) -> Vec<&'a str> {
+    regions.iter().flat_map(|r| ["--region", r]).collect()
+}
+
 #[test]
 fn the_unplaced_region_star_matches_samtools() {
     let dir = TestDir::new();
@@ -395,11 +400,7 @@ fn the_unplaced_region_star_matches_samtools() {
                 .count();
             assert!(unplaced > 0, "the generator made no unplaced reads");
             let out = dir.path(&format!("star-{csi}-{}", regions.len()));
-            let mut args = vec![];
-            for region in regions {
-                args.extend(["--region", region]);
-            }
-            let dataset = convert_ok(&bam, &out, &args);
+            let dataset = convert_ok(&bam, &out, &region_args(regions));
             assert_same(&dataset, &theirs, &format!("{regions:?} (csi: {csi})"));
         }
     }
@@ -450,12 +451,8 @@ fn braced_reference_names_match_samtools() {
         // and listed in the file's order.
         let theirs = samtools(&bam, &[], regions);
         assert!(theirs.iter().any(|l| !l.starts_with('@')), "{regions:?}");
-        let mut args = vec![];
-        for region in regions {
-            args.extend(["--region", region]);
-        }
         let out = dir.path(&format!("braced-{i}"));
-        let dataset = convert_ok(&bam, &out, &args);
+        let dataset = convert_ok(&bam, &out, &region_args(regions));
         assert_same(&dataset, &theirs, &format!("{regions:?}"));
     }
 }
