@@ -19,7 +19,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, DaemonConfig, Disposition, WatchConfig};
-use crate::ledger::{Entry, FileState, Ledger};
+use crate::ledger::{Entry, FileState, Ledger, LedgerError};
 use crate::metrics::{Metrics, RescanReason};
 use crate::service::Notifier;
 use crate::status::{self, FileStatus};
@@ -602,11 +602,20 @@ fn process(
             None
         }
     };
-    if let Some(previous) = book.converted(&hash) {
+    // A ledger that cannot be read cannot say whether this is a duplicate: try again later.
+    let unreadable = |error: LedgerError| {
+        warn!(path = %file.path.display(), error = chain(&error), "Cannot read the ledger; the file waits.");
+        Outcome::Waits(Waiting::Queued)
+    };
+    let converted = match book.converted(&hash) {
+        Ok(converted) => converted,
+        Err(error) => return unreadable(error),
+    };
+    if let Some(previous) = converted {
         if previous.path == file.path {
             return Outcome::AlreadyDone;
         }
-        let original = previous.path.clone();
+        let original = previous.path;
         info!(watch = %watch.name, path = %file.path.display(), duplicate_of = %original.display(), outcome = "duplicate", "Same content was converted before; not converting it again.");
         record(
             &mut book,
@@ -623,17 +632,20 @@ fn process(
         return Outcome::Duplicate;
     }
 
-    if let Some(twin) = book.converting_twin(&hash) {
+    match book.converting_twin(&hash) {
         // Taken up again after the other copy is done, when it is a plain duplicate.
-        return Outcome::Waits(Waiting::Twin {
-            of: twin.to_owned(),
-        });
+        Ok(Some(twin)) => return Outcome::Waits(Waiting::Twin { of: twin }),
+        Ok(None) => {}
+        Err(error) => return unreadable(error),
     }
+    let attempts = match book.attempts(&file.path) {
+        Ok(attempts) => attempts + 1,
+        Err(error) => return unreadable(error),
+    };
     if let Take::Incomplete { since } = file.take {
         let error = incomplete_error(watch, file, since);
         warn!(watch = %watch.name, path = %file.path.display(), error = %error.message, outcome = "failure", "File never got its BGZF EOF block; setting it aside.");
         observer.metrics.error(error.stage, ErrorKind::InvalidInput);
-        let attempts = book.attempts(&file.path) + 1;
         record(
             &mut book,
             Entry {
@@ -648,7 +660,6 @@ fn process(
         return Outcome::Failure;
     }
     book.begin_converting(&hash, &file.path);
-    let attempts = book.attempts(&file.path) + 1;
     let output = render_output(watch, &file.path);
     record(
         &mut book,

@@ -5,18 +5,26 @@
 //! torn last line is skipped on load. The latest entry per path is its state. The same content
 //! dropped again (under any name) is found by its content hash and not converted twice.
 //!
+//! The file is the only copy: a daemon that runs for years must not hold one entry per file it
+//! has ever seen. In memory there is a fixed-size Bloom filter of the paths and content hashes
+//! that have a line; a new file — the common case — misses it and costs no read, and a hit
+//! (a duplicate, a retry, or a rare false positive) is confirmed by reading the file, looking
+//! for the key as bytes before parsing a line.
+//!
 //! Several daemons may share one `state_dir` (and so one ledger). The file is the truth: each
-//! process indexes every line as it appears, its own included, and checks for a duplicate and
-//! records its attempt under an exclusive `flock` of the file ([`Ledger::exclusive`]), after
-//! reading what the others appended. A `converting` entry carries its process id, so the same
-//! content is not converted by two processes at once while its converter lives.
+//! process adds every line to its filter as it appears, its own included, and checks for a
+//! duplicate and records its attempt under an exclusive `flock` of the file
+//! ([`Ledger::exclusive`]), after reading what the others appended. A `converting` entry
+//! carries its process id, so the same content is not converted by two processes at once
+//! while its converter lives.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use fastbloom::BloomFilter;
 use serde::{Deserialize, Serialize};
 
 use bamflow_engine::dataset;
@@ -101,27 +109,73 @@ pub struct FileLock {
     _file: File,
 }
 
-/// The ledger file and its entries.
+/// Bits of the filter of keys seen: 1 MiB, under 1% false positives up to ~400,000 files (two
+/// keys each); past that a hit costs a read of the file more often, never a wrong answer.
+const FILTER_BITS: usize = 8 << 20;
+/// Optimal for ~800,000 keys in 8 Mibit: (bits / keys) · ln 2.
+const FILTER_HASHES: u32 = 7;
+
+/// An empty filter whose memory is all written now, so that the daemon's RSS is as large
+/// after its first file as after its millionth.
+fn filter() -> BloomFilter {
+    // Not `vec![0; n]`: calloc's pages would be mapped one by one as keys land on them.
+    let bits = (0..FILTER_BITS / 64)
+        .map(|_| std::hint::black_box(0u64))
+        .collect();
+    BloomFilter::from_vec(bits).hashes(FILTER_HASHES)
+}
+
+/// What a ledger line is looked up by.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Hash(&'a str),
+    Path(&'a Path),
+}
+
+impl Key<'_> {
+    /// The key as it appears in a line's JSON, to find before parsing.
+    fn needle(self) -> Vec<u8> {
+        // Serializing a string or a path cannot fail; an empty needle only means every line
+        // is parsed.
+        match self {
+            Self::Hash(hash) => serde_json::to_vec(hash).unwrap_or_default(),
+            Self::Path(path) => serde_json::to_vec(path).unwrap_or_default(),
+        }
+    }
+
+    fn matches(self, entry: &Entry) -> bool {
+        match self {
+            Self::Hash(hash) => entry.content_hash == hash,
+            Self::Path(path) => entry.path == path,
+        }
+    }
+}
+
+/// The two keys of a line, read without building an [`Entry`].
+#[derive(Deserialize)]
+struct Keys<'a> {
+    #[serde(borrow)]
+    path: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    content_hash: std::borrow::Cow<'a, str>,
+}
+
+/// The ledger file, and a fixed-size filter of what it holds.
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
     file: File,
-    entries: Vec<Entry>,
-    /// Content hash → index of the successful entry that converted it.
-    converted: HashMap<String, usize>,
-    /// Path → index of its latest entry.
-    latest: HashMap<PathBuf, usize>,
-    /// Content hash → index of its latest entry.
-    latest_by_hash: HashMap<String, usize>,
-    /// Bytes of the file indexed so far (whole lines only).
+    /// `("hash", h)` and `("path", p)` of every line read.
+    seen: BloomFilter,
+    /// Bytes of the file read so far (whole lines only).
     read_offset: u64,
     /// Content hashes a worker of this process is converting right now, with the path it
-    /// converts (not persisted).
+    /// converts (not persisted; at most `max_concurrent_files`).
     converting: HashMap<String, PathBuf>,
 }
 
 impl Ledger {
-    /// Opens (or creates) `state_dir/ledger.jsonl` and loads it.
+    /// Opens (or creates) `state_dir/ledger.jsonl` and reads it.
     ///
     /// # Errors
     ///
@@ -141,10 +195,7 @@ impl Ledger {
         let mut ledger = Self {
             path: path.clone(),
             file,
-            entries: Vec::new(),
-            converted: HashMap::new(),
-            latest: HashMap::new(),
-            latest_by_hash: HashMap::new(),
+            seen: filter(),
             read_offset: 0,
             converting: HashMap::new(),
         };
@@ -152,7 +203,7 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// Indexes the whole lines appended since the last read, by any process.
+    /// Adds the keys of the whole lines appended since the last read, by any process.
     fn read_new(&mut self) -> io::Result<()> {
         let mut file = File::open(&self.path)?;
         file.seek(SeekFrom::Start(self.read_offset))?;
@@ -165,24 +216,52 @@ impl Ledger {
             if n == 0 || line.last() != Some(&b'\n') {
                 return Ok(());
             }
+            let offset = self.read_offset;
             self.read_offset += n as u64;
-            match serde_json::from_slice::<Entry>(&line) {
-                Ok(entry) => self.index(entry),
+            match serde_json::from_slice::<Keys>(&line) {
+                Ok(keys) => {
+                    self.seen.insert(&("hash", &*keys.content_hash));
+                    self.seen.insert(&("path", Path::new(&*keys.path)));
+                }
                 Err(error) => {
-                    tracing::warn!(path = %self.path.display(), offset = self.read_offset - n as u64, %error, "Skipping unreadable ledger line.")
+                    tracing::warn!(path = %self.path.display(), offset, %error, "Skipping unreadable ledger line.")
                 }
             }
         }
     }
 
-    fn index(&mut self, entry: Entry) {
-        let i = self.entries.len();
-        if entry.state == FileState::Success {
-            self.converted.insert(entry.content_hash.clone(), i);
+    fn may_hold(&self, key: Key) -> bool {
+        match key {
+            Key::Hash(hash) => self.seen.contains(&("hash", hash)),
+            Key::Path(path) => self.seen.contains(&("path", path)),
         }
-        self.latest.insert(entry.path.clone(), i);
-        self.latest_by_hash.insert(entry.content_hash.clone(), i);
-        self.entries.push(entry);
+    }
+
+    /// The last entry for `key` that `wanted` accepts, read from the file (the lines read so
+    /// far). Unreadable lines were reported when first read and are passed over.
+    fn last(&self, key: Key, wanted: impl Fn(&Entry) -> bool) -> io::Result<Option<Entry>> {
+        if !self.may_hold(key) {
+            return Ok(None);
+        }
+        let needle = key.needle();
+        let finder = memchr::memmem::Finder::new(&needle);
+        let mut reader = BufReader::new(File::open(&self.path)?.take(self.read_offset));
+        let mut line = Vec::new();
+        let mut found = None;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                return Ok(found);
+            }
+            if finder.find(&line).is_none() {
+                continue;
+            }
+            if let Ok(entry) = serde_json::from_slice::<Entry>(&line) {
+                if key.matches(&entry) && wanted(&entry) {
+                    found = Some(entry);
+                }
+            }
+        }
     }
 
     /// Takes the file's exclusive lock and reads what other processes appended, so a check and
@@ -207,19 +286,29 @@ impl Ledger {
 
     /// Where this content is being converted now, by a worker of this process or by another
     /// live process: the path of its twin.
-    pub fn converting_twin(&self, content_hash: &str) -> Option<&Path> {
+    ///
+    /// # Errors
+    ///
+    /// Returns [`LedgerError::Open`] when the ledger cannot be read.
+    pub fn converting_twin(&self, content_hash: &str) -> Result<Option<PathBuf>, LedgerError> {
         if let Some(path) = self.converting.get(content_hash) {
-            return Some(path);
+            return Ok(Some(path.clone()));
         }
-        let &i = self.latest_by_hash.get(content_hash)?;
-        let entry = &self.entries[i];
-        match (entry.state, entry.pid) {
+        let latest = self
+            .last(Key::Hash(content_hash), |_| true)
+            .map_err(|source| self.read_error(source))?;
+        Ok(latest.and_then(|entry| match (entry.state, entry.pid) {
             (FileState::Converting, Some(pid)) if pid != std::process::id() => {
-                let alive = rustix::process::Pid::from_raw(pid as i32)
-                    .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
-                alive.then_some(entry.path.as_path())
+                process_alive(pid).then_some(entry.path)
             }
             _ => None,
+        }))
+    }
+
+    fn read_error(&self, source: io::Error) -> LedgerError {
+        LedgerError::Open {
+            path: self.path.clone(),
+            source,
         }
     }
 
@@ -238,13 +327,20 @@ impl Ledger {
         line.push(b'\n');
         self.file.write_all(&line).map_err(append)?;
         self.file.sync_data().map_err(append)?;
-        // Indexed as read back, in file order, with whatever others appended before it.
+        // Read back in file order, with whatever others appended before it.
         self.read_new().map_err(append)
     }
 
-    /// The successful conversion of the same content, if any.
-    pub fn converted(&self, content_hash: &str) -> Option<&Entry> {
-        self.converted.get(content_hash).map(|&i| &self.entries[i])
+    /// The latest successful conversion of the same content, if any.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`LedgerError::Open`] when the ledger cannot be read.
+    pub fn converted(&self, content_hash: &str) -> Result<Option<Entry>, LedgerError> {
+        self.last(Key::Hash(content_hash), |entry| {
+            entry.state == FileState::Success
+        })
+        .map_err(|source| self.read_error(source))
     }
 
     /// Marks content as being converted from `path`; check [`Ledger::converting_twin`]
@@ -260,15 +356,54 @@ impl Ledger {
     }
 
     /// Attempts recorded so far for a path.
-    pub fn attempts(&self, path: &Path) -> u32 {
-        self.latest
-            .get(path)
-            .map_or(0, |&i| self.entries[i].attempts)
+    ///
+    /// # Errors
+    ///
+    /// Returns [`LedgerError::Open`] when the ledger cannot be read.
+    pub fn attempts(&self, path: &Path) -> Result<u32, LedgerError> {
+        let latest = self
+            .last(Key::Path(path), |_| true)
+            .map_err(|source| self.read_error(source))?;
+        Ok(latest.map_or(0, |entry| entry.attempts))
     }
 
-    /// The latest entries, newest last.
-    pub fn recent(&self, n: usize) -> &[Entry] {
-        &self.entries[self.entries.len().saturating_sub(n)..]
+    /// The latest `n` entries, newest last.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`LedgerError::Open`] when the ledger cannot be read.
+    pub fn recent(&self, n: usize) -> Result<Vec<Entry>, LedgerError> {
+        let read = || -> io::Result<Vec<Entry>> {
+            let reader = BufReader::new(File::open(&self.path)?.take(self.read_offset));
+            let mut latest = VecDeque::with_capacity(n.min(1024));
+            for line in reader.split(b'\n') {
+                let Ok(entry) = serde_json::from_slice::<Entry>(&line?) else {
+                    continue;
+                };
+                if latest.len() == n {
+                    latest.pop_front();
+                }
+                if n > 0 {
+                    latest.push_back(entry);
+                }
+            }
+            Ok(latest.into())
+        };
+        read().map_err(|source| self.read_error(source))
+    }
+}
+
+/// Whether a process lives: one of another user (`EPERM`) does.
+fn process_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(errno) => errno == rustix::io::Errno::PERM,
     }
 }
 
@@ -282,7 +417,7 @@ pub fn recent_entries(state_dir: &Path, n: usize) -> Result<Vec<Entry>, LedgerEr
     if !state_dir.join("ledger.jsonl").exists() {
         return Ok(Vec::new());
     }
-    Ok(Ledger::open(state_dir)?.recent(n).to_vec())
+    Ledger::open(state_dir)?.recent(n)
 }
 
 #[cfg(test)]
@@ -304,9 +439,87 @@ mod tests {
         file.write_all(b"{\"time\":\"2026").unwrap();
 
         let ledger = Ledger::open(dir.path()).unwrap();
-        assert_eq!(ledger.recent(10), [done]);
-        assert_eq!(ledger.converted("h1").unwrap().path, Path::new("/in/a.bam"));
-        assert!(ledger.converted("h2").is_none());
-        assert_eq!(ledger.attempts(Path::new("/in/a.bam")), 1);
+        assert_eq!(ledger.recent(10).unwrap(), [done]);
+        let converted = ledger.converted("h1").unwrap().unwrap();
+        assert_eq!(converted.path, Path::new("/in/a.bam"));
+        assert!(ledger.converted("h2").unwrap().is_none());
+        assert_eq!(ledger.attempts(Path::new("/in/a.bam")).unwrap(), 1);
+    }
+
+    #[test]
+    fn lookups_find_the_latest_entry_among_many_and_only_their_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        for i in 0..500 {
+            let path = PathBuf::from(format!("/in/f{i}.bam"));
+            let mut entry = Entry::new("w", &path, 10, &format!("h{i}"), FileState::Success);
+            entry.attempts = 1;
+            ledger.append(entry).unwrap();
+        }
+        // A path that holds another entry's hash as text, and quotes that JSON escapes.
+        let odd = Path::new("/in/h7 \"copy\".bam");
+        let mut failed = Entry::new("w", odd, 10, "h7", FileState::Failure);
+        failed.attempts = 3;
+        ledger.append(failed).unwrap();
+
+        assert_eq!(
+            ledger.converted("h7").unwrap().unwrap().path,
+            Path::new("/in/f7.bam")
+        );
+        assert_eq!(ledger.attempts(odd).unwrap(), 3);
+        assert_eq!(ledger.attempts(Path::new("/in/f7.bam")).unwrap(), 1);
+        assert_eq!(ledger.attempts(Path::new("/in/f7")).unwrap(), 0);
+        assert!(ledger.converted("h").unwrap().is_none());
+        assert!(ledger.converted("h5000").unwrap().is_none());
+        let recent = ledger.recent(2).unwrap();
+        assert_eq!(recent[0].path, Path::new("/in/f499.bam"));
+        assert_eq!(recent[1].path, odd);
+        assert!(ledger.recent(0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn what_another_process_appended_is_seen_after_taking_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mine = Ledger::open(dir.path()).unwrap();
+        let mut theirs = Ledger::open(dir.path()).unwrap();
+        theirs
+            .append(Entry::new(
+                "w",
+                Path::new("/in/a.bam"),
+                1,
+                "h1",
+                FileState::Success,
+            ))
+            .unwrap();
+        let _lock = mine.exclusive().unwrap();
+        assert_eq!(
+            mine.converted("h1").unwrap().unwrap().path,
+            Path::new("/in/a.bam")
+        );
+    }
+
+    #[test]
+    fn a_live_converter_in_another_process_makes_a_twin() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let mut converting =
+            Entry::new("w", Path::new("/in/a.bam"), 1, "h1", FileState::Converting);
+        // Our parent lives while we run; a pid past the kernel's limit is nobody's twin.
+        converting.pid = rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get() as u32);
+        ledger.append(converting.clone()).unwrap();
+        assert_eq!(
+            ledger.converting_twin("h1").unwrap().unwrap(),
+            Path::new("/in/a.bam")
+        );
+        converting.pid = Some(i32::MAX as u32);
+        ledger.append(converting).unwrap();
+        assert!(ledger.converting_twin("h1").unwrap().is_none());
+        ledger.begin_converting("h2", Path::new("/in/b.bam"));
+        assert_eq!(
+            ledger.converting_twin("h2").unwrap().unwrap(),
+            Path::new("/in/b.bam")
+        );
+        ledger.end_converting("h2");
+        assert!(ledger.converting_twin("h2").unwrap().is_none());
     }
 }
