@@ -7,9 +7,11 @@
 #   prometheus        a real Prometheus scrapes the daemon; promtool checks metrics and rules
 #   pyarrow, duckdb   the independent readers of the datasets, in a venv (target/test-venv):
 #                     never pip outside one (Debian's python3 is externally managed)
+#   bamflow (Python)  built from ./python by maturin (from PyPI) into the same venv, with
+#                     pytest, polars and tqdm; its pytest suite runs after cargo's tests
 #
 # Debian packages are installed with apt-get (through sudo when not root). Extra arguments go
-# to `cargo test`, e.g. `scripts/test.sh -p bamflow`.
+# to `cargo test` and skip the Python suite, e.g. `scripts/test.sh -p bamflow`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,4 +52,11 @@ PATH="$PWD/$venv/bin:$PATH"
 export PATH
 
 samtools --version | head -1
-exec cargo test --workspace "$@"
+if [ $# -gt 0 ]; then
+  exec cargo test --workspace "$@"
+fi
+cargo test --workspace
+
+echo "scripts/test.sh: building the Python package into $venv" >&2
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check './python[test]'
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests

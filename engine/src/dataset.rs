@@ -315,6 +315,19 @@ impl Staging {
     }
 }
 
+/// Removes the staging folder an interrupted conversion into `target` left for a later
+/// resume, when the caller does not mean to resume it.
+///
+/// # Errors
+///
+/// Returns [`DatasetError::Busy`] when a conversion is writing it now, or the failing
+/// removal; [`DatasetError::AlreadyExists`] when `target` exists (then nothing is staged).
+pub fn discard_staging(target: &Path) -> Result<(), DatasetError> {
+    // Opened (and so locked) then dropped unkept: removed.
+    drop(Staging::open(target)?);
+    Ok(())
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.published && !self.keep {

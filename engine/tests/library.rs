@@ -103,3 +103,61 @@ fn a_scan_of_a_file_that_is_not_bam_fails_at_once_naming_it() {
         "{message}"
     );
 }
+
+#[test]
+fn the_header_of_a_bam_and_of_its_dataset_is_what_samtools_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let bam = generated(dir.path(), DataKind::Short, 500, 3);
+    let samtools = std::process::Command::new("samtools")
+        .args(["view", "-H", "--no-PG"])
+        .arg(&bam)
+        .output()
+        .expect("samtools runs");
+    let expected = String::from_utf8(samtools.stdout).unwrap();
+    assert!(expected.starts_with("@HD"), "{expected}");
+    assert_eq!(
+        bamflow_engine::pipeline::read_header(&bam).unwrap(),
+        expected
+    );
+
+    let engine = Engine::new(1).unwrap();
+    let out = dir.path().join("out");
+    engine
+        .convert(&bam, &out, &ConvertOptions::default(), &())
+        .unwrap();
+    assert_eq!(
+        bamflow_engine::pipeline::read_header(&out).unwrap(),
+        expected
+    );
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let error = bamflow_engine::pipeline::read_header(&empty).unwrap_err();
+    assert_eq!(error.stage(), bamflow_engine::pipeline::Stage::Open);
+}
+
+/// An observer that stops the conversion at its first batch.
+struct StopAtOnce;
+
+impl bamflow_engine::pipeline::Observer for StopAtOnce {
+    fn cancelled(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_cancelled_conversion_keeps_its_staging_until_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let bam = generated(dir.path(), DataKind::Short, 2_000, 4);
+    let out = dir.path().join("out");
+    let engine = Engine::new(1).unwrap();
+    let error = engine
+        .convert(&bam, &out, &ConvertOptions::default(), &StopAtOnce)
+        .unwrap_err();
+    assert!(error.is_cancelled());
+    let staging = dir.path().join(".out.staging");
+    assert!(staging.is_dir() && !out.exists());
+
+    bamflow_engine::dataset::discard_staging(&out).unwrap();
+    assert!(!staging.exists() && !out.exists());
+}

@@ -950,6 +950,54 @@ pub fn read_header_text(input: &Path, options: &ConvertOptions) -> Result<String
     Ok(header.text)
 }
 
+/// The SAM header, as `samtools view -H --no-PG` prints it, of a BAM file or of a dataset
+/// folder (from its first part's `bamflow:sam_header`, which every part carries).
+///
+/// # Errors
+///
+/// Returns a [`ConvertError`] at stage `open` when the path cannot be read, or `header` when
+/// the BAM header is invalid or the dataset has no part carrying one.
+pub fn read_header(path: &Path) -> Result<String, ConvertError> {
+    if path.is_dir() {
+        return dataset_header(path);
+    }
+    read_header_text(path, &ConvertOptions::default())
+}
+
+fn dataset_header(dir: &Path) -> Result<String, ConvertError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let fail = |stage, error: io::Error| ConvertError::new(dir, stage, error.into());
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| fail(Stage::Open, e))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "parquet"))
+        .collect();
+    parts.sort();
+    let first = parts.first().ok_or_else(|| {
+        let none = io::Error::new(io::ErrorKind::NotFound, "no Parquet part in the folder");
+        fail(Stage::Open, none)
+    })?;
+    let invalid = |message: String| {
+        let error = io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {message}", first.display()),
+        );
+        fail(Stage::Header, error)
+    };
+    let file = File::open(first).map_err(|e| fail(Stage::Open, e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| invalid(e.to_string()))?;
+    reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+        .find(|kv| kv.key == "bamflow:sam_header")
+        .and_then(|kv| kv.value.clone())
+        .ok_or_else(|| invalid("no bamflow:sam_header in its metadata".to_owned()))
+}
+
 /// Refuses a file that does not end with the BGZF EOF block, unless allowed.
 fn check_complete(input: &Path, allow_missing_eof: bool) -> Result<(), ConvertError> {
     let fail = |stage, source: StageError| ConvertError::new(input, stage, source);

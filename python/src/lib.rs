@@ -1,0 +1,115 @@
+//! `bamflow._bamflow`: the engine's entry points for Python. The Python package `bamflow`
+//! wraps them (keyword defaults, JSON into dicts, the plugin list) and is what users import.
+//!
+//! Every call releases the GIL while the engine works; errors cross as `ConvertError` (from
+//! `bamflow._errors`, a plain Python class, so it pickles and subclasses like any other) or,
+//! for options, `ValueError` naming the keyword.
+
+mod convert;
+mod errors;
+mod options;
+
+use std::path::PathBuf;
+
+use arrow_array::{RecordBatch, RecordBatchReader};
+use arrow_pyarrow::IntoPyArrow;
+use arrow_schema::{ArrowError, SchemaRef};
+use pyo3::prelude::*;
+
+use bamflow_engine::pipeline::scan::RecordBatches;
+use bamflow_engine::pipeline::{self, chain, Engine};
+
+use crate::errors::{convert_error, pool_error};
+use crate::options::Options;
+
+/// The SAM header text of a BAM file or a dataset folder, as `samtools view -H --no-PG`.
+#[pyfunction]
+fn read_header(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    py.detach(|| pipeline::read_header(&path))
+        .map_err(|error| convert_error(py, &error))
+}
+
+/// The profile `bamflow profile` prints, as JSON.
+#[pyfunction]
+#[pyo3(signature = (path, threads=None))]
+fn profile(py: Python<'_>, path: PathBuf, threads: Option<usize>) -> PyResult<String> {
+    let options = Options {
+        threads,
+        ..Options::default()
+    }
+    .resolve()?;
+    let engine = Engine::new(options.threads).map_err(pool_error)?;
+    let profile = py
+        .detach(|| engine.profile(&path, &options))
+        .map_err(|error| convert_error(py, &error))?;
+    serde_json::to_string(&profile)
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+}
+
+/// A `pyarrow.RecordBatchReader` over the records of `path`, decoded on `threads` workers in
+/// the engine's bounded memory.
+#[pyfunction]
+#[pyo3(signature = (path, *, columns=None, tags=None, min_mapq=None, include_flags=None, exclude_flags=None, regions=None, threads=None, batch_records=None))]
+#[allow(clippy::too_many_arguments)] // Python keywords, one per option.
+fn scan<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    columns: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+    min_mapq: Option<u8>,
+    include_flags: Option<u16>,
+    exclude_flags: Option<u16>,
+    regions: Option<Vec<String>>,
+    threads: Option<usize>,
+    batch_records: Option<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let options = Options {
+        columns,
+        tags,
+        min_mapq,
+        include_flags,
+        exclude_flags,
+        regions,
+        threads,
+        batch_records,
+        ..Options::default()
+    }
+    .resolve()?;
+    let engine = Engine::new(options.threads).map_err(pool_error)?;
+    let batches = py
+        .detach(|| engine.scan(&path, &options))
+        .map_err(|error| convert_error(py, &error))?;
+    let reader: Box<dyn RecordBatchReader + Send> = Box::new(Stream(batches));
+    reader.into_pyarrow(py)
+}
+
+/// The engine's batches with Arrow's error type; an error carries its whole chain (file,
+/// stage, record or offset, cause) as text, which is all that crosses the C stream interface.
+struct Stream(RecordBatches);
+
+impl Iterator for Stream {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = self.0.next()?;
+        Some(
+            next.map_err(|e| ArrowError::ExternalError(Box::new(std::io::Error::other(chain(&e))))),
+        )
+    }
+}
+
+impl RecordBatchReader for Stream {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+}
+
+#[pymodule]
+fn _bamflow(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(convert::convert, module)?)?;
+    module.add_function(wrap_pyfunction!(scan, module)?)?;
+    module.add_function(wrap_pyfunction!(read_header, module)?)?;
+    module.add_function(wrap_pyfunction!(profile, module)?)?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
