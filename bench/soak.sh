@@ -12,6 +12,7 @@
 #
 #   bench/soak.sh
 #   FILES=400 IDLE=60 bench/soak.sh
+#   MALLOC_STATS=1 FILES=600 IDLE=10 bench/soak.sh   # glibc's malloc_stats() in the daemon log
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +77,12 @@ usage() { # label → "label rss_kb anon_kb file_kb fds threads"
   threads=$(awk '/^Threads:/ {print $2}' "/proc/$pid/status")
   fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
   printf '%-28s %10s %10s %10s %6s %8s\n' "$1" "$rss" "$anon" "$file" "$fds" "$threads"
+  # MALLOC_STATS=1: glibc's per-arena bytes in use against bytes held, into the daemon's log,
+  # to tell memory still referenced from memory freed but not returned.
+  if [ -n "${MALLOC_STATS:-}" ]; then
+    echo "malloc_stats at: $1" >>"$dir/daemon.log"
+    gdb -p "$pid" -batch -ex 'call (void) malloc_stats()' >/dev/null 2>&1 || echo "gdb failed" >&2
+  fi
 }
 
 report=$(mktemp)
@@ -122,6 +129,9 @@ rescans1=$(metric 'bamflow_watch_rescans_total{reason="interval"}')
 events1=$(metric 'bamflow_watch_rescans_total{reason="event"}')
 
 cat "$report"
+if [ -n "${MALLOC_STATS:-}" ]; then
+  awk '/^malloc_stats at/ {print} /^Total \(incl/ {getline a; getline b; print "  " a; print "  " b}' "$dir/daemon.log"
+fi
 echo "while idle: $((rescans1 - rescans0)) interval rescans, $((events1 - events0)) event rescans"
 
 # Where every file ended.

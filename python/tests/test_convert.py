@@ -11,7 +11,7 @@ import time
 import pytest
 
 import bamflow
-from conftest import generate, samtools_view
+from conftest import ROOT, generate, samtools_view
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,32 @@ def test_convert_returns_the_manifest_it_writes(bams, tmp_path):
     manifest = bamflow.convert(bams["cigars"], tmp_path / "out", tags=["NM:i"])
     assert manifest == json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert bamflow.profile(bams["cigars"])["sort_order"] == manifest["profile"]["sort_order"]
+
+
+def plugin_library(name):
+    """A filter plugin of the workspace (cargo test --workspace builds them)."""
+    path = ROOT / "target" / "debug" / f"libbamflow_{name}.so"
+    if not path.exists():
+        subprocess.run(["cargo", "build", "--quiet", "-p", f"bamflow-{name.replace('_', '-')}"], cwd=ROOT, check=True)
+    return path
+
+
+def test_a_filter_plugin_drops_what_it_should(bams, tmp_path):
+    library = plugin_library("min_aligned_length")
+    bam = bams["generated_long"]
+    manifest = bamflow.convert(
+        bam, tmp_path / "out", plugins=[{"path": library, "config": {"min_length": 5000}}], columns=["pos", "end"]
+    )
+    counts = manifest["counts"]
+    assert 0 < counts["written"] < counts["read"] == len(samtools_view(bam)), counts
+    assert sum(counts["filtered"].values()) == counts["read"] - counts["written"]
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert all(r["end"] - r["pos"] + 1 >= 5000 for r in rows)
+
+    with pytest.raises(bamflow.ConvertError) as raised:
+        bamflow.convert(bam, tmp_path / "pinned", plugins=[{"path": library, "sha256": "0" * 64}])
+    assert raised.value.stage == "filter" and raised.value.kind == "plugin", raised.value
+    with pytest.raises(ValueError, match="unknown key"):
+        bamflow.convert(bam, tmp_path / "x", plugins=[{"path": library, "conf": {}}])
