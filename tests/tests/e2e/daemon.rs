@@ -620,3 +620,39 @@ fn two_daemons_convert_the_same_content_under_two_names_once() {
     assert_eq!(logs.matches("Converted file.").count(), 1, "{logs}");
     assert_eq!(logs.matches("outcome=\"duplicate\"").count(), 1, "{logs}");
 }
+
+/// The daemon's environment block, as the kernel holds it (glibc may have cut
+/// `GLIBC_TUNABLES` at its colons while parsing it: search the bytes).
+fn environ(pid: &str) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned()
+}
+
+#[test]
+fn the_daemon_runs_without_glibcs_thread_caches_unless_the_operator_sets_them() {
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let config = config(&dir, &inbox, "");
+
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    daemon.metrics_address();
+    // Re-executed in place: the same process, now with the tunable, serving.
+    let env = environ(&daemon.pid());
+    assert!(
+        env.contains("GLIBC_TUNABLES=glibc.malloc.tcache_count=0\0"),
+        "{env:?}"
+    );
+    // Still named `bamflow`, as `bamflow status` and operators' `pgrep` look for it.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", daemon.pid())).unwrap();
+    assert_eq!(comm.trim_end(), "bamflow");
+    daemon.stop();
+
+    let mine = std::ffi::OsStr::new("glibc.malloc.arena_max=1:glibc.malloc.tcache_count=3");
+    let daemon = Daemon::start_with(dir.root(), Some(&config), &[("GLIBC_TUNABLES", mine)]);
+    daemon.metrics_address();
+    let env = environ(&daemon.pid());
+    assert!(
+        env.contains("tcache_count=3") && !env.contains("tcache_count=0"),
+        "{env:?}"
+    );
+    daemon.stop();
+}
