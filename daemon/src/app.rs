@@ -589,47 +589,78 @@ fn process(
 
     // Check for a duplicate and record the attempt under one lock, so two workers of this
     // daemon, or two daemons sharing the ledger, never both see the content as new.
-    let mut book = ledger
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let shared = match book.exclusive() {
-        Ok(lock) => Some(lock),
-        Err(error) => {
-            warn!(
-                error = chain(&error),
-                "Cannot lock the ledger; checking duplicates in this process only."
-            );
-            None
-        }
+    let lock = || {
+        let mut book = ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let shared = match book.exclusive() {
+            Ok(lock) => Some(lock),
+            Err(error) => {
+                warn!(
+                    error = chain(&error),
+                    "Cannot lock the ledger; checking duplicates in this process only."
+                );
+                None
+            }
+        };
+        (book, shared)
     };
     // A ledger that cannot be read cannot say whether this is a duplicate: try again later.
     let unreadable = |error: LedgerError| {
         warn!(path = %file.path.display(), error = chain(&error), "Cannot read the ledger; the file waits.");
         Outcome::Waits(Waiting::Queued)
     };
-    let converted = match book.converted(&hash) {
-        Ok(converted) => converted,
+    let (mut book, mut shared) = lock();
+    let candidates = match book.converted_candidates(&hash) {
+        Ok(candidates) => candidates,
         Err(error) => return unreadable(error),
     };
-    if let Some(previous) = converted {
-        if previous.path == file.path {
-            return Outcome::AlreadyDone;
-        }
-        let original = previous.path;
-        info!(watch = %watch.name, path = %file.path.display(), duplicate_of = %original.display(), outcome = "duplicate", "Same content was converted before; not converting it again.");
-        record(
-            &mut book,
-            Entry {
-                duplicate_of: Some(original),
-                ..entry(FileState::Duplicate)
-            },
-        );
+    if candidates.iter().any(|c| c.path == file.path) {
+        return Outcome::AlreadyDone;
+    }
+    let mut full_sha256 = None;
+    if !candidates.is_empty() {
+        // The sample matched: only the whole content may call it a duplicate. Read without
+        // the ledger's locks, which other files' checks need meanwhile.
         drop(shared);
         drop(book);
-        if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
-            warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away duplicate input.");
+        let confirmation = match confirm(&file.path, &candidates) {
+            Ok(confirmation) => confirmation,
+            Err(error) => {
+                warn!(path = %file.path.display(), %error, "Cannot read file to confirm a duplicate.");
+                return Outcome::Waits(Waiting::Unreadable {
+                    error: error.to_string(),
+                });
+            }
+        };
+        let result = if confirmation.duplicate_of.is_some() {
+            "confirmed"
+        } else {
+            "refuted"
+        };
+        observer
+            .metrics
+            .duplicate_checked(&watch.name, result, confirmation.bytes_read);
+        (book, shared) = lock();
+        if let Some(original) = confirmation.duplicate_of {
+            info!(watch = %watch.name, path = %file.path.display(), duplicate_of = %original.display(), sha256 = %confirmation.sha256, outcome = "duplicate", "Same content was converted before; not converting it again.");
+            record(
+                &mut book,
+                Entry {
+                    duplicate_of: Some(original),
+                    sha256: Some(confirmation.sha256),
+                    ..entry(FileState::Duplicate)
+                },
+            );
+            drop(shared);
+            drop(book);
+            if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
+                warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away duplicate input.");
+            }
+            return Outcome::Duplicate;
         }
-        return Outcome::Duplicate;
+        warn!(watch = %watch.name, path = %file.path.display(), sampled_like = %candidates[0].path.display(), sha256 = %confirmation.sha256, "Sampled hash matched a converted file but the whole content differs; converting it as a new file.");
+        full_sha256 = Some(confirmation.sha256);
     }
 
     match book.converting_twin(&hash) {
@@ -680,7 +711,7 @@ fn process(
         record(&mut ledger.lock().unwrap_or_else(|p| p.into_inner()), entry)
     };
     // Records the success in the ledger and files the input away.
-    let succeeded = |counts: &dataset::Counts| {
+    let succeeded = |counts: &dataset::Counts, sha256: Option<String>| {
         record(
             ledger,
             Entry {
@@ -688,6 +719,7 @@ fn process(
                 records_read: Some(counts.read),
                 records_written: Some(counts.written),
                 output: Some(output.clone()),
+                sha256: sha256.or_else(|| full_sha256.clone()),
                 ..entry(FileState::Success)
             },
         );
@@ -698,7 +730,7 @@ fn process(
     if let Some(published) = published_from(&output, &source) {
         // A crash struck after the dataset was published but before the input was filed away.
         info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), outcome = "success", "Dataset was already published from this input; filing the input away.");
-        succeeded(&published.counts);
+        succeeded(&published.counts, published.source.sha256.clone());
         return Outcome::Success;
     }
     info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, "Converting file.");
@@ -735,7 +767,7 @@ fn process(
                 outcome = "success",
                 "Converted file."
             );
-            succeeded(&m.counts);
+            succeeded(&m.counts, m.source.sha256.clone());
             Outcome::Success
         }
         Err(error) if error.is_cancelled() => {
@@ -778,6 +810,55 @@ impl Drop for ConvertingGuard<'_> {
 }
 
 /// The complete dataset at `output`, when it was made from exactly this `source`.
+/// What the whole content said of a file whose sampled hash matched converted files.
+struct Confirmation {
+    /// The converted file it equals byte for byte, if any.
+    duplicate_of: Option<PathBuf>,
+    /// Its SHA-256.
+    sha256: String,
+    /// Bytes read to tell.
+    bytes_read: u64,
+}
+
+/// Reads the whole of `path` once and compares its SHA-256 with each candidate's: the one its
+/// conversion recorded, or for a conversion that read only part of its input (regions) or
+/// was recorded before full hashes were, the hash of that input where its manifest says it
+/// was filed, if it is still there. A candidate whose content cannot be known is not a match.
+fn confirm(path: &Path, candidates: &[Entry]) -> std::io::Result<Confirmation> {
+    let (sha256, mut bytes_read) = bamflow_engine::hash::file_sha256(path)?;
+    for candidate in candidates {
+        let known = match &candidate.sha256 {
+            Some(known) => Some(known.clone()),
+            None => {
+                let filed = candidate
+                    .output
+                    .as_deref()
+                    .and_then(dataset::Published::read)
+                    .and_then(|published| published.source.filed_as);
+                match filed.map(|filed| bamflow_engine::hash::file_sha256(&filed)) {
+                    Some(Ok((known, read))) => {
+                        bytes_read += read;
+                        Some(known)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if known.as_deref() == Some(sha256.as_str()) {
+            return Ok(Confirmation {
+                duplicate_of: Some(candidate.path.clone()),
+                sha256,
+                bytes_read,
+            });
+        }
+    }
+    Ok(Confirmation {
+        duplicate_of: None,
+        sha256,
+        bytes_read,
+    })
+}
+
 fn published_from(output: &Path, source: &dataset::SourceInfo) -> Option<dataset::Published> {
     let published = dataset::Published::read(output)?;
     published.source.same_content(source).then_some(published)

@@ -63,7 +63,11 @@ pub struct Entry {
     pub watch: String,
     pub path: PathBuf,
     pub size: u64,
+    /// The sampled hash ([`bamflow_engine::hash::content_hash`]): a candidate key only.
     pub content_hash: String,
+    /// SHA-256 of the whole file, when known: what makes a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub state: FileState,
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +95,7 @@ impl Entry {
             path: path.to_owned(),
             size,
             content_hash: content_hash.to_owned(),
+            sha256: None,
             state,
             attempts: 0,
             records_read: None,
@@ -238,27 +243,38 @@ impl Ledger {
     }
 
     /// The last entry for `key` that `wanted` accepts, read from the file (the lines read so
-    /// far). Unreadable lines were reported when first read and are passed over.
+    /// far).
     fn last(&self, key: Key, wanted: impl Fn(&Entry) -> bool) -> io::Result<Option<Entry>> {
+        let mut last = None;
+        self.each(key, |entry| {
+            if wanted(&entry) {
+                last = Some(entry);
+            }
+        })?;
+        Ok(last)
+    }
+
+    /// Calls `found` with every entry for `key`, oldest first. Unreadable lines were reported
+    /// when first read and are passed over.
+    fn each(&self, key: Key, mut found: impl FnMut(Entry)) -> io::Result<()> {
         if !self.may_hold(key) {
-            return Ok(None);
+            return Ok(());
         }
         let needle = key.needle();
         let finder = memchr::memmem::Finder::new(&needle);
         let mut reader = BufReader::new(File::open(&self.path)?.take(self.read_offset));
         let mut line = Vec::new();
-        let mut found = None;
         loop {
             line.clear();
             if reader.read_until(b'\n', &mut line)? == 0 {
-                return Ok(found);
+                return Ok(());
             }
             if finder.find(&line).is_none() {
                 continue;
             }
             if let Ok(entry) = serde_json::from_slice::<Entry>(&line) {
-                if key.matches(&entry) && wanted(&entry) {
-                    found = Some(entry);
+                if key.matches(&entry) {
+                    found(entry);
                 }
             }
         }
@@ -331,7 +347,7 @@ impl Ledger {
         self.read_new().map_err(append)
     }
 
-    /// The latest successful conversion of the same content, if any.
+    /// The latest successful conversion with this sampled hash, if any.
     ///
     /// # Errors
     ///
@@ -341,6 +357,25 @@ impl Ledger {
             entry.state == FileState::Success
         })
         .map_err(|source| self.read_error(source))
+    }
+
+    /// Every successful conversion with this sampled hash, newest first: the candidates a
+    /// full hash confirms or refutes (files that agree on the sample but differ between its
+    /// slices each have one).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`LedgerError::Open`] when the ledger cannot be read.
+    pub fn converted_candidates(&self, content_hash: &str) -> Result<Vec<Entry>, LedgerError> {
+        let mut found = Vec::new();
+        self.each(Key::Hash(content_hash), |entry| {
+            if entry.state == FileState::Success {
+                found.push(entry);
+            }
+        })
+        .map_err(|source| self.read_error(source))?;
+        found.reverse();
+        Ok(found)
     }
 
     /// Marks content as being converted from `path`; check [`Ledger::converting_twin`]

@@ -25,6 +25,9 @@ use bamflow_engine::pipeline::{ErrorKind, Progress, Stage};
 /// How a file ended, as the `outcome` label says.
 pub const OUTCOMES: [&str; 3] = ["success", "failure", "duplicate"];
 
+/// What the full SHA-256 said of a sampled-hash match, as the `result` label says.
+pub const DUPLICATE_CHECK_RESULTS: [&str; 2] = ["confirmed", "refuted"];
+
 /// Why a full rescan ran, as the `reason` label says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RescanReason {
@@ -70,6 +73,8 @@ pub struct Metrics {
     resumes: IntCounterVec,
     errors: IntCounterVec,
     rescans: IntCounterVec,
+    duplicate_checks: IntCounterVec,
+    duplicate_check_bytes: IntCounterVec,
     last_success: GaugeVec,
     config_reload_ok: IntGauge,
     plugin_info: IntGaugeVec,
@@ -243,6 +248,16 @@ impl Metrics {
                 "Full rescans of the watched folders, by what triggered them.",
                 &["reason"],
             )?,
+            duplicate_checks: counter(
+                "bamflow_duplicate_checks_total",
+                "Files whose sampled hash matched a converted file, by what the full SHA-256 said: confirmed (a duplicate) or refuted (converted as new).",
+                &["watch", "result"],
+            )?,
+            duplicate_check_bytes: counter(
+                "bamflow_duplicate_check_bytes_total",
+                "Bytes read to confirm or refute a sampled-hash match.",
+                watch,
+            )?,
             last_success: float_gauge(
                 "bamflow_last_success_timestamp_seconds",
                 "When a file last converted successfully (Unix time); 0 before the first.",
@@ -293,6 +308,10 @@ impl Metrics {
         }
         self.records_read.with_label_values(labels);
         self.records_written.with_label_values(labels);
+        for result in DUPLICATE_CHECK_RESULTS {
+            self.duplicate_checks.with_label_values(&[watch, result]);
+        }
+        self.duplicate_check_bytes.with_label_values(labels);
         self.input_bytes.with_label_values(labels);
         self.output_bytes.with_label_values(labels);
         self.file_duration.with_label_values(labels);
@@ -382,6 +401,17 @@ impl Metrics {
                 .with_label_values(&[watch])
                 .set(unix_seconds(SystemTime::now()));
         }
+    }
+
+    /// A sampled-hash match was checked against the full hash: `confirmed` or `refuted`
+    /// (one of [`DUPLICATE_CHECK_RESULTS`]), reading `bytes`.
+    pub fn duplicate_checked(&self, watch: &str, result: &str, bytes: u64) {
+        self.duplicate_checks
+            .with_label_values(&[watch, result])
+            .inc();
+        self.duplicate_check_bytes
+            .with_label_values(&[watch])
+            .inc_by(bytes);
     }
 
     pub fn error(&self, stage: Stage, kind: ErrorKind) {

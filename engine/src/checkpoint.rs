@@ -404,6 +404,7 @@ mod tests {
             size,
             mtime: "2026-11-25T00:00:00Z".to_owned(),
             content_sha256: "ab".repeat(32),
+            sha256: None,
             filed_as: None,
         }
     }

@@ -69,6 +69,10 @@ pub struct SourceInfo {
     pub mtime: String,
     /// The sampled content hash of [`crate::hash::content_hash`].
     pub content_sha256: String,
+    /// SHA-256 of the whole file, as `sha256sum` prints it, made while the conversion read it;
+    /// absent when it read only part of the file (regions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Where the input is moved once the dataset is published (the daemon's
     /// `on_success = "move:…"`), so the manifest still leads to it; `path` is where it was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +105,7 @@ impl SourceInfo {
             size: metadata.len(),
             mtime: metadata.modified().map(timestamp).unwrap_or_default(),
             content_sha256: String::new(),
+            sha256: None,
             filed_as: None,
         })
     }

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
@@ -44,11 +45,120 @@ pub fn content_hash(path: &Path) -> io::Result<String> {
         }
         take(&mut file, size - EDGE_BYTES, EDGE_BYTES)?;
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
+}
+
+/// SHA-256 of a whole file, as `sha256sum` prints it, and the bytes read to make it.
+///
+/// # Errors
+///
+/// Returns the I/O error of reading the file.
+pub fn file_sha256(path: &Path) -> io::Result<(String, u64)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let bytes = feed(&mut file, &mut hasher)?;
+    Ok((hex(&hasher.finalize()), bytes))
+}
+
+/// Hashes everything `reader` yields; returns the bytes read.
+fn feed(reader: &mut impl Read, hasher: &mut Sha256) -> io::Result<u64> {
+    let mut buf = vec![0; 1 << 20];
+    let mut total = 0;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A SHA-256 of the whole input, made from the bytes the conversion's reader reads anyway:
+/// [`HashedFile`] feeds it, and [`FullHash::finish`] reads only what the reader did not (the
+/// header before the first record's block, and the EOF block's tail).
+#[derive(Debug)]
+pub(crate) struct FullHash {
+    state: Mutex<HashState>,
+}
+
+#[derive(Debug)]
+struct HashState {
+    hasher: Sha256,
+    /// Bytes hashed so far, from the start of the file; `None` once a read skipped some.
+    position: Option<u64>,
+}
+
+impl FullHash {
+    /// A hash that has read the file up to `start`, where the reader begins.
+    pub(crate) fn starting_at(path: &Path, start: u64) -> io::Result<Arc<Self>> {
+        let mut hasher = Sha256::new();
+        let read = feed(&mut File::open(path)?.take(start), &mut hasher)?;
+        Ok(Arc::new(Self {
+            state: Mutex::new(HashState {
+                hasher,
+                position: (read == start).then_some(start),
+            }),
+        }))
+    }
+
+    fn update(&self, at: u64, bytes: &[u8]) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.position {
+            Some(position) if position == at => {
+                state.hasher.update(bytes);
+                state.position = Some(at + bytes.len() as u64);
+            }
+            _ => state.position = None,
+        }
+    }
+
+    /// The file's hash: what the reader read, then the rest of the file. `None` when the
+    /// reader's reads were not one contiguous run from where it started.
+    pub(crate) fn finish(&self, path: &Path) -> io::Result<Option<String>> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(position) = state.position else {
+            return Ok(None);
+        };
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(position))?;
+        feed(&mut file, &mut state.hasher)?;
+        Ok(Some(hex(&state.hasher.clone().finalize())))
+    }
+}
+
+/// The input file, feeding a [`FullHash`] with every byte read through it.
+#[derive(Debug)]
+pub(crate) struct HashedFile {
+    file: File,
+    /// Offset of the next byte read.
+    offset: u64,
+    hash: Option<Arc<FullHash>>,
+}
+
+impl HashedFile {
+    /// `file`, positioned at `offset`; `hash` (if any) has read the file up to there.
+    pub(crate) fn new(file: File, offset: u64, hash: Option<Arc<FullHash>>) -> Self {
+        Self { file, offset, hash }
+    }
+}
+
+impl Read for HashedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if let Some(hash) = &self.hash {
+            hash.update(self.offset, &buf[..n]);
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -71,5 +181,34 @@ mod tests {
         assert_ne!(h("a"), h("c"));
         fs::write(dir.path().join("small"), b"x").unwrap();
         assert_eq!(h("small").len(), 64);
+    }
+
+    #[test]
+    fn the_full_hash_of_a_read_equals_sha256sum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let (whole, bytes) = file_sha256(&path).unwrap();
+        assert_eq!(bytes, data.len() as u64);
+        let sha256sum = std::process::Command::new("sha256sum")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&sha256sum.stdout).starts_with(&whole));
+
+        // A reader that starts at 1000 and stops short of the end: the rest is read by finish.
+        let hash = FullHash::starting_at(&path, 1000).unwrap();
+        let mut file = File::open(&path).unwrap();
+        file.seek(SeekFrom::Start(1000)).unwrap();
+        let mut reader = HashedFile::new(file, 1000, Some(Arc::clone(&hash)));
+        let mut buf = vec![0; 2_000_000];
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(hash.finish(&path).unwrap().unwrap(), whole);
+
+        // A reader that skipped bytes cannot say.
+        let hash = FullHash::starting_at(&path, 1000).unwrap();
+        hash.update(5000, b"x");
+        assert_eq!(hash.finish(&path).unwrap(), None);
     }
 }

@@ -722,6 +722,7 @@ fn convert_on(
     let busy = Arc::new(BusyTimes::default());
     let levels = compression::resolve(&options.column_zstd_levels, &profile.level_trials);
     let write = options.write_options(levels);
+    let full_hash = std::sync::Mutex::new(None);
     let build = Build {
         reading: Reading {
             input,
@@ -735,6 +736,7 @@ fn convert_on(
             busy: &busy,
             staging: Some(&staging_dir),
             records_start: header.records_start,
+            full_hash: Some(&full_hash),
         },
         write: &write,
         staging: &staging_dir,
@@ -769,6 +771,10 @@ fn convert_on(
     };
 
     let seconds = clock.elapsed().as_secs_f64();
+    let mut source_info = source_info;
+    source_info.sha256 = full_hash
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let manifest = manifest(
         source_info,
         done,

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow_array::RecordBatch;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -26,6 +26,7 @@ use super::source::{BatchLimits, RecordSource};
 use super::write::Chunk;
 use super::{ConvertError, ConvertOptions, Observer, Progress, RawBatch, Stage, StageError};
 use crate::checkpoint::{self, CheckpointError};
+use crate::hash::{FullHash, HashedFile};
 
 /// Everything reading needs: the input, how to batch, filter and decode it, and where to.
 pub(super) struct Reading<'a> {
@@ -43,6 +44,9 @@ pub(super) struct Reading<'a> {
     pub staging: Option<&'a Path>,
     /// Where the first record starts (the header's end).
     pub records_start: VirtualPosition,
+    /// Receives the SHA-256 of the whole input, made as it is read, when a stream reads it
+    /// all (no regions).
+    pub full_hash: Option<&'a Mutex<Option<String>>>,
 }
 
 impl Reading<'_> {
@@ -80,21 +84,25 @@ impl Reading<'_> {
 
     /// Opens the input positioned at `from`: after the header at the start, or at a checkpoint's
     /// virtual offset.
-    fn open(&self, from: Position) -> Result<RecordSource<BufReader<File>>, ConvertError> {
+    fn open(
+        &self,
+        from: Position,
+        hash: Option<&Arc<FullHash>>,
+    ) -> Result<RecordSource<BufReader<HashedFile>>, ConvertError> {
         if from.record == 0 {
             // Just after the header, as the profile found it; the header is not parsed again.
-            if let Some(source) = self.open_at(self.records_start, 0)? {
+            if let Some(source) = self.open_at(self.records_start, 0, hash)? {
                 return Ok(source);
             }
             // A position at the very end (a file without records) is not inside a block.
             tracing::debug!(path = %self.input.display(), "Reading the header again to find the first record.");
-            let mut stream = self.stream_at(0)?;
+            let mut stream = self.stream_at(0, hash)?;
             header::read_header(&mut stream, self.options.header_limits())
                 .map_err(|e| ConvertError::from_header(self.input, e))?;
             return Ok(RecordSource::new(stream, 0, self.options.max_record_bytes));
         }
         let position = VirtualPosition::from(from.virtual_offset);
-        self.open_at(position, from.record)?.ok_or_else(|| {
+        self.open_at(position, from.record, hash)?.ok_or_else(|| {
             let corrupt = CheckpointError::Corrupt {
                 path: self.staging.map_or_else(
                     || self.input.to_owned(),
@@ -115,8 +123,9 @@ impl Reading<'_> {
         &self,
         position: VirtualPosition,
         record: u64,
-    ) -> Result<Option<RecordSource<BufReader<File>>>, ConvertError> {
-        let mut stream = self.stream_at(position.compressed())?;
+        hash: Option<&Arc<FullHash>>,
+    ) -> Result<Option<RecordSource<BufReader<HashedFile>>>, ConvertError> {
+        let mut stream = self.stream_at(position.compressed(), hash)?;
         let found = stream
             .seek_in_first_block(position)
             .map_err(|e| ConvertError::from_bgzf(self.input, e))?;
@@ -129,11 +138,19 @@ impl Reading<'_> {
     /// runs each on the shared-bench short and long inputs, 2 cores: reader busy 0.10-0.19 s
     /// either way, walls within the runs' noise), and a map turns a file truncated under the
     /// daemon into SIGBUS instead of an error naming the file and offset.
-    fn stream_at(&self, start: u64) -> Result<BgzfStream<BufReader<File>>, ConvertError> {
+    ///
+    /// With `hash`, every byte read also goes into the input's full SHA-256, which has read
+    /// the file up to `start`.
+    fn stream_at(
+        &self,
+        start: u64,
+        hash: Option<&Arc<FullHash>>,
+    ) -> Result<BgzfStream<BufReader<HashedFile>>, ConvertError> {
         let fail = |stage, source: StageError| ConvertError::new(self.input, stage, source);
         let mut file = File::open(self.input).map_err(|e| fail(Stage::Open, e.into()))?;
         file.seek(SeekFrom::Start(start))
             .map_err(|e| fail(Stage::Read, e.into()))?;
+        let file = HashedFile::new(file, start, hash.cloned());
         let reader = BlockReader::new(
             BufReader::with_capacity(1 << 20, file),
             start,
@@ -141,6 +158,22 @@ impl Reading<'_> {
         )
         .with_busy(Arc::clone(self.busy));
         Ok(BgzfStream::new(reader))
+    }
+
+    /// The input's full SHA-256, primed with the bytes before where reading starts (the
+    /// header; on a resume, what earlier runs read), when it is wanted.
+    fn start_full_hash(&self, from: Position) -> Option<Arc<FullHash>> {
+        self.full_hash?;
+        let start = if from.record == 0 {
+            self.records_start.compressed()
+        } else {
+            VirtualPosition::from(from.virtual_offset).compressed()
+        };
+        FullHash::starting_at(self.input, start)
+            .inspect_err(|error| {
+                tracing::warn!(path = %self.input.display(), %error, "Cannot hash the input.");
+            })
+            .ok()
     }
 
     /// Reader thread: frames batches into free buffers and sends them on, in order: the whole
@@ -166,8 +199,17 @@ impl Reading<'_> {
                 },
             };
             let Some(spans) = self.spans else {
-                let mut source = self.open(from)?;
-                feed.drain(&mut source, limits, self.input)?;
+                let hash = self.start_full_hash(from);
+                let mut source = self.open(from, hash.as_ref())?;
+                let whole = feed.drain(&mut source, limits, self.input)?;
+                if let (true, Some(hash), Some(slot)) = (whole, hash, self.full_hash) {
+                    // Only the EOF block's tail, at most, is left to read.
+                    let digest = hash.finish(self.input).unwrap_or_else(|error| {
+                        tracing::warn!(path = %self.input.display(), %error, "Cannot finish the input's SHA-256.");
+                        None
+                    });
+                    *slot.lock().unwrap_or_else(PoisonError::into_inner) = digest;
+                }
                 return Ok(());
             };
             let mut record = from.record;
@@ -182,7 +224,7 @@ impl Reading<'_> {
                     _ => start,
                 };
                 let mut source = self
-                    .open_at(VirtualPosition::from(start), record)?
+                    .open_at(VirtualPosition::from(start), record, None)?
                     .ok_or_else(|| {
                         let error = FilterError::Region {
                             region: format!("index span {start}-{end}"),
@@ -357,7 +399,7 @@ impl Feed<'_> {
     /// Sends batches from `source` until it ends; `Ok(false)` when the decoder stopped.
     fn drain(
         &mut self,
-        source: &mut RecordSource<BufReader<File>>,
+        source: &mut RecordSource<BufReader<HashedFile>>,
         limits: BatchLimits,
         input: &Path,
     ) -> Result<bool, ConvertError> {

@@ -71,6 +71,7 @@ impl RecordBatches {
                     busy: &busy,
                     staging: None,
                     records_start,
+                    full_hash: None,
                 };
                 reading.stream(Position::START, chunks_tx).map(|_| ())
             })

@@ -10,7 +10,7 @@ use bamflow_tests::{bamflow_bin, samtools_view};
 use serde_json::Value;
 
 use crate::harness::{config, config_with, Daemon, EVENTS_RESCAN};
-use crate::support::{assert_dataset_matches_samtools, manifest, TestDir};
+use crate::support::{assert_dataset_matches_samtools, http_get, manifest, sample, TestDir};
 
 #[test]
 fn converts_good_files_quarantines_bad_ones_and_stops_on_sigterm() {
@@ -250,6 +250,9 @@ fn sigterm_mid_file_publishes_nothing_keeps_the_input_and_resumes_on_restart() {
     let dataset = sam_text::read_dataset(&output).unwrap();
     assert_dataset_matches_samtools(&dataset, &bam);
     assert!(!dir.path("lake/test/.big.staging").exists());
+    // The full hash covers the whole input, whichever run read which part.
+    let manifest = manifest(&output);
+    assert_eq!(manifest["source"]["sha256"], sha256sum(&bam), "{manifest}");
     daemon.stop();
 }
 
@@ -655,4 +658,139 @@ fn the_daemon_runs_without_glibcs_thread_caches_unless_the_operator_sets_them() 
         "{env:?}"
     );
     daemon.stop();
+}
+
+/// The byte ranges the daemon's sampled hash reads of a file of `size` bytes: both 1 MiB
+/// ends and 16 slices of 64 KiB evenly between (`bamflow_engine::hash::content_hash`).
+fn sampled_ranges(size: u64) -> Vec<(u64, u64)> {
+    const EDGE: u64 = 1 << 20;
+    const SLICE: u64 = 64 << 10;
+    let stride = (size - 2 * EDGE) / 17;
+    let mut ranges = vec![(0, EDGE)];
+    ranges.extend((1..=16).map(|i| (EDGE + i * stride, EDGE + i * stride + SLICE)));
+    ranges.push((size - EDGE, size));
+    ranges
+}
+
+/// A BAM with stored (level 0) BGZF blocks, so that record bytes appear in the file as they
+/// are and equal-length edits keep every block's size.
+fn stored_bam(sam: &[String], bam: &Path) {
+    let sam_path = bam.with_extension("sam");
+    std::fs::write(&sam_path, sam.join("\n") + "\n").unwrap();
+    let status = Command::new("samtools")
+        .args(["view", "-u", "--no-PG", "-o"])
+        .arg(bam)
+        .arg(&sam_path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn files_that_agree_on_every_sampled_byte_are_both_converted_and_a_true_copy_is_not() {
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let config = config(&dir, &inbox, "");
+
+    // Two BAMs of one size that differ in one quality value, in a block between the samples.
+    let generated = dir.generated(DataKind::Short, 70_000, 91);
+    let mut sam = samtools_view(&generated, &[]).unwrap();
+    let (a, b) = (dir.path("a.bam"), dir.path("b.bam"));
+    stored_bam(&sam, &a);
+    let bytes = std::fs::read(&a).unwrap();
+    let size = bytes.len() as u64;
+    let ranges = sampled_ranges(size);
+    let clear = |at: u64| {
+        // The record, and the CRC at the end of its block (< 64 KiB on), are read by no sample.
+        ranges
+            .iter()
+            .all(|&(start, end)| at + (128 << 10) < start || at > end + (128 << 10))
+    };
+    let edited = (sam.len() / 3..sam.len())
+        .find_map(|i| {
+            let line = &sam[i];
+            let qual = line.split('\t').nth(10)?;
+            let raw: Vec<u8> = qual.bytes().map(|c| c - 33).collect();
+            let at = memchr_find(&bytes, &raw)? as u64;
+            clear(at).then_some(i)
+        })
+        .expect("a record between the samples");
+    let mut fields: Vec<String> = sam[edited].split('\t').map(str::to_owned).collect();
+    let first = fields[10].as_bytes()[0];
+    fields[10].replace_range(0..1, if first == b'I' { "H" } else { "I" });
+    sam[edited] = fields.join("\t");
+    stored_bam(&sam, &b);
+    assert_eq!(std::fs::metadata(&b).unwrap().len(), size);
+    assert_ne!(sha256sum(&a), sha256sum(&b));
+
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    let address = daemon.metrics_address();
+    std::fs::copy(&a, inbox.join("a.bam")).unwrap();
+    daemon.wait_for("a converted", || inbox.join("done/a.bam").exists());
+    std::fs::copy(&b, inbox.join("b.bam")).unwrap();
+    daemon.wait_for("b converted", || inbox.join("done/b.bam").exists());
+    std::fs::copy(&a, inbox.join("copy-of-a.bam")).unwrap();
+    daemon.wait_for("the copy filed", || {
+        inbox.join("done/copy-of-a.bam").exists()
+    });
+
+    let metrics = http_get(&address, "/metrics").1;
+    let checks = |result: &str| {
+        sample(
+            &metrics,
+            &format!("bamflow_duplicate_checks_total{{result=\"{result}\",watch=\"test\"}}"),
+        )
+    };
+    assert_eq!(
+        (checks("refuted"), checks("confirmed")),
+        (1.0, 1.0),
+        "{metrics}"
+    );
+    // Each check read the new file once; the converted ones' hashes came from the ledger.
+    let read = sample(
+        &metrics,
+        "bamflow_duplicate_check_bytes_total{watch=\"test\"}",
+    );
+    assert_eq!(read, 2.0 * size as f64);
+    daemon.stop();
+
+    // Both converted, each as samtools reads it; the copy was not.
+    for (name, bam) in [("a", &a), ("b", &b)] {
+        let output = dir.path(&format!("lake/test/{name}"));
+        let dataset = sam_text::read_dataset(&output).unwrap();
+        assert_dataset_matches_samtools(&dataset, bam);
+        assert_eq!(manifest(&output)["source"]["sha256"], sha256sum(bam));
+    }
+    assert!(!dir.path("lake/test/copy-of-a").exists());
+    // The ledger shows why: one sampled hash for all three, two full ones.
+    let ledger = std::fs::read_to_string(dir.path("state/ledger.jsonl")).unwrap();
+    let entries: Vec<Value> = ledger
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &Value| e["state"] != "converting")
+        .collect();
+    let field = |i: usize, key: &str| entries[i][key].as_str().unwrap_or_default().to_owned();
+    assert_eq!(entries.len(), 3, "{ledger}");
+    assert_eq!(field(0, "content_hash"), field(1, "content_hash"));
+    assert_eq!(field(1, "content_hash"), field(2, "content_hash"));
+    assert_eq!(
+        [field(0, "state"), field(1, "state"), field(2, "state")],
+        ["success", "success", "duplicate"]
+    );
+    assert_eq!(field(0, "sha256"), sha256sum(&a));
+    assert_eq!(field(1, "sha256"), sha256sum(&b));
+    assert_eq!(field(2, "sha256"), sha256sum(&a));
+}
+
+fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
