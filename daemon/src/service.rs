@@ -3,6 +3,14 @@
 //! Debian 12 ships systemd 252, which has no `Type=notify-reload`, so the unit is
 //! `Type=notify` and a reload is announced with `RELOADING=1` plus `MONOTONIC_USEC`, then
 //! `READY=1` again. Without `$NOTIFY_SOCKET` (not under systemd) every call is a no-op.
+//!
+//! Written against the socket rather than with the `sd-notify` crate (0.4.5, checked
+//! 2026-12): it names every state we send, but connects with `UnixDatagram::connect`, so an
+//! abstract `$NOTIFY_SOCKET` (`@name`, which systemd hands to services in some containers and
+//! which `sd_notify(3)` supports) is taken as a file path; its socket blocks, so a full
+//! notification queue would stall the ingest where ours drops the message; and its
+//! `watchdog_enabled` ignores `$WATCHDOG_USEC` without `$WATCHDOG_PID`, which systemd does
+//! not always set. The protocol itself is one `KEY=value` datagram.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::{Duration, Instant};
