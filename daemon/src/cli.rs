@@ -44,6 +44,17 @@ pub enum Command {
     Convert(Box<ConvertArgs>),
     /// Print the profile of a BAM file as JSON: sizes, tags, sort order, index, batch plan.
     Profile(ProfileArgs),
+    /// Compare a dataset with a BAM: header, record count, every field of every record.
+    /// Exit 0 iff identical; else 1, with the first differences.
+    Verify {
+        /// The dataset folder.
+        dataset: PathBuf,
+        /// The BAM file it should hold.
+        bam: PathBuf,
+        /// Worker threads decoding the BAM (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Validate a config file; errors name the file, line and column.
     CheckConfig {
         /// The TOML config file.

@@ -50,6 +50,11 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert(*args),
         Command::Profile(args) => profile(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Verify {
+            dataset,
+            bam,
+            threads,
+        } => verify(&dataset, &bam, threads),
         Command::Plugin(PluginCommand::Check {
             path,
             config,
@@ -337,6 +342,19 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&profile).context("cannot print the profile")?
     );
     Ok(())
+}
+
+/// Compares a dataset with its BAM; a difference is an error (exit 1) after the report.
+fn verify(dataset: &Path, bam: &Path, threads: Option<usize>) -> anyhow::Result<()> {
+    let threads = bamflow_engine::options::resolve_threads(threads.unwrap_or(0));
+    let engine = Engine::new(threads).context("cannot start the worker pool")?;
+    let report = bamflow_engine::verify::verify(&engine, dataset, bam)?;
+    let text = bamflow_engine::verify::describe(&report, dataset, bam);
+    if report.identical() {
+        println!("{text}");
+        return Ok(());
+    }
+    anyhow::bail!("{text}")
 }
 
 /// Loads a plugin as the daemon would and runs the conformance harness on it.

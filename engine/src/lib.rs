@@ -57,3 +57,4 @@ pub mod heap;
 pub mod options;
 pub mod pipeline;
 pub mod plugin;
+pub mod verify;

@@ -12,4 +12,5 @@ mod harness;
 mod metrics;
 mod options;
 mod support;
+mod verify;
 mod waiting;

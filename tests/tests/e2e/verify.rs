@@ -1,0 +1,141 @@
+//! `bamflow verify`: a dataset against its BAM, and against a BAM or a dataset that differ.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch, UInt8Array};
+use bamflow_tests::bamflow;
+use bamflow_tests::generator::DataKind;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+
+use crate::support::{convert_ok, TestDir};
+
+fn verify(dataset: &Path, bam: &Path) -> (Option<i32>, String) {
+    let out = bamflow(&["verify"]).arg(dataset).arg(bam).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// Rewrites one part with the MAPQ of its row `row` changed, keeping its schema and metadata.
+fn change_mapq(part: &Path, row: usize) {
+    let file = std::fs::File::open(part).unwrap();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
+    let batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
+    let schema = batches[0].schema();
+    let mapq = schema.index_of("mapq").unwrap();
+    let mut seen = 0;
+    let changed: Vec<RecordBatch> = batches
+        .into_iter()
+        .map(|batch| {
+            let n = batch.num_rows();
+            if !(seen..seen + n).contains(&row) {
+                seen += n;
+                return batch;
+            }
+            let column = batch
+                .column(mapq)
+                .as_any()
+                .downcast_ref::<UInt8Array>()
+                .unwrap();
+            let values: UInt8Array = (0..n)
+                .map(|i| {
+                    let v = column.value(i);
+                    Some(if i == row - seen { v ^ 1 } else { v })
+                })
+                .collect();
+            seen += n;
+            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            columns[mapq] = Arc::new(values);
+            RecordBatch::try_new(batch.schema(), columns).unwrap()
+        })
+        .collect();
+    let properties = WriterProperties::builder()
+        .set_key_value_metadata(Some(metadata))
+        .build();
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(part).unwrap(),
+        schema,
+        Some(properties),
+    )
+    .unwrap();
+    for batch in &changed {
+        writer.write(batch).unwrap();
+    }
+    writer.close().unwrap();
+}
+
+#[test]
+fn verify_passes_a_faithful_dataset_and_names_the_first_changed_field() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 12_000, 61);
+    let out = dir.path("out");
+    convert_ok(&bam, &out, &["--part-records", "5000", "--tags", "NM:i"]);
+
+    let (code, text) = verify(&out, &bam);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("identical") && text.contains("12"), "{text}");
+
+    // One value in the second part: record 5,000 + 123 + 1.
+    change_mapq(&out.join("part-00001.parquet"), 123);
+    let (code, text) = verify(&out, &bam);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("1 of"), "{text}");
+    assert!(text.contains("record 5124 mapq"), "{text}");
+
+    // Another BAM: the header and the records differ.
+    let other = dir.generated(DataKind::Short, 12_000, 62);
+    let (code, text) = verify(&out, &other);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("header line"), "{text}");
+}
+
+#[test]
+fn verify_refuses_a_filtered_dataset_with_its_reason() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 2_000, 63);
+    let out = dir.path("out");
+    convert_ok(&bam, &out, &["--min-mapq", "30"]);
+    let (code, text) = verify(&out, &bam);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("written with filters"), "{text}");
+}
+
+#[test]
+fn verify_refuses_a_dataset_without_every_field() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 1_000, 64);
+    let out = dir.path("out");
+    convert_ok(&bam, &out, &["--columns", "qname,flag,pos"]);
+    let (code, text) = verify(&out, &bam);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("without the columns rname"), "{text}");
+}
+
+#[test]
+fn every_sam_case_and_generated_kind_verifies_after_conversion() {
+    let dir = TestDir::new();
+    let mut bams: Vec<std::path::PathBuf> = std::fs::read_dir(crate::support::data_file(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".sam"))
+        .map(|name| dir.bam_from_data(&name))
+        .collect();
+    bams.push(dir.generated(DataKind::Long, 40, 65));
+    bams.push(dir.generated(DataKind::Unaligned, 2_000, 66));
+    assert!(bams.len() >= 7);
+    for (i, bam) in bams.iter().enumerate() {
+        let out = dir.path(&format!("out-{i}"));
+        convert_ok(bam, &out, &["--tags", "NM:i,AS:i"]);
+        let (code, text) = verify(&out, bam);
+        assert_eq!(code, Some(0), "{}: {text}", bam.display());
+    }
+}
