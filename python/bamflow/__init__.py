@@ -23,7 +23,7 @@ import pyarrow
 from . import _bamflow
 from ._errors import Cancelled, ConvertError
 
-__all__ = ["convert", "scan", "read_header", "profile", "ConvertError", "Cancelled"]
+__all__ = ["convert", "scan", "read_header", "profile", "verify", "ConvertError", "Cancelled"]
 __version__: str = _bamflow.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -133,6 +133,24 @@ def profile(path: PathLike, *, threads: Optional[int] = None) -> Dict[str, Any]:
     """What ``bamflow profile`` prints: the header's references, a sample's read lengths,
     tags and sort order, and the batch plan a conversion would use."""
     return json.loads(_bamflow.profile(os.fspath(path), threads=threads))
+
+
+def verify(dataset: PathLike, bam: PathLike, *, threads: Optional[int] = None) -> Dict[str, Any]:
+    """Compare the dataset folder ``dataset`` with the BAM ``bam``, as ``bamflow verify``:
+    header, record count and every field of every record.
+
+    Returns ``{"identical": bool, "records": n, "differing": n, "differences": [...]}``, each
+    difference with ``record`` (from 1; 0 for the header or the count), ``field``,
+    ``dataset`` and ``bam``.
+
+    Raises:
+        ValueError: the dataset cannot hold the whole BAM (written with filters or without
+            every column), or is not a complete dataset.
+        ConvertError: the BAM cannot be read.
+    """
+    report = json.loads(_bamflow.verify(os.fspath(dataset), os.fspath(bam), threads=threads))
+    report["identical"] = report["differing"] == 0
+    return report
 
 
 def _strings(values: Optional[Iterable[str]], name: str) -> Optional[List[str]]:

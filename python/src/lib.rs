@@ -104,12 +104,34 @@ impl RecordBatchReader for Stream {
     }
 }
 
+/// Compares the dataset `dataset` with the BAM `bam`; the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (dataset, bam, threads=None))]
+fn verify(
+    py: Python<'_>,
+    dataset: PathBuf,
+    bam: PathBuf,
+    threads: Option<usize>,
+) -> PyResult<String> {
+    let threads = bamflow_engine::options::resolve_threads(threads.unwrap_or(0));
+    let engine = Engine::new(threads).map_err(pool_error)?;
+    let report = py
+        .detach(|| bamflow_engine::verify::verify(&engine, &dataset, &bam))
+        .map_err(|error| match error {
+            bamflow_engine::verify::VerifyError::Bam(error) => convert_error(py, &error),
+            other => pyo3::exceptions::PyValueError::new_err(chain(&other)),
+        })?;
+    serde_json::to_string(&report)
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+}
+
 #[pymodule]
 fn _bamflow(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(convert::convert, module)?)?;
     module.add_function(wrap_pyfunction!(scan, module)?)?;
     module.add_function(wrap_pyfunction!(read_header, module)?)?;
     module.add_function(wrap_pyfunction!(profile, module)?)?;
+    module.add_function(wrap_pyfunction!(verify, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -78,3 +78,18 @@ def test_bad_options_name_their_keyword(bams):
         bamflow.scan(bams["cigars"], columns=["nope"])
     with pytest.raises(TypeError, match="list of strings"):
         bamflow.scan(bams["cigars"], columns="qname")
+
+
+def test_verify_says_identical_and_names_a_difference(bams, tmp_path):
+    bam = bams["generated_short"]
+    bamflow.convert(bam, tmp_path / "out", tags=["NM:i"])
+    report = bamflow.verify(tmp_path / "out", bam)
+    assert report["identical"] and report["records"] == len(samtools_view(bam)), report
+
+    report = bamflow.verify(tmp_path / "out", bams["generated_unaligned"])
+    assert not report["identical"]
+    assert report["differences"][0]["field"].startswith("header line"), report
+
+    bamflow.convert(bam, tmp_path / "filtered", min_mapq=30)
+    with pytest.raises(ValueError, match="written with filters"):
+        bamflow.verify(tmp_path / "filtered", bam)
