@@ -702,7 +702,7 @@ fn convert_on(
         header,
         filters,
         spans,
-    } = prepare(pool, input, options, observer)?;
+    } = prepare(pool, input, options, observer, Purpose::Convert)?;
     let mut staging = Staging::open(output).map_err(|e| fail(Stage::Output, e.into()))?;
     // A run that died after sealing its dataset and before renaming it left it complete.
     if let Some(manifest) = staging.sealed() {
@@ -805,15 +805,27 @@ struct Prepared {
 
 /// Checks the input is complete, profiles it and sets up its filters and regions: a plugin or
 /// region that cannot work fails the file before anything is read or written.
+/// What the records are read for: a scan writes nothing, so it skips the zstd level trial.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Convert,
+    Scan,
+}
+
 fn prepare(
     pool: &Arc<ThreadPool>,
     input: &Path,
     options: &ConvertOptions,
     observer: &dyn Observer,
+    purpose: Purpose,
 ) -> Result<Prepared, ConvertError> {
     let fail = |source: StageError| ConvertError::new(input, Stage::Filter, source);
     check_complete(input, options.allow_missing_eof)?;
-    let (profile, header) = profile::profile(input, &options.profile_options(), pool)?;
+    let mut profile_options = options.profile_options();
+    if purpose == Purpose::Scan {
+        profile_options.level_trial = None;
+    }
+    let (profile, header) = profile::profile(input, &profile_options, pool)?;
     let filters = filter_chain(&options.filters, &header, observer).map_err(|e| fail(e.into()))?;
     let spans = if options.filters.regions.is_empty() {
         None

@@ -19,7 +19,7 @@ use super::busy::BusyTimes;
 use super::decode::Decoder;
 use super::read::{Position, Reading};
 use super::write::Chunk;
-use super::{prepare, ConvertError, ConvertOptions, Prepared, Stage, StageError};
+use super::{prepare, ConvertError, ConvertOptions, Prepared, Purpose, Stage, StageError};
 
 /// The record batches of one BAM file, in record order; see [`Engine::scan`](super::Engine::scan).
 ///
@@ -47,7 +47,7 @@ impl RecordBatches {
             header,
             filters,
             spans,
-        } = prepare(pool, input, options, &())?;
+        } = prepare(pool, input, options, &(), Purpose::Scan)?;
         let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
         let records_start = header.records_start;
         let plan = profile.batch;
