@@ -44,6 +44,16 @@ pub enum Command {
     Convert(Box<ConvertArgs>),
     /// Print the profile of a BAM file as JSON: sizes, tags, sort order, index, batch plan.
     Profile(ProfileArgs),
+    /// Write a dataset back as a BAM whose `samtools view -h --no-PG` equals the source's.
+    Export {
+        /// The dataset folder.
+        dataset: PathBuf,
+        /// The BAM file to write (replaced only once complete).
+        output: PathBuf,
+        /// BGZF compression threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Compare a dataset with a BAM: header, record count, every field of every record.
     /// Exit 0 iff identical; else 1, with the first differences.
     Verify {

@@ -50,6 +50,11 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert(*args),
         Command::Profile(args) => profile(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Export {
+            dataset,
+            output,
+            threads,
+        } => export(&dataset, &output, threads),
         Command::Verify {
             dataset,
             bam,
@@ -340,6 +345,20 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(&profile).context("cannot print the profile")?
+    );
+    Ok(())
+}
+
+/// Writes a dataset back as BAM.
+fn export(dataset: &Path, output: &Path, threads: Option<usize>) -> anyhow::Result<()> {
+    let threads = bamflow_engine::options::resolve_threads(threads.unwrap_or(0));
+    let started = std::time::Instant::now();
+    let records = bamflow_engine::export::export(dataset, output, threads)?;
+    eprintln!(
+        "bamflow: {} → {}: {records} records, {:.2} s",
+        dataset.display(),
+        output.display(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -49,6 +49,7 @@ pub mod checkpoint;
 pub mod dataset;
 #[doc(hidden)]
 pub mod durable;
+pub mod export;
 #[doc(hidden)]
 pub mod faults;
 pub mod hash;

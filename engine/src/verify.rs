@@ -102,43 +102,17 @@ impl Report {
 /// A [`VerifyError`] when either side cannot be read, or when the dataset was written with
 /// filters (it then cannot hold every record).
 pub fn verify(engine: &Engine, dataset: &Path, bam: &Path) -> Result<Report, VerifyError> {
-    let manifest = read_manifest(dataset)?;
-    if !manifest.filters.is_empty() {
-        return Err(VerifyError::Partial {
-            path: dataset.to_owned(),
-            reason: format!(
-                "it was written with filters ({})",
-                manifest.filters.join(", ")
-            ),
-        });
-    }
-    let partial = |reason: String| VerifyError::Partial {
-        path: dataset.to_owned(),
-        reason,
-    };
-    // Every field of the record: the default columns (the lossless `tags` text among them).
-    let every = ConvertConfig::default()
-        .resolve(1)
-        .map_err(|e| partial(e.to_string()))?;
-    let missing: Vec<String> = every
-        .schema
-        .column_names()
-        .into_iter()
-        .filter(|name| !manifest.columns.iter().any(|c| c == name))
-        .collect();
-    if !missing.is_empty() {
-        return Err(partial(format!(
-            "it was written without the columns {}",
-            missing.join(", ")
-        )));
-    }
+    let manifest = read_complete_manifest(dataset)?;
     let options = ConvertConfig {
         columns: Some(manifest.columns.clone()),
         tags: Some(manifest.tags.clone()),
         ..ConvertConfig::default()
     }
     .resolve(0)
-    .map_err(|e| partial(format!("its columns cannot be read back: {e}")))?;
+    .map_err(|e| VerifyError::Partial {
+        path: dataset.to_owned(),
+        reason: format!("its columns cannot be read back: {e}"),
+    })?;
 
     let mut report = Report::default();
     let (ours, theirs) = (pipeline::read_header(dataset)?, pipeline::read_header(bam)?);
@@ -182,6 +156,39 @@ pub fn verify(engine: &Engine, dataset: &Path, bam: &Path) -> Result<Report, Ver
     Ok(report)
 }
 
+/// The manifest of a complete dataset that holds every record and every field: not written
+/// with filters, nor with a column subset.
+pub(crate) fn read_complete_manifest(dataset: &Path) -> Result<Manifest, VerifyError> {
+    let manifest = read_manifest(dataset)?;
+    let partial = |reason: String| VerifyError::Partial {
+        path: dataset.to_owned(),
+        reason,
+    };
+    if !manifest.filters.is_empty() {
+        return Err(partial(format!(
+            "it was written with filters ({})",
+            manifest.filters.join(", ")
+        )));
+    }
+    // Every field of the record: the default columns (the lossless `tags` text among them).
+    let every = ConvertConfig::default()
+        .resolve(1)
+        .map_err(|e| partial(e.to_string()))?;
+    let missing: Vec<String> = every
+        .schema
+        .column_names()
+        .into_iter()
+        .filter(|name| !manifest.columns.iter().any(|c| c == name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(partial(format!(
+            "it was written without the columns {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(manifest)
+}
+
 fn read_manifest(dataset: &Path) -> Result<Manifest, VerifyError> {
     let not_a_dataset = |reason: String| VerifyError::NotADataset {
         path: dataset.to_owned(),
@@ -196,7 +203,7 @@ fn read_manifest(dataset: &Path) -> Result<Manifest, VerifyError> {
 }
 
 /// The record batches of the dataset's parts, in the manifest's order.
-fn parts<'a>(
+pub(crate) fn parts<'a>(
     dataset: &'a Path,
     manifest: &'a Manifest,
 ) -> impl Iterator<Item = Result<RecordBatch, VerifyError>> + 'a {

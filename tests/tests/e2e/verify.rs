@@ -139,3 +139,74 @@ fn every_sam_case_and_generated_kind_verifies_after_conversion() {
         assert_eq!(code, Some(0), "{}: {text}", bam.display());
     }
 }
+
+/// `samtools view -h --no-PG`, the oracle an export must reproduce.
+fn sam_text(bam: &Path) -> Vec<u8> {
+    let out = std::process::Command::new("samtools")
+        .args(["view", "-h", "--no-PG"])
+        .arg(bam)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn every_sam_case_and_generated_kind_exports_to_what_samtools_printed() {
+    let dir = TestDir::new();
+    let mut bams: Vec<std::path::PathBuf> = std::fs::read_dir(crate::support::data_file(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".sam"))
+        .map(|name| dir.bam_from_data(&name))
+        .collect();
+    bams.push(dir.generated(DataKind::Short, 5_000, 67));
+    bams.push(dir.generated(DataKind::Long, 30, 68));
+    bams.push(dir.generated(DataKind::Unaligned, 2_000, 69));
+    for (i, bam) in bams.iter().enumerate() {
+        let out = dir.path(&format!("out-{i}"));
+        convert_ok(bam, &out, &["--part-records", "1000"]);
+        let exported = dir.path(&format!("exported-{i}.bam"));
+        let run = bamflow(&["export"])
+            .arg(&out)
+            .arg(&exported)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}: {}",
+            bam.display(),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            sam_text(&exported) == sam_text(bam),
+            "{}: the export differs from the source",
+            bam.display()
+        );
+        let (code, text) = verify(&out, &exported);
+        assert_eq!(code, Some(0), "{text}");
+    }
+}
+
+#[test]
+fn export_refuses_what_it_could_not_put_back() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 500, 70);
+    for (name, flags, reason) in [
+        ("promoted", vec!["--tags", "NM:i"], "promoted tags (NM:i)"),
+        ("filtered", vec!["--min-mapq", "30"], "written with filters"),
+    ] {
+        let out = dir.path(name);
+        convert_ok(&bam, &out, &flags);
+        let exported = dir.path(&format!("{name}.bam"));
+        let run = bamflow(&["export"])
+            .arg(&out)
+            .arg(&exported)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{text}");
+        assert!(text.contains(reason), "{text}");
+        assert!(!exported.exists());
+    }
+}

@@ -1,0 +1,541 @@
+//! Back to BAM: a dataset's header and columns written as a BAM file whose
+//! `samtools view -h --no-PG` equals the source's.
+//!
+//! The header is written as stored (`bamflow:sam_header`, the text `samtools view -H --no-PG`
+//! prints, with an `@SQ` line for every reference), its binary reference list taken from the
+//! `@SQ` lines. Each row is encoded as a BAM record from the fields samtools printed (the
+//! columns hold exactly those, `tags` the optional fields in file order), as htslib encodes a
+//! SAM line: integers in the smallest type, array subtypes as written, duplicate and empty
+//! fields kept (noodles' SAM reader refuses empty `B` arrays and its record buffer merges
+//! duplicate tags, which samtools keeps). noodles' multithreaded BGZF writer compresses. Parts
+//! stream in order, a batch at a time, written under a temporary name and renamed once
+//! complete.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::num::NonZero;
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, UInt16Type, UInt8Type};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+
+use crate::durable;
+use crate::pipeline;
+use crate::verify::{self, VerifyError};
+
+/// Why a dataset could not be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The dataset cannot be read, or does not hold every record and field.
+    #[error(transparent)]
+    Dataset(#[from] VerifyError),
+    /// Its header cannot be read.
+    #[error(transparent)]
+    Header(#[from] pipeline::ConvertError),
+    /// A row does not make a valid record.
+    #[error("{}: record {record}: {reason}", path.display())]
+    Record {
+        /// The dataset.
+        path: PathBuf,
+        /// The record, counting from 1.
+        record: u64,
+        /// What noodles refused.
+        reason: String,
+    },
+    /// Writing the BAM failed.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The BAM being written.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The SAM fields, in order, as the dataset names them.
+const FIELDS: [&str; 11] = [
+    "qname", "flag", "rname", "pos", "mapq", "cigar", "rnext", "pnext", "tlen", "seq", "qual",
+];
+
+/// Writes the dataset `dataset` as the BAM file `out`, compressing on `threads` workers;
+/// returns the records written.
+///
+/// # Errors
+///
+/// An [`ExportError`]: the dataset is partial (filters, a column subset) or unreadable, a row
+/// is not a valid record, or the output cannot be written. Nothing is left at `out` then.
+pub fn export(dataset: &Path, out: &Path, threads: usize) -> Result<u64, ExportError> {
+    let manifest = verify::read_complete_manifest(dataset)?;
+    if !manifest.tags.is_empty() {
+        // A promoted tag leaves the `tags` text; where it stood among the others is not
+        // recorded yet, so it could not be put back in place.
+        return Err(VerifyError::Partial {
+            path: dataset.to_owned(),
+            reason: format!(
+                "its promoted tags ({}) left the tags text and their places in it are not recorded; convert without --tags to export",
+                manifest.tags.join(", ")
+            ),
+        }
+        .into());
+    }
+    let text = pipeline::read_header(dataset)?;
+    let references = references(&text);
+    let ids: std::collections::HashMap<&str, i32> = references
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (*name, i32::try_from(i).unwrap_or(i32::MAX)))
+        .collect();
+
+    let write_error = |source| ExportError::Write {
+        path: out.to_owned(),
+        source,
+    };
+    let temporary = temporary_path(out);
+    let file = File::create(&temporary).map_err(write_error)?;
+    let workers = NonZero::new(threads.max(1)).unwrap_or(NonZero::<usize>::MIN);
+    let mut bgzf = noodles_bgzf::io::MultithreadedWriter::with_worker_count(workers, file);
+    let written = (|| {
+        write_raw_header(&mut bgzf, &text).map_err(write_error)?;
+        let mut buf = Vec::new();
+        let mut record = 0u64;
+        for batch in verify::parts(dataset, &manifest) {
+            let batch = batch?;
+            let columns = Columns::of(&batch);
+            for row in 0..batch.num_rows() {
+                record += 1;
+                buf.clear();
+                columns
+                    .encode(row, &ids, &mut buf)
+                    .map_err(|reason| ExportError::Record {
+                        path: dataset.to_owned(),
+                        record,
+                        reason,
+                    })?;
+                bgzf.write_all(&buf).map_err(write_error)?;
+            }
+        }
+        let file = bgzf.finish().map_err(write_error)?;
+        file.sync_all().map_err(write_error)?;
+        Ok(record)
+    })();
+    match written {
+        Ok(records) => {
+            durable::rename(&temporary, out).map_err(|e| write_error(io::Error::other(e)))?;
+            Ok(records)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&temporary);
+            Err(error)
+        }
+    }
+}
+
+fn temporary_path(out: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(out.file_name().unwrap_or_default());
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// The references of the `@SQ` lines, in order: name and length.
+fn references(text: &str) -> Vec<(&str, u32)> {
+    text.lines()
+        .filter(|line| line.starts_with("@SQ\t"))
+        .map(|line| {
+            let field = |tag: &str| {
+                line.split('\t')
+                    .find_map(|f| f.strip_prefix(tag))
+                    .unwrap_or_default()
+            };
+            (field("SN:"), field("LN:").parse().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// The BAM header as stored: magic, the text, the reference list of its `@SQ` lines.
+fn write_raw_header(out: &mut impl Write, text: &str) -> io::Result<()> {
+    let too_long = |_| io::Error::new(io::ErrorKind::InvalidInput, "header too long for BAM");
+    out.write_all(b"BAM\x01")?;
+    out.write_all(&u32::try_from(text.len()).map_err(too_long)?.to_le_bytes())?;
+    out.write_all(text.as_bytes())?;
+    let references = references(text);
+    out.write_all(
+        &u32::try_from(references.len())
+            .map_err(too_long)?
+            .to_le_bytes(),
+    )?;
+    for (name, length) in references {
+        out.write_all(
+            &u32::try_from(name.len() + 1)
+                .map_err(too_long)?
+                .to_le_bytes(),
+        )?;
+        out.write_all(name.as_bytes())?;
+        out.write_all(&[0])?;
+        out.write_all(&length.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// The columns of a batch a SAM line is made from.
+struct Columns<'a> {
+    fields: Vec<&'a dyn Array>,
+    tags: &'a dyn Array,
+}
+
+impl<'a> Columns<'a> {
+    fn of(batch: &'a RecordBatch) -> Self {
+        let column = |name: &str| -> &'a dyn Array {
+            // Checked by read_complete_manifest: every field is there.
+            batch
+                .column_by_name(name)
+                .map(|c| c.as_ref())
+                .unwrap_or_else(|| batch.column(0).as_ref())
+        };
+        Self {
+            fields: FIELDS.iter().map(|name| column(name)).collect(),
+            tags: column("tags"),
+        }
+    }
+
+    /// Row `row` as a BAM record (block size first), appended to `out`.
+    fn encode(
+        &self,
+        row: usize,
+        ids: &std::collections::HashMap<&str, i32>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let f = &self.fields;
+        let id = |name: Option<&str>| -> Result<i32, String> {
+            match name {
+                None => Ok(-1),
+                Some(name) => ids
+                    .get(name)
+                    .copied()
+                    .ok_or_else(|| format!("reference {name:?} is not in the header")),
+            }
+        };
+        let qname = text(f[0], row).unwrap_or("*");
+        let flag = integer(f[1], row).unwrap_or(0);
+        let ref_id = id(text(f[2], row))?;
+        let pos = integer(f[3], row).unwrap_or(0) - 1;
+        let mapq = integer(f[4], row).unwrap_or(255);
+        let cigar = parse_cigar(text(f[5], row).unwrap_or("*"))?;
+        let next_id = id(text(f[6], row))?;
+        let next_pos = integer(f[7], row).unwrap_or(0) - 1;
+        let tlen = integer(f[8], row).unwrap_or(0);
+        let seq = text(f[9], row).filter(|s| *s != "*").unwrap_or("");
+        let qual = text(f[10], row).filter(|q| *q != "*");
+        if qual.is_some_and(|q| q.len() != seq.len()) {
+            return Err("QUAL and SEQ differ in length".to_owned());
+        }
+
+        // Alignments of more than 65,535 operations keep their CIGAR in a CG tag, with a
+        // placeholder `<read length>S<reference length>N`, as htslib writes them.
+        let reference_length: i64 = cigar
+            .iter()
+            .filter(|&&op| matches!(op & 0xf, 0 | 2 | 3 | 7 | 8))
+            .map(|op| i64::from(op >> 4))
+            .sum();
+        let long = cigar.len() > 0xffff;
+        let stored: Vec<u32> = if long {
+            let read_length = u32::try_from(seq.len()).map_err(|_| "SEQ too long".to_owned())?;
+            let reference = u32::try_from(reference_length).map_err(|_| "CIGAR too long")?;
+            vec![read_length << 4 | 4, reference << 4 | 3]
+        } else {
+            cigar.clone()
+        };
+        let unmapped = flag & 4 != 0;
+        let end = if !unmapped && reference_length > 0 {
+            pos + reference_length
+        } else {
+            pos + 1
+        };
+
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]); // block size, filled in last
+        let num = |v: i64, what: &str| -> Result<i32, String> {
+            i32::try_from(v).map_err(|_| format!("{what} {v} out of range"))
+        };
+        out.extend_from_slice(&ref_id.to_le_bytes());
+        out.extend_from_slice(&num(pos, "POS")?.to_le_bytes());
+        out.push(u8::try_from(qname.len() + 1).map_err(|_| "QNAME too long".to_owned())?);
+        out.push(u8::try_from(mapq).map_err(|_| "MAPQ out of range".to_owned())?);
+        out.extend_from_slice(&reg2bin(pos, end).to_le_bytes());
+        out.extend_from_slice(&(stored.len() as u16).to_le_bytes());
+        out.extend_from_slice(
+            &u16::try_from(flag)
+                .map_err(|_| "FLAG out of range".to_owned())?
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(&num(seq.len() as i64, "SEQ length")?.to_le_bytes());
+        out.extend_from_slice(&next_id.to_le_bytes());
+        out.extend_from_slice(&num(next_pos, "PNEXT")?.to_le_bytes());
+        out.extend_from_slice(&num(tlen, "TLEN")?.to_le_bytes());
+        out.extend_from_slice(qname.as_bytes());
+        out.push(0);
+        for op in &stored {
+            out.extend_from_slice(&op.to_le_bytes());
+        }
+        for pair in seq.as_bytes().chunks(2) {
+            let code = |base: u8| {
+                b"=ACMGRSVTWYHKDBN"
+                    .iter()
+                    .position(|&c| c == base.to_ascii_uppercase())
+                    .unwrap_or(15) as u8
+            };
+            out.push(code(pair[0]) << 4 | pair.get(1).map_or(0, |&b| code(b)));
+        }
+        match qual {
+            Some(qual) => out.extend(qual.bytes().map(|q| q.wrapping_sub(33))),
+            None => out.extend(std::iter::repeat_n(0xff, seq.len())),
+        }
+        if let Some(tags) = text(self.tags, row).filter(|t| !t.is_empty()) {
+            for field in tags.split('\t') {
+                encode_tag(field, out)?;
+            }
+        }
+        if long {
+            out.extend_from_slice(b"CGBI");
+            out.extend_from_slice(&(cigar.len() as u32).to_le_bytes());
+            for op in &cigar {
+                out.extend_from_slice(&op.to_le_bytes());
+            }
+        }
+        let size = u32::try_from(out.len() - start - 4).map_err(|_| "record too large")?;
+        out[start..start + 4].copy_from_slice(&size.to_le_bytes());
+        Ok(())
+    }
+}
+
+/// CIGAR text as BAM operations (`length << 4 | op`); `*` is none.
+fn parse_cigar(cigar: &str) -> Result<Vec<u32>, String> {
+    if cigar == "*" {
+        return Ok(Vec::new());
+    }
+    let mut ops = Vec::new();
+    let mut length: u32 = 0;
+    for c in cigar.bytes() {
+        if c.is_ascii_digit() {
+            length = length
+                .checked_mul(10)
+                .and_then(|l| l.checked_add(u32::from(c - b'0')))
+                .filter(|l| *l < 1 << 28)
+                .ok_or_else(|| format!("CIGAR {cigar:?}: operation too long"))?;
+            continue;
+        }
+        let op = b"MIDNSHP=X"
+            .iter()
+            .position(|&o| o == c)
+            .ok_or_else(|| format!("CIGAR {cigar:?}: unknown operation {:?}", c as char))?;
+        ops.push(length << 4 | op as u32);
+        length = 0;
+    }
+    Ok(ops)
+}
+
+/// The BAI bin of `[beg, end)` (SAM spec 5.3; `beg` -1 for an unplaced record).
+fn reg2bin(beg: i64, end: i64) -> u16 {
+    let end = end - 1;
+    let bin = if beg >> 14 == end >> 14 {
+        ((1 << 15) - 1) / 7 + (beg >> 14)
+    } else if beg >> 17 == end >> 17 {
+        ((1 << 12) - 1) / 7 + (beg >> 17)
+    } else if beg >> 20 == end >> 20 {
+        ((1 << 9) - 1) / 7 + (beg >> 20)
+    } else if beg >> 23 == end >> 23 {
+        ((1 << 6) - 1) / 7 + (beg >> 23)
+    } else if beg >> 26 == end >> 26 {
+        1 + (beg >> 26)
+    } else {
+        0
+    };
+    u16::try_from(bin).unwrap_or(0)
+}
+
+/// One optional field `TG:T:value` in BAM's binary form, as htslib encodes SAM text:
+/// integers in the smallest type that holds them, arrays in the subtype written.
+fn encode_tag(field: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let bad = || format!("optional field {field:?} is not valid");
+    let bytes = field.as_bytes();
+    if bytes.len() < 5 || bytes[2] != b':' || bytes[4] != b':' {
+        return Err(bad());
+    }
+    let (tag, kind, value) = (&bytes[..2], bytes[3], &field[5..]);
+    out.extend_from_slice(tag);
+    match kind {
+        b'A' => {
+            out.push(b'A');
+            out.push(*value.as_bytes().first().ok_or_else(bad)?);
+        }
+        b'i' => {
+            let v: i64 = value.parse().map_err(|_| bad())?;
+            encode_integer(v, out).ok_or_else(bad)?;
+        }
+        b'f' => {
+            out.push(b'f');
+            let v: f32 = value.parse().map_err(|_| bad())?;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        b'Z' | b'H' => {
+            out.push(kind);
+            out.extend_from_slice(value.as_bytes());
+            out.push(0);
+        }
+        b'B' => {
+            let mut items = value.split(',');
+            let subtype = items
+                .next()
+                .and_then(|s| s.bytes().next())
+                .ok_or_else(bad)?;
+            out.push(b'B');
+            out.push(subtype);
+            let count_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            let mut count = 0u32;
+            for item in items {
+                count += 1;
+                match subtype {
+                    b'f' => {
+                        let v: f32 = item.parse().map_err(|_| bad())?;
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                    _ => {
+                        let v: i64 = item.parse().map_err(|_| bad())?;
+                        let fits =
+                            |lo: i64, hi: i64| (lo..=hi).contains(&v).then_some(()).ok_or_else(bad);
+                        match subtype {
+                            b'c' => {
+                                fits(-128, 127)?;
+                                out.push(v as i8 as u8);
+                            }
+                            b'C' => {
+                                fits(0, 255)?;
+                                out.push(v as u8);
+                            }
+                            b's' => {
+                                fits(-32768, 32767)?;
+                                out.extend_from_slice(&(v as i16).to_le_bytes());
+                            }
+                            b'S' => {
+                                fits(0, 65535)?;
+                                out.extend_from_slice(&(v as u16).to_le_bytes());
+                            }
+                            b'i' => {
+                                fits(i32::MIN.into(), i32::MAX.into())?;
+                                out.extend_from_slice(&(v as i32).to_le_bytes());
+                            }
+                            b'I' => {
+                                fits(0, u32::MAX.into())?;
+                                out.extend_from_slice(&(v as u32).to_le_bytes());
+                            }
+                            _ => return Err(bad()),
+                        }
+                    }
+                }
+            }
+            out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        }
+        _ => return Err(bad()),
+    }
+    Ok(())
+}
+
+/// An `i` value in htslib's choice of type: unsigned when not negative, the smallest that fits.
+fn encode_integer(v: i64, out: &mut Vec<u8>) -> Option<()> {
+    if v >= 0 {
+        if v <= 0xff {
+            out.extend_from_slice(&[b'C', v as u8]);
+        } else if v <= 0xffff {
+            out.push(b'S');
+            out.extend_from_slice(&(v as u16).to_le_bytes());
+        } else {
+            out.push(b'I');
+            out.extend_from_slice(&u32::try_from(v).ok()?.to_le_bytes());
+        }
+    } else if v >= -0x80 {
+        out.extend_from_slice(&[b'c', v as i8 as u8]);
+    } else if v >= -0x8000 {
+        out.push(b's');
+        out.extend_from_slice(&(v as i16).to_le_bytes());
+    } else {
+        out.push(b'i');
+        out.extend_from_slice(&i32::try_from(v).ok()?.to_le_bytes());
+    }
+    Some(())
+}
+
+fn text(array: &dyn Array, row: usize) -> Option<&str> {
+    if array.is_null(row) {
+        return None;
+    }
+    match array.data_type() {
+        DataType::Utf8 => Some(array.as_string::<i32>().value(row)),
+        DataType::Dictionary(_, _) => {
+            let dict = array.as_dictionary::<Int32Type>();
+            let key = usize::try_from(dict.keys().value(row)).ok()?;
+            let values = dict.values().as_string_opt::<i32>()?;
+            (key < values.len()).then(|| values.value(key))
+        }
+        _ => None,
+    }
+}
+
+fn integer(array: &dyn Array, row: usize) -> Option<i64> {
+    if array.is_null(row) {
+        return None;
+    }
+    Some(match array.data_type() {
+        DataType::UInt8 => array.as_primitive::<UInt8Type>().value(row).into(),
+        DataType::UInt16 => array.as_primitive::<UInt16Type>().value(row).into(),
+        DataType::Int32 => array.as_primitive::<Int32Type>().value(row).into(),
+        DataType::Int64 => array
+            .as_primitive::<arrow_array::types::Int64Type>()
+            .value(row),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_and_integer_types_are_htslibs() {
+        // Unplaced, first base, a 100 bp read at 1 Mbp, one spanning two 16 kbp windows.
+        assert_eq!(reg2bin(-1, 0), 4680);
+        assert_eq!(reg2bin(0, 1), 4681);
+        assert_eq!(reg2bin(1_000_000, 1_000_100), 4681 + 61); // 1,000,000 >> 14
+        assert_eq!(reg2bin(16_000, 17_000), 585);
+        let typed = |v| {
+            let mut out = Vec::new();
+            encode_integer(v, &mut out).unwrap();
+            out[0]
+        };
+        assert_eq!(
+            [
+                typed(0),
+                typed(255),
+                typed(256),
+                typed(70_000),
+                typed(-1),
+                typed(-200),
+                typed(-40_000)
+            ],
+            [b'C', b'C', b'S', b'I', b'c', b's', b'i']
+        );
+    }
+
+    #[test]
+    fn cigar_text_becomes_operations() {
+        assert_eq!(parse_cigar("*").unwrap(), Vec::<u32>::new());
+        assert_eq!(
+            parse_cigar("5H10M2I3=1X").unwrap(),
+            [5 << 4 | 5, 10 << 4, 2 << 4 | 1, 3 << 4 | 7, 1 << 4 | 8]
+        );
+        assert!(parse_cigar("10Q").is_err());
+    }
+}
