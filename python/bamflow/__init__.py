@@ -23,7 +23,16 @@ import pyarrow
 from . import _bamflow
 from ._errors import Cancelled, ConvertError
 
-__all__ = ["convert", "scan", "read_header", "profile", "verify", "ConvertError", "Cancelled"]
+__all__ = [
+    "convert",
+    "scan",
+    "read_header",
+    "profile",
+    "verify",
+    "export",
+    "ConvertError",
+    "Cancelled",
+]
 __version__: str = _bamflow.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -151,6 +160,19 @@ def verify(dataset: PathLike, bam: PathLike, *, threads: Optional[int] = None) -
     report = json.loads(_bamflow.verify(os.fspath(dataset), os.fspath(bam), threads=threads))
     report["identical"] = report["differing"] == 0
     return report
+
+
+def export(dataset: PathLike, output: PathLike, *, threads: Optional[int] = None) -> int:
+    """Write the dataset folder ``dataset`` back as the BAM file ``output``, as
+    ``bamflow export``: its ``samtools view -h --no-PG`` equals the source's. Returns the
+    records written.
+
+    Raises:
+        ValueError: the dataset cannot be put back whole (written with filters, a column
+            subset or promoted tags), is not a complete dataset, or a row is not a record.
+        OSError: the BAM cannot be written.
+    """
+    return _bamflow.export(os.fspath(dataset), os.fspath(output), threads=threads)
 
 
 def _strings(values: Optional[Iterable[str]], name: str) -> Optional[List[str]]:

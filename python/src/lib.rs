@@ -125,6 +125,26 @@ fn verify(
         .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
 }
 
+/// Writes the dataset `dataset` back as the BAM file `output`; returns the records written.
+#[pyfunction]
+#[pyo3(signature = (dataset, output, threads=None))]
+fn export(
+    py: Python<'_>,
+    dataset: PathBuf,
+    output: PathBuf,
+    threads: Option<usize>,
+) -> PyResult<u64> {
+    let threads = bamflow_engine::options::resolve_threads(threads.unwrap_or(0));
+    py.detach(|| bamflow_engine::export::export(&dataset, &output, threads))
+        .map_err(|error| match error {
+            bamflow_engine::export::ExportError::Header(error) => convert_error(py, &error),
+            bamflow_engine::export::ExportError::Write { .. } => {
+                pyo3::exceptions::PyOSError::new_err(chain(&error))
+            }
+            other => pyo3::exceptions::PyValueError::new_err(chain(&other)),
+        })
+}
+
 #[pymodule]
 fn _bamflow(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(convert::convert, module)?)?;
@@ -132,6 +152,7 @@ fn _bamflow(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(read_header, module)?)?;
     module.add_function(wrap_pyfunction!(profile, module)?)?;
     module.add_function(wrap_pyfunction!(verify, module)?)?;
+    module.add_function(wrap_pyfunction!(export, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -93,3 +93,15 @@ def test_verify_says_identical_and_names_a_difference(bams, tmp_path):
     bamflow.convert(bam, tmp_path / "filtered", min_mapq=30)
     with pytest.raises(ValueError, match="written with filters"):
         bamflow.verify(tmp_path / "filtered", bam)
+
+
+def test_export_writes_back_what_samtools_printed(bams, tmp_path):
+    for name, bam in bams.items():
+        bamflow.convert(bam, tmp_path / name)
+        out = tmp_path / f"{name}.exported.bam"
+        records = bamflow.export(tmp_path / name, out)
+        assert records == len(samtools_view(bam)), name
+        assert samtools_view(out, "-h") == samtools_view(bam, "-h"), name
+    bamflow.convert(bams["cigars"], tmp_path / "promoted", tags=["NM:i"])
+    with pytest.raises(ValueError, match="promoted tags"):
+        bamflow.export(tmp_path / "promoted", tmp_path / "never.bam")
