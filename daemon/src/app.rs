@@ -767,6 +767,26 @@ fn process(
                 outcome = "success",
                 "Converted file."
             );
+            if watch.verify {
+                if let Err(failed) = verify_published(engine, &summary.output, &file.path) {
+                    warn!(watch = %watch.name, path = %file.path.display(), output = %summary.output.display(), error = %failed.message, outcome = "failure", "Dataset does not equal its input; keeping the input.");
+                    observer
+                        .metrics
+                        .error(Stage::Verify, ErrorKind::InvalidInput);
+                    record(
+                        ledger,
+                        Entry {
+                            attempts,
+                            output: Some(output.clone()),
+                            error: Some(failed.message.clone()),
+                            ..entry(FileState::Failure)
+                        },
+                    );
+                    quarantine(watch, &file.path, &failed);
+                    return Outcome::Failure;
+                }
+                info!(watch = %watch.name, path = %file.path.display(), records = m.counts.read, "Dataset verified against its input.");
+            }
             succeeded(&m.counts, m.source.sha256.clone());
             Outcome::Success
         }
@@ -810,6 +830,33 @@ impl Drop for ConvertingGuard<'_> {
 }
 
 /// The complete dataset at `output`, when it was made from exactly this `source`.
+/// `bamflow verify` of a just-published dataset against its input (`verify = true`): a
+/// difference, or a side that cannot be read, fails the file at stage `verify`.
+fn verify_published(engine: &Engine, dataset: &Path, input: &Path) -> Result<(), Failed> {
+    // Stops here under BAMFLOW_FAULTS, so a test can damage the dataset first.
+    let _ = bamflow_engine::faults::point("before-verify");
+    let failed = |message: String, location| Failed {
+        stage: Stage::Verify,
+        location,
+        message,
+    };
+    match bamflow_engine::verify::verify(engine, dataset, input) {
+        Ok(report) if report.identical() => Ok(()),
+        Ok(report) => {
+            let record = report
+                .differences
+                .first()
+                .map(|d| d.record)
+                .filter(|&r| r > 0);
+            Err(failed(
+                bamflow_engine::verify::describe(&report, dataset, input),
+                record.map(Location::Record),
+            ))
+        }
+        Err(error) => Err(failed(chain(&error), None)),
+    }
+}
+
 /// What the whole content said of a file whose sampled hash matched converted files.
 struct Confirmation {
     /// The converted file it equals byte for byte, if any.

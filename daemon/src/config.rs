@@ -176,6 +176,7 @@ pub struct RawWatch {
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
     pub follow_symlinks: Option<bool>,
+    pub verify: Option<bool>,
     pub convert: Option<ConvertConfig>,
     pub filter: Option<FilterConfig>,
 }
@@ -481,6 +482,9 @@ pub struct WatchConfig {
     pub on_failure: Disposition,
     /// Take symlinks to files (DESIGN.md §9: not followed unless configured).
     pub follow_symlinks: bool,
+    /// Compare each dataset with its input (`bamflow verify`) before `on_success` files the
+    /// input away; a difference fails the file.
+    pub verify: bool,
     pub convert: ConvertOptions,
 }
 
@@ -570,6 +574,21 @@ impl RawConfig {
             };
             let mut convert = resolve_convert(&convert, path, threads)?;
             convert.filters = resolve_filter(&filter, &self.plugin, path)?;
+            let verify = raw.verify.unwrap_or(false);
+            if verify {
+                let every = ConvertConfig::default()
+                    .resolve(1)
+                    .map(|o| o.schema.column_names())
+                    .unwrap_or_default();
+                let columns = convert.schema.column_names();
+                let subset = every.iter().any(|c| !columns.contains(c));
+                if !convert.filters.describe().is_empty() || subset {
+                    return Err(invalid(
+                        &key("verify"),
+                        "a dataset can equal its input only when written without filters and with every column".to_owned(),
+                    ));
+                }
+            }
             watches.push(WatchConfig {
                 name: raw.name.clone(),
                 path: raw.path.clone(),
@@ -584,6 +603,7 @@ impl RawConfig {
                 on_success,
                 on_failure,
                 follow_symlinks: raw.follow_symlinks.unwrap_or(false),
+                verify,
                 convert,
             });
         }

@@ -665,6 +665,7 @@ mod tests {
             on_success: Disposition::Keep,
             on_failure: Disposition::Keep,
             follow_symlinks: false,
+            verify: false,
             convert: bamflow_engine::pipeline::ConvertOptions::default(),
         }
     }

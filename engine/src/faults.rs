@@ -4,7 +4,8 @@
 //! Off unless `BAMFLOW_FAULTS` is set, e.g. `part-renamed=kill@3,part-fsync=eio@1`: the third
 //! time the `part-renamed` point is passed the process kills itself with SIGKILL (no destructors,
 //! no flushing: what the disk holds is what a crash leaves), and the first part fsync fails
-//! with `EIO`. The variable is read once; a point costs one relaxed load when it is unset.
+//! with `EIO`; `stall` waits 5 s there. The variable is read once; a point costs one relaxed
+//! load when it is unset.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,8 @@ enum Action {
     Kill,
     /// Fail the step with an I/O error (`EIO`).
     Eio,
+    /// Wait five seconds, so a test can change what the step is about to see.
+    Stall,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,7 @@ fn parse(spec: &str) -> Vec<Fault> {
             let action = match action {
                 "kill" => Action::Kill,
                 "eio" => Action::Eio,
+                "stall" => Action::Stall,
                 _ => return None,
             };
             Some(Fault {
@@ -80,6 +84,10 @@ pub fn point(name: &str) -> io::Result<()> {
                 );
                 // SIGKILL cannot be caught; this is only reached if it could not be sent.
                 std::process::abort();
+            }
+            Action::Stall => {
+                tracing::warn!(point = name, "Fault point: stalling for 5 s.");
+                std::thread::sleep(std::time::Duration::from_secs(5));
             }
             Action::Eio => {
                 tracing::warn!(point = name, "Fault point: failing with EIO.");

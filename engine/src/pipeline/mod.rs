@@ -258,11 +258,13 @@ pub enum Stage {
     Checkpoint,
     /// Sealing and renaming the dataset.
     Publish,
+    /// Comparing the published dataset with its input (the daemon's `verify = true`).
+    Verify,
 }
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Output,
         Self::Open,
         Self::Read,
@@ -274,6 +276,7 @@ impl Stage {
         Self::Write,
         Self::Checkpoint,
         Self::Publish,
+        Self::Verify,
     ];
 }
 
@@ -333,6 +336,7 @@ impl fmt::Display for Stage {
             Self::Write => "write",
             Self::Checkpoint => "checkpoint",
             Self::Publish => "publish",
+            Self::Verify => "verify",
         })
     }
 }

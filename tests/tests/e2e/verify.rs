@@ -20,7 +20,7 @@ fn verify(dataset: &Path, bam: &Path) -> (Option<i32>, String) {
 }
 
 /// Rewrites one part with the MAPQ of its row `row` changed, keeping its schema and metadata.
-fn change_mapq(part: &Path, row: usize) {
+pub(crate) fn change_mapq(part: &Path, row: usize) {
     let file = std::fs::File::open(part).unwrap();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
     let metadata = builder
@@ -209,4 +209,73 @@ fn export_refuses_what_it_could_not_put_back() {
         assert!(text.contains(reason), "{text}");
         assert!(!exported.exists());
     }
+}
+
+#[test]
+fn the_daemon_deletes_only_verified_inputs() {
+    use crate::harness::{config, Daemon};
+
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let config = config(
+        &dir,
+        &inbox,
+        "on_success = \"delete\"\nverify = true\n[watch.convert]\npart_records = 2000",
+    );
+    // Stalls before verifying, once: time to damage the second file's dataset.
+    let faults = std::ffi::OsStr::new("before-verify=stall@2");
+    let daemon = Daemon::start_with(dir.root(), Some(&config), &[("BAMFLOW_FAULTS", faults)]);
+
+    let good = dir.generated(DataKind::Short, 5_000, 71);
+    std::fs::copy(&good, inbox.join("good.bam")).unwrap();
+    daemon.wait_for("the verified input deleted", || {
+        !inbox.join("good.bam").exists() && dir.path("lake/test/good/_SUCCESS").exists()
+    });
+
+    let damaged = dir.generated(DataKind::Short, 5_000, 72);
+    std::fs::copy(&damaged, inbox.join("damaged.bam")).unwrap();
+    let dataset = dir.path("lake/test/damaged");
+    daemon.wait_for("the dataset published", || {
+        dataset.join("_SUCCESS").exists()
+    });
+    change_mapq(&dataset.join("part-00001.parquet"), 7);
+    daemon.wait_for("the input failed", || {
+        inbox.join("failed/damaged.bam.error.json").exists()
+    });
+    let log = daemon.stop();
+
+    // Kept, byte for byte, with the reason.
+    assert_eq!(
+        std::fs::read(inbox.join("failed/damaged.bam")).unwrap(),
+        std::fs::read(&damaged).unwrap()
+    );
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(inbox.join("failed/damaged.bam.error.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["stage"], "verify", "{report}");
+    assert_eq!(report["location"]["record"], 2008, "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("record 2008 mapq"),
+        "{report}"
+    );
+    assert!(log.contains("Dataset verified against its input."), "{log}");
+}
+
+#[test]
+fn verify_is_refused_in_a_watch_that_filters() {
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let config =
+        crate::harness::config(&dir, &inbox, "verify = true\n[watch.filter]\nmin_mapq = 30");
+    let out = bamflow(&["check-config"]).arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("verify") && text.contains("without filters"),
+        "{text}"
+    );
 }
