@@ -279,3 +279,47 @@ fn verify_is_refused_in_a_watch_that_filters() {
         "{text}"
     );
 }
+
+#[test]
+fn long_cigars_and_a_1_mib_header_export_to_what_samtools_printed() {
+    let dir = TestDir::new();
+    // 70,000 CIGAR operations: stored by samtools in a CG tag, printed as the CIGAR.
+    let ops = 70_000;
+    let sam = format!(
+        "@HD\tVN:1.6\n@SQ\tSN:chr1\tLN:100000\nmany_ops\t0\tchr1\t10\t60\t{}\t*\t0\t0\t{}\t{}\tNM:i:{}\n",
+        "1M1I".repeat(ops / 2),
+        "ACGT".chars().cycle().take(ops).collect::<String>(),
+        "I".repeat(ops),
+        ops / 2
+    );
+    let cg = dir.bam_from_sam("cg", &sam);
+    // A header over 1 MiB: 20,000 references and long comments.
+    let mut sam = String::from("@HD\tVN:1.6\tSO:coordinate\n");
+    for i in 0..20_000 {
+        sam.push_str(&format!(
+            "@SQ\tSN:contig_{i:06}_long_name\tLN:{}\n",
+            1000 + i
+        ));
+    }
+    for i in 0..2_000 {
+        sam.push_str(&format!("@CO\tcomment {i} {}\n", "x".repeat(300)));
+    }
+    sam.push_str("r1\t0\tcontig_019999_long_name\t5\t60\t4M\t*\t0\t0\tACGT\tIIII\n");
+    let header = dir.bam_from_sam("long_header", &sam);
+    for (i, bam) in [cg, header].iter().enumerate() {
+        let out = dir.path(&format!("out-{i}"));
+        convert_ok(bam, &out, &[]);
+        let exported = dir.path(&format!("exported-{i}.bam"));
+        let run = bamflow(&["export"])
+            .arg(&out)
+            .arg(&exported)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(sam_text(&exported) == sam_text(bam), "{}", bam.display());
+    }
+}
