@@ -242,15 +242,10 @@ impl Ledger {
         }
     }
 
-    /// The last entry for `key` that `wanted` accepts, read from the file (the lines read so
-    /// far).
-    fn last(&self, key: Key, wanted: impl Fn(&Entry) -> bool) -> io::Result<Option<Entry>> {
+    /// The last entry for `key`, read from the file (the lines read so far).
+    fn last(&self, key: Key) -> io::Result<Option<Entry>> {
         let mut last = None;
-        self.each(key, |entry| {
-            if wanted(&entry) {
-                last = Some(entry);
-            }
-        })?;
+        self.each(key, |entry| last = Some(entry))?;
         Ok(last)
     }
 
@@ -311,7 +306,7 @@ impl Ledger {
             return Ok(Some(path.clone()));
         }
         let latest = self
-            .last(Key::Hash(content_hash), |_| true)
+            .last(Key::Hash(content_hash))
             .map_err(|source| self.read_error(source))?;
         Ok(latest.and_then(|entry| match (entry.state, entry.pid) {
             (FileState::Converting, Some(pid)) if pid != std::process::id() => {
@@ -345,18 +340,6 @@ impl Ledger {
         self.file.sync_data().map_err(append)?;
         // Read back in file order, with whatever others appended before it.
         self.read_new().map_err(append)
-    }
-
-    /// The latest successful conversion with this sampled hash, if any.
-    ///
-    /// # Errors
-    ///
-    /// Returns [`LedgerError::Open`] when the ledger cannot be read.
-    pub fn converted(&self, content_hash: &str) -> Result<Option<Entry>, LedgerError> {
-        self.last(Key::Hash(content_hash), |entry| {
-            entry.state == FileState::Success
-        })
-        .map_err(|source| self.read_error(source))
     }
 
     /// Every successful conversion with this sampled hash, newest first: the candidates a
@@ -397,7 +380,7 @@ impl Ledger {
     /// Returns [`LedgerError::Open`] when the ledger cannot be read.
     pub fn attempts(&self, path: &Path) -> Result<u32, LedgerError> {
         let latest = self
-            .last(Key::Path(path), |_| true)
+            .last(Key::Path(path))
             .map_err(|source| self.read_error(source))?;
         Ok(latest.map_or(0, |entry| entry.attempts))
     }
@@ -475,9 +458,9 @@ mod tests {
 
         let ledger = Ledger::open(dir.path()).unwrap();
         assert_eq!(ledger.recent(10).unwrap(), [done]);
-        let converted = ledger.converted("h1").unwrap().unwrap();
+        let converted = ledger.converted_candidates("h1").unwrap().remove(0);
         assert_eq!(converted.path, Path::new("/in/a.bam"));
-        assert!(ledger.converted("h2").unwrap().is_none());
+        assert!(ledger.converted_candidates("h2").unwrap().is_empty());
         assert_eq!(ledger.attempts(Path::new("/in/a.bam")).unwrap(), 1);
     }
 
@@ -498,14 +481,14 @@ mod tests {
         ledger.append(failed).unwrap();
 
         assert_eq!(
-            ledger.converted("h7").unwrap().unwrap().path,
+            ledger.converted_candidates("h7").unwrap()[0].path,
             Path::new("/in/f7.bam")
         );
         assert_eq!(ledger.attempts(odd).unwrap(), 3);
         assert_eq!(ledger.attempts(Path::new("/in/f7.bam")).unwrap(), 1);
         assert_eq!(ledger.attempts(Path::new("/in/f7")).unwrap(), 0);
-        assert!(ledger.converted("h").unwrap().is_none());
-        assert!(ledger.converted("h5000").unwrap().is_none());
+        assert!(ledger.converted_candidates("h").unwrap().is_empty());
+        assert!(ledger.converted_candidates("h5000").unwrap().is_empty());
         let recent = ledger.recent(2).unwrap();
         assert_eq!(recent[0].path, Path::new("/in/f499.bam"));
         assert_eq!(recent[1].path, odd);
@@ -528,7 +511,7 @@ mod tests {
             .unwrap();
         let _lock = mine.exclusive().unwrap();
         assert_eq!(
-            mine.converted("h1").unwrap().unwrap().path,
+            mine.converted_candidates("h1").unwrap()[0].path,
             Path::new("/in/a.bam")
         );
     }

@@ -241,12 +241,14 @@ impl<'a> Columns<'a> {
             .map(|op| i64::from(op >> 4))
             .sum();
         let long = cigar.len() > 0xffff;
-        let stored: Vec<u32> = if long {
+        let placeholder;
+        let stored: &[u32] = if long {
             let read_length = u32::try_from(seq.len()).map_err(|_| "SEQ too long".to_owned())?;
             let reference = u32::try_from(reference_length).map_err(|_| "CIGAR too long")?;
-            vec![read_length << 4 | 4, reference << 4 | 3]
+            placeholder = [read_length << 4 | 4, reference << 4 | 3];
+            &placeholder
         } else {
-            cigar.clone()
+            &cigar
         };
         let unmapped = flag & 4 != 0;
         let end = if !unmapped && reference_length > 0 {
@@ -277,16 +279,11 @@ impl<'a> Columns<'a> {
         out.extend_from_slice(&num(tlen, "TLEN")?.to_le_bytes());
         out.extend_from_slice(qname.as_bytes());
         out.push(0);
-        for op in &stored {
+        for op in stored {
             out.extend_from_slice(&op.to_le_bytes());
         }
         for pair in seq.as_bytes().chunks(2) {
-            let code = |base: u8| {
-                b"=ACMGRSVTWYHKDBN"
-                    .iter()
-                    .position(|&c| c == base.to_ascii_uppercase())
-                    .unwrap_or(15) as u8
-            };
+            let code = |base: u8| BASE_CODES[usize::from(base)];
             out.push(code(pair[0]) << 4 | pair.get(1).map_or(0, |&b| code(b)));
         }
         match qual {
@@ -310,6 +307,20 @@ impl<'a> Columns<'a> {
         Ok(())
     }
 }
+
+/// The 4-bit BAM code of each SEQ byte (`=ACMGRSVTWYHKDBN`, either case; anything else N),
+/// looked up once per base rather than searched.
+const BASE_CODES: [u8; 256] = {
+    let mut codes = [15u8; 256];
+    let bases = b"=ACMGRSVTWYHKDBN";
+    let mut i = 0;
+    while i < bases.len() {
+        codes[bases[i] as usize] = i as u8;
+        codes[bases[i].to_ascii_lowercase() as usize] = i as u8;
+        i += 1;
+    }
+    codes
+};
 
 /// CIGAR text as BAM operations (`length << 4 | op`); `*` is none.
 fn parse_cigar(cigar: &str) -> Result<Vec<u32>, String> {

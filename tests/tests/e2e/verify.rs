@@ -123,12 +123,7 @@ fn verify_refuses_a_dataset_without_every_field() {
 #[test]
 fn every_sam_case_and_generated_kind_verifies_after_conversion() {
     let dir = TestDir::new();
-    let mut bams: Vec<std::path::PathBuf> = std::fs::read_dir(crate::support::data_file(""))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".sam"))
-        .map(|name| dir.bam_from_data(&name))
-        .collect();
+    let mut bams = sam_cases(&dir);
     bams.push(dir.generated(DataKind::Long, 40, 65));
     bams.push(dir.generated(DataKind::Unaligned, 2_000, 66));
     assert!(bams.len() >= 7);
@@ -138,6 +133,44 @@ fn every_sam_case_and_generated_kind_verifies_after_conversion() {
         let (code, text) = verify(&out, bam);
         assert_eq!(code, Some(0), "{}: {text}", bam.display());
     }
+}
+
+/// A BAM of each SAM case in `tests/data`, built by samtools.
+fn sam_cases(dir: &TestDir) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(crate::support::data_file(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".sam"))
+        .map(|name| dir.bam_from_data(&name))
+        .collect()
+}
+
+/// Exports the dataset `out` (converted from `bam`) to `exported-<i>.bam` and asserts that
+/// samtools prints it as it prints `bam`; returns the exported file.
+fn assert_exports_identically(
+    dir: &TestDir,
+    out: &Path,
+    bam: &Path,
+    i: usize,
+) -> std::path::PathBuf {
+    let exported = dir.path(&format!("exported-{i}.bam"));
+    let run = bamflow(&["export"])
+        .arg(out)
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}: {}",
+        bam.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        sam_text(&exported) == sam_text(bam),
+        "{}: the export differs from the source",
+        bam.display()
+    );
+    exported
 }
 
 /// `samtools view -h --no-PG`, the oracle an export must reproduce.
@@ -154,35 +187,14 @@ fn sam_text(bam: &Path) -> Vec<u8> {
 #[test]
 fn every_sam_case_and_generated_kind_exports_to_what_samtools_printed() {
     let dir = TestDir::new();
-    let mut bams: Vec<std::path::PathBuf> = std::fs::read_dir(crate::support::data_file(""))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".sam"))
-        .map(|name| dir.bam_from_data(&name))
-        .collect();
+    let mut bams = sam_cases(&dir);
     bams.push(dir.generated(DataKind::Short, 5_000, 67));
     bams.push(dir.generated(DataKind::Long, 30, 68));
     bams.push(dir.generated(DataKind::Unaligned, 2_000, 69));
     for (i, bam) in bams.iter().enumerate() {
         let out = dir.path(&format!("out-{i}"));
         convert_ok(bam, &out, &["--part-records", "1000"]);
-        let exported = dir.path(&format!("exported-{i}.bam"));
-        let run = bamflow(&["export"])
-            .arg(&out)
-            .arg(&exported)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}: {}",
-            bam.display(),
-            String::from_utf8_lossy(&run.stderr)
-        );
-        assert!(
-            sam_text(&exported) == sam_text(bam),
-            "{}: the export differs from the source",
-            bam.display()
-        );
+        let exported = assert_exports_identically(&dir, &out, bam, i);
         let (code, text) = verify(&out, &exported);
         assert_eq!(code, Some(0), "{text}");
     }
@@ -309,17 +321,6 @@ fn long_cigars_and_a_1_mib_header_export_to_what_samtools_printed() {
     for (i, bam) in [cg, header].iter().enumerate() {
         let out = dir.path(&format!("out-{i}"));
         convert_ok(bam, &out, &[]);
-        let exported = dir.path(&format!("exported-{i}.bam"));
-        let run = bamflow(&["export"])
-            .arg(&out)
-            .arg(&exported)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        assert!(sam_text(&exported) == sam_text(bam), "{}", bam.display());
+        assert_exports_identically(&dir, &out, bam, i);
     }
 }
