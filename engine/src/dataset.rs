@@ -7,8 +7,15 @@
 //! `flock` on the folder keeps two processes from building into it at once, and the kernel
 //! drops that lock when its holder dies. A staging folder dropped unpublished is removed unless
 //! [`Staging::keep`] says its progress is worth resuming.
+//!
+//! Hosts that share the output storage cannot trust `flock` there (NFS), so a conversion under
+//! a claim epoch (several hosts, PostgreSQL) stages into `.NAME.staging-EPOCH` instead, and
+//! inherits an earlier epoch's folder by renaming it to its own name. A superseded holder that
+//! wakes up then finds its folder gone: whatever it still writes by path fails, and none of it
+//! can land in the new holder's folder or the target.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -224,6 +231,17 @@ impl Staging {
     /// Returns [`DatasetError::AlreadyExists`] when `target` exists, [`DatasetError::Busy`]
     /// when another process holds the staging folder, or the failing creation.
     pub fn open(target: &Path) -> Result<Self, DatasetError> {
+        Self::open_for(target, None)
+    }
+
+    /// [`Staging::open`] for the holder of claim `epoch`: its folder is `.NAME.staging-EPOCH`,
+    /// made from the newest earlier epoch's folder (renamed, so its parts and checkpoint are
+    /// resumed) when there is one; older folders are removed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Staging::open`].
+    pub fn open_for(target: &Path, epoch: Option<u64>) -> Result<Self, DatasetError> {
         if target.symlink_metadata().is_ok() {
             return Err(DatasetError::AlreadyExists {
                 path: target.to_owned(),
@@ -241,14 +259,14 @@ impl Staging {
             source,
         })?;
 
-        let mut staging_name = std::ffi::OsString::from(".");
-        staging_name.push(name);
-        staging_name.push(".staging");
-        let dir = parent.join(staging_name);
+        let dir = parent.join(staging_name(name, epoch));
         let create = |source| DatasetError::Create {
             path: dir.clone(),
             source,
         };
+        if let Some(epoch) = epoch {
+            inherit(&parent, name, epoch, &dir)?;
+        }
         match fs::create_dir(&dir) {
             Ok(()) => durable::sync_dir(&parent)?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -320,6 +338,61 @@ impl Staging {
     }
 }
 
+/// `.NAME.staging`, or `.NAME.staging-EPOCH` for a claim epoch.
+fn staging_name(name: &OsStr, epoch: Option<u64>) -> OsString {
+    let mut staging = OsString::from(".");
+    staging.push(name);
+    staging.push(".staging");
+    if let Some(epoch) = epoch {
+        staging.push(format!("-{epoch}"));
+    }
+    staging
+}
+
+/// The epoch of a staging folder of `name` (`None` for the unepoched one), if `entry` is one.
+fn staging_epoch(name: &OsStr, entry: &OsStr) -> Option<Option<u64>> {
+    let entry = entry.to_str()?;
+    let rest = entry
+        .strip_prefix('.')?
+        .strip_prefix(name.to_str()?)?
+        .strip_prefix(".staging")?;
+    if rest.is_empty() {
+        return Some(None);
+    }
+    rest.strip_prefix('-')?.parse().ok().map(Some)
+}
+
+/// Moves the newest staging folder of an epoch before `epoch` to `dir` (unless `dir` exists)
+/// and removes the older ones: their holders were superseded, and the newest holds all the
+/// progress that was ever checkpointed.
+fn inherit(parent: &Path, name: &OsStr, epoch: u64, dir: &Path) -> Result<(), DatasetError> {
+    let create = |path: &Path, source| DatasetError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    let entries = fs::read_dir(parent).map_err(|e| create(parent, e))?;
+    let mut earlier: Vec<(Option<u64>, PathBuf)> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| create(parent, e))?;
+        match staging_epoch(name, &entry.file_name()) {
+            Some(found) if found.is_none_or(|e| e < epoch) => earlier.push((found, entry.path())),
+            _ => {}
+        }
+    }
+    earlier.sort();
+    let newest = if dir.exists() { None } else { earlier.pop() };
+    if let Some((from, path)) = newest {
+        durable::rename(&path, dir)?;
+        tracing::info!(staging = %dir.display(), from = %path.display(), epoch = ?from, "Inherited the staging folder of an earlier claim.");
+    }
+    for (_, path) in earlier {
+        if let Err(error) = fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), %error, "Could not remove a superseded staging folder.");
+        }
+    }
+    Ok(())
+}
+
 /// Removes the staging folder an interrupted conversion into `target` left for a later
 /// resume, when the caller does not mean to resume it.
 ///
@@ -377,6 +450,51 @@ mod tests {
         drop(staging);
         let again = Staging::open(&target).unwrap();
         assert!(again.path().join("part-00000.parquet").exists());
+    }
+
+    #[test]
+    fn an_epoch_inherits_the_newest_earlier_folder_and_drops_the_rest() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("out");
+        let mut first = Staging::open_for(&target, Some(1)).unwrap();
+        fs::write(first.path().join("part-00000.parquet"), b"one").unwrap();
+        first.keep();
+        let first_dir = first.path().to_owned();
+        drop(first);
+        let mut third = Staging::open_for(&target, Some(3)).unwrap();
+        fs::write(third.path().join("part-00001.parquet"), b"three").unwrap();
+        third.keep();
+        drop(third);
+        assert!(!first_dir.exists(), "epoch 3 inherited epoch 1's folder");
+        // A holder of epoch 2 that died before opening its folder, then wrote one late.
+        fs::create_dir(root.path().join(".out.staging-2")).unwrap();
+        // A folder of a later epoch than the opener's belongs to someone else.
+        fs::create_dir(root.path().join(".out.staging-9")).unwrap();
+        // Not a staging folder of this target.
+        fs::create_dir(root.path().join(".out2.staging-1")).unwrap();
+
+        let fourth = Staging::open_for(&target, Some(4)).unwrap();
+        assert_eq!(fourth.path(), root.path().join(".out.staging-4"));
+        assert!(fourth.path().join("part-00000.parquet").exists());
+        assert!(fourth.path().join("part-00001.parquet").exists());
+        assert!(!root.path().join(".out.staging-2").exists());
+        assert!(root.path().join(".out.staging-9").exists());
+        assert!(root.path().join(".out2.staging-1").exists());
+        // A superseded holder's writes by path fail: its folder is gone.
+        assert!(fs::write(root.path().join(".out.staging-3/late"), b"x").is_err());
+    }
+
+    #[test]
+    fn an_epoch_takes_over_the_unepoched_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("out");
+        let mut plain = Staging::open(&target).unwrap();
+        fs::write(plain.path().join("part-00000.parquet"), b"x").unwrap();
+        plain.keep();
+        drop(plain);
+        let epoch = Staging::open_for(&target, Some(1)).unwrap();
+        assert!(epoch.path().join("part-00000.parquet").exists());
+        assert!(!root.path().join(".out.staging").exists());
     }
 
     #[test]

@@ -248,6 +248,7 @@ impl ConvertConfig {
             allow_missing_eof: false,
             // The daemon always continues an interrupted conversion; `convert` asks.
             resume: true,
+            epoch: None,
             filters: FilterOptions::default(),
         })
     }

@@ -165,6 +165,10 @@ pub struct ConvertOptions {
     /// Continue from the checkpoint of an interrupted conversion into the same output (the
     /// daemon always does); otherwise such leftovers are discarded.
     pub resume: bool,
+    /// The claim epoch this conversion runs under, when hosts share the output storage: the
+    /// staging folder is then per epoch and inherited from earlier ones
+    /// ([`crate::dataset::Staging::open_for`]).
+    pub epoch: Option<u64>,
     /// The filters, built-in and plugins.
     pub filters: FilterOptions,
 }
@@ -296,17 +300,20 @@ pub enum ErrorKind {
     Plugin,
     /// Something in bamflow itself (a thread pool, a panic, an encoder).
     Internal,
+    /// A commit was refused because another process took the file over.
+    Fenced,
 }
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Io,
         Self::InvalidInput,
         Self::Limit,
         Self::Checkpoint,
         Self::Plugin,
         Self::Internal,
+        Self::Fenced,
     ];
 
     /// The `kind` label.
@@ -318,6 +325,7 @@ impl ErrorKind {
             Self::Checkpoint => "checkpoint",
             Self::Plugin => "plugin",
             Self::Internal => "internal",
+            Self::Fenced => "fenced",
         }
     }
 }
@@ -380,6 +388,37 @@ pub enum StageError {
     #[error("cancelled")]
     /// The observer cancelled the conversion.
     Cancelled,
+    #[error("not {step}: {reason}")]
+    /// The observer refused a commit ([`Observer::confirm`]): this process no longer holds
+    /// the file. Nothing of the step was done.
+    Fenced {
+        /// The step refused.
+        step: Commit,
+        /// Why, in the observer's words.
+        reason: String,
+    },
+}
+
+/// A durable step that makes a conversion's work visible to others, which
+/// [`Observer::confirm`] may refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Renaming part `n` (from 0) to its final name.
+    Part(usize),
+    /// Saving the checkpoint.
+    Checkpoint,
+    /// Renaming the sealed staging folder to the dataset.
+    Publish,
+}
+
+impl fmt::Display for Commit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Part(n) => write!(f, "committing part {n}"),
+            Self::Checkpoint => f.write_str("saving the checkpoint"),
+            Self::Publish => f.write_str("publishing the dataset"),
+        }
+    }
 }
 
 /// A conversion failed: which file, in which stage, and why (with offsets in the source).
@@ -493,12 +532,19 @@ impl ConvertError {
             StageError::ThreadPool(_) | StageError::Panicked | StageError::Cancelled => {
                 ErrorKind::Internal
             }
+            StageError::Fenced { .. } => ErrorKind::Fenced,
         }
     }
 
     /// Whether the conversion was stopped on purpose rather than failing.
     pub fn is_cancelled(&self) -> bool {
         matches!(self.source, StageError::Cancelled)
+    }
+
+    /// Whether the observer refused a commit: the input is fine, but this process may no
+    /// longer convert it.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self.source, StageError::Fenced { .. })
     }
 
     /// Whether writing output failed at the operating system (a full disk, an I/O error), so
@@ -550,6 +596,14 @@ pub trait Observer: Sync {
     /// Checked once per batch; `true` stops the conversion with [`StageError::Cancelled`].
     fn cancelled(&self) -> bool {
         false
+    }
+
+    /// Asked right before each [`Commit`]; an error stops the conversion with
+    /// [`StageError::Fenced`] without taking the step. A coordinator confirms here that this
+    /// process still holds the file (its claim epoch), so a holder that was frozen past its
+    /// lease never commits after a takeover.
+    fn confirm(&self, _step: Commit) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -707,14 +761,15 @@ fn convert_on(
         filters,
         spans,
     } = prepare(pool, input, options, observer, Purpose::Convert)?;
-    let mut staging = Staging::open(output).map_err(|e| fail(Stage::Output, e.into()))?;
+    let mut staging =
+        Staging::open_for(output, options.epoch).map_err(|e| fail(Stage::Output, e.into()))?;
     // A run that died after sealing its dataset and before renaming it left it complete.
     if let Some(manifest) = staging.sealed() {
         if options.resume && sealed_matches(&manifest, &source_info, options) {
             checkpoint::verify_parts(staging.path(), &manifest.parts)
                 .map_err(|e| fail(Stage::Checkpoint, e.into()))?;
             tracing::info!(path = %input.display(), output = %output.display(), "Publishing the dataset an interrupted run had completed.");
-            return publish(staging, manifest, input);
+            return publish(staging, manifest, input, observer);
         }
         // Another input's or other settings' dataset: not to be mixed with, or mistaken for,
         // this one.
@@ -756,6 +811,7 @@ fn convert_on(
                 // Progress worth resuming stays on disk: a stopped conversion continues at the
                 // next start, and a checkpoint that cannot be trusted is evidence.
                 if error.is_cancelled()
+                    || error.is_fenced()
                     || (error.stage == Stage::Checkpoint && !error.is_output_io())
                 {
                     staging.keep();
@@ -795,7 +851,7 @@ fn convert_on(
     staging
         .seal(&manifest)
         .map_err(|e| fail(Stage::Publish, e.into()))?;
-    publish(staging, manifest, input)
+    publish(staging, manifest, input, observer)
 }
 
 /// What reading a file needs before its first record: its profile and header, the filters
@@ -851,8 +907,10 @@ fn publish(
     staging: Staging,
     manifest: Manifest,
     input: &Path,
+    observer: &dyn Observer,
 ) -> Result<ConvertSummary, ConvertError> {
     let fail = |source: StageError| ConvertError::new(input, Stage::Publish, source);
+    confirm(observer, Commit::Publish).map_err(fail)?;
     checkpoint::remove_from(staging.path()).map_err(|e| fail(e.into()))?;
     // Sealed, checkpoint removed, not yet renamed: what a crash here leaves must be published
     // by the next run.
@@ -869,6 +927,13 @@ fn sealed_matches(manifest: &Manifest, source: &SourceInfo, options: &ConvertOpt
         && manifest.columns == settings.columns
         && manifest.tags == settings.tags
         && manifest.filters == settings.filters
+}
+
+/// Asks the observer whether `step` may be taken.
+fn confirm(observer: &dyn Observer, step: Commit) -> Result<(), StageError> {
+    observer
+        .confirm(step)
+        .map_err(|reason| StageError::Fenced { step, reason })
 }
 
 /// What one attempt at a conversion finished with.
@@ -893,9 +958,7 @@ impl Build<'_> {
     /// Converts from the checkpoint (when `resume`) or from the start, into the staging folder.
     fn run(&self, resume: bool) -> Result<Done, ConvertError> {
         let fail = |stage, source: StageError| ConvertError::new(self.reading.input, stage, source);
-        let checkpoint = self
-            .start(resume)
-            .map_err(|e| fail(Stage::Checkpoint, e.into()))?;
+        let checkpoint = self.start(resume).map_err(|e| fail(Stage::Checkpoint, e))?;
         let sink = ParquetSink::new(
             self.staging,
             self.reading.options.schema.arrow().clone(),
@@ -909,6 +972,8 @@ impl Build<'_> {
 
         let first_record = checkpoint.next_record;
         let (sink, mut checkpoint, mut progress) = self.stages(sink, checkpoint)?;
+        confirm(self.reading.observer, Commit::Part(sink.part_index()))
+            .map_err(|e| fail(Stage::Write, e))?;
         let last = sink.finish().map_err(|e| fail(Stage::Write, e.into()))?;
         if let Some(committed) = last {
             self.save(&mut checkpoint, committed)
@@ -924,7 +989,7 @@ impl Build<'_> {
     }
 
     /// The checkpoint this attempt starts from, after cleaning the staging folder for it.
-    fn start(&self, resume: bool) -> Result<Checkpoint, CheckpointError> {
+    fn start(&self, resume: bool) -> Result<Checkpoint, StageError> {
         let settings = self.reading.options.checkpoint_settings();
         let start = if resume {
             checkpoint::plan(self.staging, self.source, &settings)?
@@ -943,6 +1008,7 @@ impl Build<'_> {
             Start::Resume(mut checkpoint) => {
                 // Saved at once, so every resume counts, even one a crash cuts short.
                 checkpoint.resumes += 1;
+                confirm(self.reading.observer, Commit::Checkpoint)?;
                 checkpoint.save(self.staging)?;
                 tracing::info!(
                     path = %path,
@@ -1162,6 +1228,10 @@ impl Build<'_> {
         chunks: Receiver<Chunk>,
     ) -> Result<(ParquetSink, Checkpoint), ConvertError> {
         for chunk in chunks {
+            if sink.fills_part(&chunk) {
+                confirm(self.reading.observer, Commit::Part(sink.part_index()))
+                    .map_err(|e| ConvertError::new(self.reading.input, Stage::Write, e))?;
+            }
             sink.accept(&chunk, &mut |part| self.save(&mut checkpoint, part))
                 .map_err(|e| e.attribute(self.reading.input))?;
         }
@@ -1183,6 +1253,9 @@ impl Build<'_> {
             .map(str::to_owned)
             .zip(filtered);
         checkpoint.add_part(part.clone(), next_virtual_offset, filtered);
+        confirm(self.reading.observer, Commit::Checkpoint).map_err(|e| {
+            SinkError::Checkpoint(ConvertError::new(self.reading.input, Stage::Checkpoint, e))
+        })?;
         checkpoint.save(self.staging).map_err(|e| {
             SinkError::Checkpoint(ConvertError::new(
                 self.reading.input,

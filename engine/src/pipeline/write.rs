@@ -296,6 +296,18 @@ impl ParquetSink {
         self
     }
 
+    /// The index of the part being written (or to be written next).
+    pub fn part_index(&self) -> usize {
+        self.parts
+    }
+
+    /// Whether accepting `chunk` fills the open part, so that [`ParquetSink::accept`] commits
+    /// it.
+    pub fn fills_part(&self, chunk: &Chunk) -> bool {
+        let written = self.current.as_ref().map_or(0, |part| part.records);
+        written + chunk.records >= self.part_records
+    }
+
     /// Writes the next chunk; commits the part when it fills and hands it to `on_commit` before
     /// writing on, so a checkpoint never lags more than one part behind.
     ///

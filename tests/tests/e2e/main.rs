@@ -6,6 +6,7 @@
 mod bad_input;
 mod crash;
 mod daemon;
+mod fencing;
 mod fidelity;
 mod filters;
 mod harness;
