@@ -5,6 +5,8 @@
 #   gzip              makes the plain-gzip bad-input case
 #   systemd           systemd-analyze verifies the unit and scores its hardening
 #   prometheus        a real Prometheus scrapes the daemon; promtool checks metrics and rules
+#   postgresql        the coordination tests start a private cluster (initdb, pg_ctl; as
+#                     nobody when run as root, since the server refuses root)
 #   pyarrow, duckdb   the independent readers of the datasets, in a venv (target/test-venv):
 #                     never pip outside one (Debian's python3 is externally managed)
 #   bamflow (Python)  built from ./python by maturin (from PyPI) into the same venv, with
@@ -24,6 +26,7 @@ command -v samtools >/dev/null || missing+=(samtools)
 command -v gzip >/dev/null || missing+=(gzip)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 
 venv=target/test-venv
 python=${PYTHON:-python3}

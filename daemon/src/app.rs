@@ -18,8 +18,10 @@ use anyhow::Context;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::books::{Books, BooksError};
 use crate::config::{ConfigError, DaemonConfig, Disposition, WatchConfig};
-use crate::ledger::{Entry, FileState, Ledger, LedgerError};
+use crate::coordination::{Coordinator, Fence, Op};
+use crate::ledger::{Entry, FileState, Ledger};
 use crate::metrics::{Metrics, RescanReason};
 use crate::service::Notifier;
 use crate::status::{self, FileStatus};
@@ -27,7 +29,9 @@ use crate::watch::{Claim, Events, Fingerprint, Ready, Take, Tracker, Waiting};
 use bamflow_engine::dataset;
 use bamflow_engine::pipeline::chain;
 use bamflow_engine::pipeline::write::PartInfo;
-use bamflow_engine::pipeline::{self, ConvertError, Engine, ErrorKind, Location, Observer, Stage};
+use bamflow_engine::pipeline::{
+    self, Commit, ConvertError, Engine, ErrorKind, Location, Observer, Stage,
+};
 
 /// How often files already seen are re-checked for readiness between full rescans (and how
 /// long the loop waits for filesystem events).
@@ -85,6 +89,8 @@ struct JobObserver<'a> {
     watch: &'a str,
     /// The conversion's figures at the last report, to add only what changed since.
     last: Mutex<pipeline::Progress>,
+    /// The claim's fence when several hosts coordinate, set once the file is claimed.
+    fence: std::sync::OnceLock<Fence>,
 }
 
 impl Observer for JobObserver<'_> {
@@ -114,7 +120,21 @@ impl Observer for JobObserver<'_> {
     }
 
     fn cancelled(&self) -> bool {
-        self.control.shutdown_requested()
+        self.control.shutdown_requested() || self.fence.get().is_some_and(Fence::is_lost)
+    }
+
+    fn confirm(&self, _step: Commit) -> Result<(), String> {
+        self.fence.get().map_or(Ok(()), Fence::confirm)
+    }
+}
+
+impl JobObserver<'_> {
+    /// Whether this process may no longer act on the file: its claim (several hosts) was
+    /// lost, or cannot be confirmed now.
+    fn superseded(&self) -> bool {
+        self.fence
+            .get()
+            .is_some_and(|fence| fence.is_lost() || fence.confirm().is_err())
     }
 }
 
@@ -134,6 +154,8 @@ enum Outcome {
     AlreadyDone,
     /// Shutdown stopped the conversion; the input stays for the next start.
     Cancelled,
+    /// Another daemon took the file over (this one's lease expired); the input stays.
+    Lost,
 }
 
 /// Runs the daemon until shutdown is requested. `load` reads and checks the configuration;
@@ -170,7 +192,35 @@ pub fn run(
             .with_context(|| format!("cannot serve metrics on {address}"))?;
         info!(address = %bound, "Serving metrics on /metrics and health on /healthz.");
     }
-    let ledger = Mutex::new(Ledger::open(&config.state_dir)?);
+    let books = match &config.coordination {
+        None => Books::Local {
+            state_dir: config.state_dir.clone(),
+            ledger: Mutex::new(Ledger::open(&config.state_dir)?),
+        },
+        Some(settings) => {
+            metrics.init_coordination(&Op::ALL.map(Op::label));
+            let coordinator = Coordinator::new(settings, Arc::clone(&metrics))?;
+            match coordinator.check() {
+                Ok(()) => {
+                    info!(
+                        host = coordinator.host(),
+                        lease_seconds = settings.lease.as_secs(),
+                        "Coordinating claims and ledger in PostgreSQL."
+                    );
+                }
+                Err(error) => {
+                    warn!(
+                        error = chain(&error),
+                        "Coordination database unreachable; files wait until it answers."
+                    );
+                }
+            }
+            coordinator
+                .start_heartbeat()
+                .context("cannot start the lease heartbeat")?;
+            Books::Shared(coordinator)
+        }
+    };
     let engine = Engine::new(config.threads).context("cannot start the worker pool")?;
     // A rendezvous channel: a job is handed over only when a worker is idle, so files wait in
     // their folder, not in a queue, and a later rescan may still see them change.
@@ -182,7 +232,7 @@ pub fn run(
             let (job_queue, finished) = (job_queue.clone(), finished.clone());
             let worker = Worker {
                 engine: &engine,
-                ledger: &ledger,
+                books: &books,
                 control,
                 notifier,
                 metrics: &metrics,
@@ -208,7 +258,6 @@ pub fn run(
 struct Job {
     watch: WatchConfig,
     file: Ready,
-    state_dir: PathBuf,
 }
 
 /// A worker's report on a job.
@@ -222,7 +271,7 @@ struct Finished {
 /// Converts the files it is handed, one at a time, on the shared engine.
 struct Worker<'a> {
     engine: &'a Engine,
-    ledger: &'a Mutex<Ledger>,
+    books: &'a Books,
     control: &'a Control,
     notifier: &'a Notifier,
     metrics: &'a Metrics,
@@ -241,24 +290,18 @@ impl Worker<'_> {
                 metrics: self.metrics,
                 watch: &job.watch.name,
                 last: Mutex::default(),
+                fence: std::sync::OnceLock::new(),
             };
             let started = Instant::now();
             self.metrics.file_started(&job.watch.name);
-            let outcome = process(
-                &job.watch,
-                &job.file,
-                &job.state_dir,
-                self.ledger,
-                self.engine,
-                &observer,
-            );
+            let outcome = process(&job.watch, &job.file, self.books, self.engine, &observer);
             // What the conversion freed goes back to the system, not kept for the next file.
             bamflow_engine::heap::return_free_memory();
             let label = match outcome {
                 Outcome::Success | Outcome::AlreadyDone => Some("success"),
                 Outcome::Failure => Some("failure"),
                 Outcome::Duplicate => Some("duplicate"),
-                Outcome::Vanished | Outcome::Waits(_) | Outcome::Cancelled => None,
+                Outcome::Vanished | Outcome::Waits(_) | Outcome::Cancelled | Outcome::Lost => None,
             };
             self.metrics
                 .file_finished(&job.watch.name, label, started.elapsed().as_secs_f64());
@@ -416,7 +459,6 @@ impl<'a> Dispatcher<'a> {
                 let job = Job {
                     watch: watch.clone(),
                     file,
-                    state_dir: self.config.state_dir.clone(),
                 };
                 match jobs.try_send(job) {
                     Ok(()) => {
@@ -487,7 +529,7 @@ impl<'a> Dispatcher<'a> {
         if done && report.keep {
             self.kept.insert((report.path.clone(), report.fingerprint));
         }
-        if report.outcome != Outcome::Cancelled {
+        if !matches!(report.outcome, Outcome::Cancelled | Outcome::Lost) {
             for tracker in &mut self.trackers {
                 tracker.forget(&report.path);
             }
@@ -548,22 +590,22 @@ impl<'a> Dispatcher<'a> {
 fn process(
     watch: &WatchConfig,
     file: &Ready,
-    state_dir: &Path,
-    ledger: &Mutex<Ledger>,
+    books: &Books,
     engine: &Engine,
     observer: &JobObserver<'_>,
 ) -> Outcome {
-    let claim = match Claim::acquire(state_dir, &file.path) {
-        Ok(Some(claim)) => claim,
-        Ok(None) => {
-            let holder = Claim::holder(state_dir, &file.path);
-            return Outcome::Waits(Waiting::Claimed { holder });
-        }
+    let held = match books.claim(&file.path) {
+        Ok(Ok(held)) => held,
+        Ok(Err(holder)) => return Outcome::Waits(Waiting::Claimed { holder }),
         Err(error) => {
-            warn!(path = %file.path.display(), state_dir = %state_dir.display(), %error, "Cannot claim file.");
+            warn!(path = %file.path.display(), error = chain(&error), "Cannot claim file.");
             return Outcome::Waits(Waiting::Queued);
         }
     };
+    let epoch = held.epoch();
+    if let Some(fence) = held.fence() {
+        let _ = observer.fence.set(fence);
+    }
     // Another daemon may have finished and moved it between our scan and our claim.
     if !file.path.exists() {
         return Outcome::Vanished;
@@ -581,37 +623,19 @@ fn process(
     };
     let hash = source.content_sha256.clone();
     let entry = |state| Entry::new(&watch.name, &file.path, file.fingerprint.size, &hash, state);
-    let record = |ledger: &mut Ledger, entry: Entry| {
-        if let Err(error) = ledger.append(entry) {
-            warn!(error = chain(&error), "Cannot record in the ledger.");
-        }
-    };
 
-    // Check for a duplicate and record the attempt under one lock, so two workers of this
-    // daemon, or two daemons sharing the ledger, never both see the content as new.
-    let lock = || {
-        let mut book = ledger
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let shared = match book.exclusive() {
-            Ok(lock) => Some(lock),
-            Err(error) => {
-                warn!(
-                    error = chain(&error),
-                    "Cannot lock the ledger; checking duplicates in this process only."
-                );
-                None
-            }
-        };
-        (book, shared)
-    };
     // A ledger that cannot be read cannot say whether this is a duplicate: try again later.
-    let unreadable = |error: LedgerError| {
+    let unreadable = |error: BooksError| {
         warn!(path = %file.path.display(), error = chain(&error), "Cannot read the ledger; the file waits.");
         Outcome::Waits(Waiting::Queued)
     };
-    let (mut book, mut shared) = lock();
-    let candidates = match book.converted_candidates(&hash) {
+    // Check for a duplicate and record the attempt in one section, so two workers of this
+    // daemon, or two daemons sharing the books, never both see the content as new.
+    let mut section = match books.section(&hash) {
+        Ok(section) => section,
+        Err(error) => return unreadable(error),
+    };
+    let candidates = match section.converted_candidates(&hash) {
         Ok(candidates) => candidates,
         Err(error) => return unreadable(error),
     };
@@ -620,10 +644,9 @@ fn process(
     }
     let mut full_sha256 = None;
     if !candidates.is_empty() {
-        // The sample matched: only the whole content may call it a duplicate. Read without
-        // the ledger's locks, which other files' checks need meanwhile.
-        drop(shared);
-        drop(book);
+        // The sample matched: only the whole content may call it a duplicate. Read outside
+        // the section, which other files' checks need meanwhile.
+        drop(section);
         let confirmation = match confirm(&file.path, &candidates) {
             Ok(confirmation) => confirmation,
             Err(error) => {
@@ -641,19 +664,21 @@ fn process(
         observer
             .metrics
             .duplicate_checked(&watch.name, result, confirmation.bytes_read);
-        (book, shared) = lock();
+        section = match books.section(&hash) {
+            Ok(section) => section,
+            Err(error) => return unreadable(error),
+        };
         if let Some(original) = confirmation.duplicate_of {
             info!(watch = %watch.name, path = %file.path.display(), duplicate_of = %original.display(), sha256 = %confirmation.sha256, outcome = "duplicate", "Same content was converted before; not converting it again.");
-            record(
-                &mut book,
-                Entry {
+            section.record(
+                &Entry {
                     duplicate_of: Some(original),
                     sha256: Some(confirmation.sha256),
                     ..entry(FileState::Duplicate)
                 },
+                epoch,
             );
-            drop(shared);
-            drop(book);
+            drop(section);
             if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
                 warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away duplicate input.");
             }
@@ -663,13 +688,13 @@ fn process(
         full_sha256 = Some(confirmation.sha256);
     }
 
-    match book.converting_twin(&hash) {
+    match section.converting_twin(&hash, &file.path) {
         // Taken up again after the other copy is done, when it is a plain duplicate.
         Ok(Some(twin)) => return Outcome::Waits(Waiting::Twin { of: twin }),
         Ok(None) => {}
         Err(error) => return unreadable(error),
     }
-    let attempts = match book.attempts(&file.path) {
+    let attempts = match section.attempts(&file.path) {
         Ok(attempts) => attempts + 1,
         Err(error) => return unreadable(error),
     };
@@ -677,44 +702,39 @@ fn process(
         let error = incomplete_error(watch, file, since);
         warn!(watch = %watch.name, path = %file.path.display(), error = %error.message, outcome = "failure", "File never got its BGZF EOF block; setting it aside.");
         observer.metrics.error(error.stage, ErrorKind::InvalidInput);
-        record(
-            &mut book,
-            Entry {
+        section.record(
+            &Entry {
                 attempts,
                 error: Some(error.message.clone()),
                 ..entry(FileState::Failure)
             },
+            epoch,
         );
-        drop(shared);
-        drop(book);
+        drop(section);
         quarantine(watch, &file.path, &error);
         return Outcome::Failure;
     }
-    book.begin_converting(&hash, &file.path);
+    if let Err(error) = section.begin_converting(&hash, &file.path, &held) {
+        return unreadable(error);
+    }
     let output = render_output(watch, &file.path);
-    record(
-        &mut book,
-        Entry {
+    section.record(
+        &Entry {
             attempts,
             output: Some(output.clone()),
             ..entry(FileState::Converting)
         },
+        epoch,
     );
-    drop(shared);
-    drop(book);
-    // Created only now: its drop takes the ledger lock.
+    drop(section);
     let _converting = ConvertingGuard {
-        ledger,
+        books,
         hash: hash.clone(),
-    };
-    let record = |ledger: &Mutex<Ledger>, entry: Entry| {
-        record(&mut ledger.lock().unwrap_or_else(|p| p.into_inner()), entry)
     };
     // Records the success in the ledger and files the input away.
     let succeeded = |counts: &dataset::Counts, sha256: Option<String>| {
-        record(
-            ledger,
-            Entry {
+        books.record(
+            &Entry {
                 attempts,
                 records_read: Some(counts.read),
                 records_written: Some(counts.written),
@@ -722,6 +742,7 @@ fn process(
                 sha256: sha256.or_else(|| full_sha256.clone()),
                 ..entry(FileState::Success)
             },
+            epoch,
         );
         if let Err(error) = dispose(watch, &file.path, &watch.on_success) {
             warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away converted input.");
@@ -733,13 +754,23 @@ fn process(
         succeeded(&published.counts, published.source.sha256.clone());
         return Outcome::Success;
     }
-    info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, "Converting file.");
+    info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, epoch, "Converting file.");
     let source = dataset::SourceInfo {
         filed_as: planned_filing(watch, &file.path),
         ..source
     };
-    let converted =
-        engine.convert_identified(&file.path, source, &output, &watch.convert, observer);
+    let options;
+    let convert = match epoch {
+        None => &watch.convert,
+        Some(epoch) => {
+            options = pipeline::ConvertOptions {
+                epoch: Some(epoch),
+                ..watch.convert.clone()
+            };
+            &options
+        }
+    };
+    let converted = engine.convert_identified(&file.path, source, &output, convert, observer);
     let outcome = match converted {
         Ok(summary) => {
             // Published, but not yet in the ledger nor filed away: a restart must cope.
@@ -773,14 +804,14 @@ fn process(
                     observer
                         .metrics
                         .error(Stage::Verify, ErrorKind::InvalidInput);
-                    record(
-                        ledger,
-                        Entry {
+                    books.record(
+                        &Entry {
                             attempts,
                             output: Some(output.clone()),
                             error: Some(failed.message.clone()),
                             ..entry(FileState::Failure)
                         },
+                        epoch,
                     );
                     quarantine(watch, &file.path, &failed);
                     return Outcome::Failure;
@@ -790,6 +821,12 @@ fn process(
             succeeded(&m.counts, m.source.sha256.clone());
             Outcome::Success
         }
+        // A holder whose claim is gone neither fails the file nor files it away: its errors
+        // may be those of writing into a staging folder the new holder took (renamed) away.
+        Err(error) if error.is_fenced() || observer.superseded() => {
+            warn!(watch = %watch.name, path = %file.path.display(), epoch, error = chain(&error), "Another daemon holds the file now; abandoning this conversion and leaving the input.");
+            Outcome::Lost
+        }
         Err(error) if error.is_cancelled() => {
             // The Converting entry stays the latest: the attempt is counted, the file retried.
             info!(path = %file.path.display(), "Conversion stopped by shutdown; the input stays.");
@@ -798,34 +835,31 @@ fn process(
         Err(error) => {
             warn!(watch = %watch.name, path = %file.path.display(), error = chain(&error), outcome = "failure", "Conversion failed.");
             observer.metrics.error(error.stage, error.kind());
-            record(
-                ledger,
-                Entry {
+            books.record(
+                &Entry {
                     attempts,
                     error: Some(chain(&error)),
                     ..entry(FileState::Failure)
                 },
+                epoch,
             );
             quarantine(watch, &file.path, &Failed::from(&error));
             Outcome::Failure
         }
     };
-    drop(claim);
+    drop(held);
     outcome
 }
 
-/// Ends a content hash's conversion in the ledger's in-memory view when dropped.
+/// Ends a content hash's conversion in the books when dropped.
 struct ConvertingGuard<'a> {
-    ledger: &'a Mutex<Ledger>,
+    books: &'a Books,
     hash: String,
 }
 
 impl Drop for ConvertingGuard<'_> {
     fn drop(&mut self) {
-        self.ledger
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .end_converting(&self.hash);
+        self.books.end_converting(&self.hash);
     }
 }
 

@@ -193,6 +193,7 @@ pub struct RawPlugin {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RawCoordination {
     pub postgres_url: Option<String>,
+    pub lease_seconds: Option<u64>,
 }
 
 impl RawConfig {
@@ -396,7 +397,6 @@ pub fn convert_options(
         Some(path) => (RawConfig::load(path)?, path.to_owned()),
         None => (RawConfig::default(), PathBuf::from("command line")),
     };
-    refuse_unsupported(&raw, &path)?;
     let threads = flags.threads.or(raw.daemon.threads).unwrap_or(0);
     let mut options = resolve_convert(&raw.convert.merged(&flags.convert), &path, threads)?;
     options.allow_missing_eof = flags.allow_missing_eof;
@@ -409,25 +409,6 @@ pub fn convert_options(
     }));
     options.filters = resolve_filter(&raw.filter.merged(&flags.filter), &plugins, &path)?;
     Ok(options)
-}
-
-/// Refuses settings this build parses but cannot honour yet, so that a filter is never silently
-/// skipped: writing records an operator asked to drop would be worse than stopping.
-fn refuse_unsupported(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
-    let unsupported = |key: &str| ConfigError::Invalid {
-        path: path.to_owned(),
-        key: key.to_owned(),
-        message: "not supported by this version of bamflow yet".to_owned(),
-    };
-    if raw
-        .coordination
-        .postgres_url
-        .as_ref()
-        .is_some_and(|url| !url.is_empty())
-    {
-        return Err(unsupported("coordination.postgres_url"));
-    }
-    Ok(())
 }
 
 /// The configuration `bamflow daemon` runs without `--config`: drop BAMs into `./inbox`, find
@@ -500,6 +481,9 @@ pub struct DaemonConfig {
     /// Where `/metrics` and `/healthz` are served; `None` when `metrics_listen = ""`.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub watches: Vec<WatchConfig>,
+    /// `[coordination]`: claims and ledger in PostgreSQL, when several hosts share the drop
+    /// folders; `None` on one host.
+    pub coordination: Option<crate::coordination::Settings>,
 }
 
 impl RawConfig {
@@ -510,7 +494,6 @@ impl RawConfig {
     ///
     /// Returns the first [`ConfigError::Invalid`], naming the key.
     pub fn resolve_daemon(&self, path: &Path) -> Result<DaemonConfig, ConfigError> {
-        refuse_unsupported(self, path)?;
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             key: key.to_owned(),
@@ -630,7 +613,30 @@ impl RawConfig {
                 )
             })?),
         };
+        let lease_seconds = self.coordination.lease_seconds.unwrap_or(60);
+        if lease_seconds < 3 {
+            return Err(invalid(
+                "coordination.lease_seconds",
+                "must be at least 3 (the lease is renewed every third of it)".to_owned(),
+            ));
+        }
+        let coordination = match self.coordination.postgres_url.as_deref() {
+            None | Some("") => None,
+            Some(url) => {
+                url.parse::<postgres::Config>().map_err(|e| {
+                    invalid(
+                        "coordination.postgres_url",
+                        format!("{e}: expected e.g. postgresql://bamflow@db/bamflow"),
+                    )
+                })?;
+                Some(crate::coordination::Settings {
+                    url: url.to_owned(),
+                    lease: Duration::from_secs(lease_seconds),
+                })
+            }
+        };
         Ok(DaemonConfig {
+            coordination,
             metrics_listen,
             state_dir: self
                 .daemon
@@ -692,7 +698,6 @@ pub fn check(path: &Path) -> Result<RawConfig, ConfigError> {
     let text = read_text(path)?;
     let raw = RawConfig::parse(path, &text)?;
     let checked = (|| {
-        refuse_unsupported(&raw, path)?;
         resolve_convert(&raw.convert, path, raw.daemon.threads.unwrap_or(0))?;
         if !raw.watch.is_empty() {
             check_filesystem(&raw.resolve_daemon(path)?, path)?;

@@ -6,7 +6,9 @@
 //! Prometheus, [`service`] tells systemd. [`config`] reads the TOML file all of it runs on.
 
 pub mod app;
+pub mod books;
 pub mod config;
+pub mod coordination;
 pub mod ledger;
 pub mod metrics;
 pub mod service;

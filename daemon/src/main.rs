@@ -177,31 +177,9 @@ fn status(config_path: Option<&Path>, limit: usize) -> anyhow::Result<()> {
         None => RawConfig::parse(name, config::EMBEDDED_DEFAULT)?,
     };
     let config = raw.resolve_daemon(name)?;
-    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    let ledger_path = absolute(&config.state_dir.join("ledger.jsonl"));
-    println!("recent files ({}):", ledger_path.display());
-    let entries = ledger::recent_entries(&config.state_dir, limit)?;
-    if entries.is_empty() {
-        println!("  none yet");
-    }
-    for entry in entries {
-        let records = entry
-            .records_written
-            .map(|n| format!("{n} rows"))
-            .unwrap_or_default();
-        let detail = match (&entry.error, &entry.duplicate_of, &entry.output) {
-            (Some(error), _, _) => format!("  {error}"),
-            (_, Some(original), _) => format!("  same content as {}", original.display()),
-            (_, _, Some(output)) => format!("  → {}", output.display()),
-            _ => String::new(),
-        };
-        let state = format!("{:?}", entry.state).to_lowercase();
-        println!(
-            "  {}  {state:<10}  attempt {}  {records:>12}  {}{detail}",
-            entry.time,
-            entry.attempts,
-            entry.path.display()
-        );
+    match &config.coordination {
+        None => print_local_ledger(&config, limit)?,
+        Some(settings) => print_shared_books(settings, limit)?,
     }
 
     let snapshot = bamflow::status::read(&config.state_dir).filter(|s| s.writer_is_running());
@@ -225,6 +203,78 @@ fn status(config_path: Option<&Path>, limit: usize) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The latest ledger entries of this host's `state_dir`.
+fn print_local_ledger(config: &DaemonConfig, limit: usize) -> anyhow::Result<()> {
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let ledger_path = absolute(&config.state_dir.join("ledger.jsonl"));
+    println!("recent files ({}):", ledger_path.display());
+    let entries = ledger::recent_entries(&config.state_dir, limit)?;
+    if entries.is_empty() {
+        println!("  none yet");
+    }
+    for entry in entries {
+        print_entry(&entry, None);
+    }
+    Ok(())
+}
+
+/// Claims held now and the latest ledger entries, from the coordination database: every
+/// host's, with the host that wrote each.
+fn print_shared_books(
+    settings: &bamflow::coordination::Settings,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let metrics = std::sync::Arc::new(bamflow::metrics::Metrics::new()?);
+    let coordinator = bamflow::coordination::Coordinator::new(settings, metrics)?;
+    let overview = coordinator
+        .overview(limit)
+        .context("cannot read the coordination database")?;
+    println!("claimed now (coordination database):");
+    if overview.claims.is_empty() {
+        println!("  nothing");
+    }
+    for claim in &overview.claims {
+        let state = if claim.live {
+            "lease until"
+        } else {
+            "lease expired"
+        };
+        println!(
+            "  {}  held by {}/{} (epoch {}, {state} {})",
+            claim.path, claim.host, claim.pid, claim.epoch, claim.lease_until
+        );
+    }
+    println!("recent files (coordination database, all hosts):");
+    if overview.entries.is_empty() {
+        println!("  none yet");
+    }
+    for (host, entry) in &overview.entries {
+        print_entry(entry, Some(host));
+    }
+    Ok(())
+}
+
+fn print_entry(entry: &ledger::Entry, host: Option<&str>) {
+    let records = entry
+        .records_written
+        .map(|n| format!("{n} rows"))
+        .unwrap_or_default();
+    let detail = match (&entry.error, &entry.duplicate_of, &entry.output) {
+        (Some(error), _, _) => format!("  {error}"),
+        (_, Some(original), _) => format!("  same content as {}", original.display()),
+        (_, _, Some(output)) => format!("  → {}", output.display()),
+        _ => String::new(),
+    };
+    let state = format!("{:?}", entry.state).to_lowercase();
+    let host = host.map(|h| format!("  {h}")).unwrap_or_default();
+    println!(
+        "  {}{host}  {state:<10}  attempt {}  {records:>12}  {}{detail}",
+        entry.time,
+        entry.attempts,
+        entry.path.display()
+    );
 }
 
 /// Lists the files of the watched folders when no daemon runs on this state folder: none of

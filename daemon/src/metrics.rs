@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::watch::{Waiting, WaitingFile};
@@ -79,7 +79,15 @@ pub struct Metrics {
     config_reload_ok: IntGauge,
     plugin_info: IntGaugeVec,
     heartbeat: Gauge,
+    claims: IntCounterVec,
+    lease_confirmations_failed: IntCounter,
+    coordination_errors: IntCounterVec,
+    coordination_up: IntGauge,
+    coordination_configured: std::sync::atomic::AtomicBool,
 }
+
+/// The `event` label of `bamflow_claims_total`.
+pub const CLAIM_EVENTS: [&str; 3] = ["taken", "taken_over", "lost"];
 
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
@@ -160,6 +168,14 @@ impl Metrics {
         ))?;
         registry.register(Box::new(config_reload_ok.clone()))?;
         config_reload_ok.set(1);
+        let lease_confirmations_failed = IntCounter::with_opts(opts(
+            "bamflow_lease_confirmations_failed_total",
+            "Commits refused, or not confirmable, because this daemon's claim could not be confirmed in the coordination database.",
+        ))?;
+        let coordination_up = IntGauge::with_opts(opts(
+            "bamflow_coordination_up",
+            "1 while the coordination database answers, 0 while it cannot be reached.",
+        ))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -270,6 +286,19 @@ impl Metrics {
                 &["plugin", "version", "abi"],
             )?,
             heartbeat,
+            claims: counter(
+                "bamflow_claims_total",
+                "Claims of files in the coordination database (several hosts): taken by this daemon, taken over from a holder whose lease expired, or lost by this daemon (its lease expired or was taken over).",
+                &["event"],
+            )?,
+            lease_confirmations_failed,
+            coordination_errors: counter(
+                "bamflow_coordination_errors_total",
+                "Errors talking to the coordination database, by what was being done.",
+                &["operation"],
+            )?,
+            coordination_up,
+            coordination_configured: std::sync::atomic::AtomicBool::new(false),
             registry,
         };
         for stage in BusyStage::ALL {
@@ -286,6 +315,56 @@ impl Metrics {
             metrics.rescans.with_label_values(&[reason.name()]);
         }
         Ok(metrics)
+    }
+
+    /// Creates the coordination series at zero, when several hosts coordinate.
+    pub fn init_coordination(&self, operations: &[&str]) {
+        for event in CLAIM_EVENTS {
+            self.claims.with_label_values(&[event]);
+        }
+        for operation in operations {
+            self.coordination_errors.with_label_values(&[operation]);
+        }
+        // Registered only now: on one host the families would say nothing true.
+        let register = |collector: Box<dyn prometheus::core::Collector>| {
+            if let Err(error) = self.registry.register(collector) {
+                tracing::warn!(%error, "Cannot register a coordination metric.");
+            }
+        };
+        if !self
+            .coordination_configured
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            register(Box::new(self.lease_confirmations_failed.clone()));
+            register(Box::new(self.coordination_up.clone()));
+        }
+    }
+
+    /// One of [`CLAIM_EVENTS`].
+    pub fn claim_event(&self, event: &str) {
+        self.claims.with_label_values(&[event]).inc();
+    }
+
+    pub fn lease_confirmation_failed(&self) {
+        self.lease_confirmations_failed.inc();
+    }
+
+    pub fn coordination_error(&self, operation: &str) {
+        self.coordination_errors
+            .with_label_values(&[operation])
+            .inc();
+    }
+
+    pub fn coordination(&self, up: bool) {
+        self.coordination_up.set(i64::from(up));
+    }
+
+    /// Whether the coordination database is known unreachable (never, on one host).
+    pub fn coordination_down(&self) -> bool {
+        self.coordination_up.get() == 0
+            && self
+                .coordination_configured
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Creates every series of a watch at zero (at start, and for watches a reload adds),
@@ -532,7 +611,10 @@ fn respond(request: tiny_http::Request, metrics: &Metrics, stall_after: Duration
         ),
         (Method::Get, "/healthz") => {
             let age = metrics.heartbeat_age();
-            if age <= stall_after {
+            if metrics.coordination_down() {
+                let body = "degraded: the coordination database cannot be reached; no file is claimed until it can\n";
+                text(body.as_bytes().to_vec(), 503, "text/plain")
+            } else if age <= stall_after {
                 text(b"ok\n".to_vec(), 200, "text/plain")
             } else {
                 let body = format!("stalled: the scan loop last ran {}s ago\n", age.as_secs());

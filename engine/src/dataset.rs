@@ -273,10 +273,16 @@ impl Staging {
             Err(e) => return Err(create(e)),
         }
         let lock = fs::File::open(&dir).map_err(create)?;
-        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => return Err(DatasetError::Busy { path: dir }),
-            Err(e) => return Err(create(e.into())),
+        // Under a claim epoch the database decides who writes here, and the lock a superseded
+        // holder (frozen, or cut off) still has on the folder it moved with the rename.
+        if epoch.is_none() {
+            match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(DatasetError::Busy { path: dir });
+                }
+                Err(e) => return Err(create(e.into())),
+            }
         }
         Ok(Self {
             dir,
@@ -482,6 +488,19 @@ mod tests {
         assert!(root.path().join(".out2.staging-1").exists());
         // A superseded holder's writes by path fail: its folder is gone.
         assert!(fs::write(root.path().join(".out.staging-3/late"), b"x").is_err());
+    }
+
+    #[test]
+    fn a_superseded_holder_still_running_does_not_stop_the_next_epoch() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("out");
+        let stale = Staging::open_for(&target, Some(1)).unwrap();
+        fs::write(stale.path().join("part-00000.parquet"), b"x").unwrap();
+        let next = Staging::open_for(&target, Some(2)).unwrap();
+        assert!(next.path().join("part-00000.parquet").exists());
+        // Dropping the stale holder removes nothing of the new one's.
+        drop(stale);
+        assert!(next.path().join("part-00000.parquet").exists());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! exists.
 
 mod bad_input;
+mod coordination;
 mod crash;
 mod daemon;
 mod fencing;
@@ -12,6 +13,7 @@ mod filters;
 mod harness;
 mod metrics;
 mod options;
+mod postgres;
 mod support;
 mod verify;
 mod waiting;

@@ -1,0 +1,168 @@
+//! A private PostgreSQL cluster for the coordination tests: `initdb` and `pg_ctl` in a temp
+//! folder, listening on a free loopback port, trusted local logins, stopped on drop. The
+//! server refuses to run as root, so under root (CI) it runs as `nobody`.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A running cluster with database `bamflow` and superuser `bamflow`.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+/// Where the server's programs are: Debian keeps them out of `PATH`.
+fn bin_dir() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .max();
+    found.expect("PostgreSQL server programs (apt-get install postgresql; scripts/test.sh does)")
+}
+
+fn as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("bamflow-pg")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        let bin = bin_dir();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Self { dir, bin, port };
+        if as_root() {
+            let nobody = rustix::process::Uid::from_raw(65534);
+            std::os::unix::fs::chown(pg.dir.path(), Some(nobody.as_raw()), None).unwrap();
+            std::fs::set_permissions(pg.dir.path(), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "bamflow",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        );
+        pg.ctl("start");
+        pg.run(
+            "createdb",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "bamflow",
+                "bamflow",
+            ],
+        );
+        pg
+    }
+
+    /// The URL the daemons get.
+    pub fn url(&self) -> String {
+        format!("postgresql://bamflow@127.0.0.1:{}/bamflow", self.port)
+    }
+
+    /// Stops the server (fast shutdown: open sessions are cut, as in a database restart).
+    pub fn stop(&self) {
+        self.ctl("stop");
+    }
+
+    pub fn start_again(&self) {
+        self.ctl("start");
+    }
+
+    /// A client, for tests that look at the tables.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
+    }
+
+    fn ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut args = vec!["-D", data.to_str().unwrap(), "-w", "-m", "fast"];
+        if action == "start" {
+            args.extend(["-l", log.to_str().unwrap(), "-o", &options]);
+        }
+        args.push(action);
+        self.run("pg_ctl", &args);
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let mut command = if as_root() {
+            let mut command = Command::new("setpriv");
+            command
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&path);
+            command
+        } else {
+            Command::new(&path)
+        };
+        let output = command
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = Command::new(self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
+        if as_root() {
+            let _ = Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(self.bin.join("pg_ctl"))
+                .args([
+                    "-D",
+                    data.to_str().unwrap_or_default(),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ])
+                .output();
+        }
+    }
+}
