@@ -567,7 +567,13 @@ impl<'a> Dispatcher<'a> {
                     })
                     .collect();
                 self.events = Events::watch(new.watches.iter().map(|w| w.path.as_path()));
-                self.config = new;
+                if new.coordination != self.config.coordination {
+                    warn!("[coordination] changed; it takes effect when the daemon restarts.");
+                }
+                self.config = DaemonConfig {
+                    coordination: self.config.coordination.take(),
+                    ..new
+                };
                 self.log_watches();
                 info!(
                     watches = self.config.watches.len(),
@@ -597,10 +603,7 @@ fn process(
     let held = match books.claim(&file.path) {
         Ok(Ok(held)) => held,
         Ok(Err(holder)) => return Outcome::Waits(Waiting::Claimed { holder }),
-        Err(error) => {
-            warn!(path = %file.path.display(), error = chain(&error), "Cannot claim file.");
-            return Outcome::Waits(Waiting::Queued);
-        }
+        Err(error) => return books_unavailable(&file.path, &error, "Cannot claim file."),
     };
     let epoch = held.epoch();
     if let Some(fence) = held.fence() {
@@ -626,8 +629,11 @@ fn process(
 
     // A ledger that cannot be read cannot say whether this is a duplicate: try again later.
     let unreadable = |error: BooksError| {
-        warn!(path = %file.path.display(), error = chain(&error), "Cannot read the ledger; the file waits.");
-        Outcome::Waits(Waiting::Queued)
+        books_unavailable(
+            &file.path,
+            &error,
+            "Cannot read the ledger; the file waits.",
+        )
     };
     // Check for a duplicate and record the attempt in one section, so two workers of this
     // daemon, or two daemons sharing the books, never both see the content as new.
@@ -849,6 +855,19 @@ fn process(
     };
     drop(held);
     outcome
+}
+
+/// A file waits for its books. A database that is down is logged once, when it goes down,
+/// not once per file and round.
+fn books_unavailable(path: &Path, error: &BooksError, message: &str) -> Outcome {
+    if error.is_unavailable() {
+        tracing::debug!(path = %path.display(), error = chain(error), "{message}");
+    } else {
+        warn!(path = %path.display(), error = chain(error), "{message}");
+    }
+    Outcome::Waits(Waiting::Ledger {
+        error: chain(error),
+    })
 }
 
 /// Ends a content hash's conversion in the books when dropped.

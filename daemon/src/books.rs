@@ -21,6 +21,16 @@ pub enum BooksError {
     Coordination(#[from] CoordinationError),
 }
 
+impl BooksError {
+    /// Whether the coordination database cannot be reached (said once, by the coordinator).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Coordination(CoordinationError::Unavailable { .. })
+        )
+    }
+}
+
 /// Claims and ledger.
 #[allow(clippy::large_enum_variant, reason = "one per daemon, never moved")]
 pub enum Books {

@@ -179,7 +179,12 @@ fn status(config_path: Option<&Path>, limit: usize) -> anyhow::Result<()> {
     let config = raw.resolve_daemon(name)?;
     match &config.coordination {
         None => print_local_ledger(&config, limit)?,
-        Some(settings) => print_shared_books(settings, limit)?,
+        // What waits here is still worth printing when the database cannot be read.
+        Some(settings) => {
+            if let Err(error) = print_shared_books(settings, limit) {
+                println!("coordination database: {error:#}");
+            }
+        }
     }
 
     let snapshot = bamflow::status::read(&config.state_dir).filter(|s| s.writer_is_running());
@@ -226,8 +231,7 @@ fn print_shared_books(
     settings: &bamflow::coordination::Settings,
     limit: usize,
 ) -> anyhow::Result<()> {
-    let metrics = std::sync::Arc::new(bamflow::metrics::Metrics::new()?);
-    let coordinator = bamflow::coordination::Coordinator::new(settings, metrics)?;
+    let coordinator = bamflow::coordination::Coordinator::reader(settings)?;
     let overview = coordinator
         .overview(limit)
         .context("cannot read the coordination database")?;

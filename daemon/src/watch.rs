@@ -79,11 +79,14 @@ pub enum Waiting {
     Twin { of: PathBuf },
     /// Ready, waiting for a free worker (`max_concurrent_files`).
     Queued,
+    /// The ledger (or, on several hosts, the coordination database) cannot be read or
+    /// reached, so nothing can say whether the file is new.
+    Ledger { error: String },
 }
 
 impl Waiting {
     /// Every reason's label, as the `reason` label of the waiting-file metrics says.
-    pub const REASONS: [&'static str; 7] = [
+    pub const REASONS: [&'static str; 8] = [
         "settling",
         "no_eof_block",
         "sentinel_missing",
@@ -91,6 +94,7 @@ impl Waiting {
         "claimed",
         "twin",
         "queued",
+        "ledger",
     ];
 
     pub fn reason(&self) -> &'static str {
@@ -102,6 +106,7 @@ impl Waiting {
             Self::Claimed { .. } => "claimed",
             Self::Twin { .. } => "twin",
             Self::Queued => "queued",
+            Self::Ledger { .. } => "ledger",
         }
     }
 }
@@ -127,6 +132,7 @@ impl std::fmt::Display for Waiting {
                 of.display()
             ),
             Self::Queued => f.write_str("ready, waiting for a free worker"),
+            Self::Ledger { error } => write!(f, "waiting for the ledger: {error}"),
         }
     }
 }

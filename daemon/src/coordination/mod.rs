@@ -110,7 +110,7 @@ impl Op {
 }
 
 /// What the daemon's coordination settings resolve to.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub url: String,
     pub lease: Duration,
@@ -138,7 +138,11 @@ impl Connection {
     }
 
     /// The open client, connecting (and migrating the schema) first when there is none.
-    fn client(&mut self, config: &postgres::Config) -> Result<&mut Client, CoordinationError> {
+    fn client(
+        &mut self,
+        config: &postgres::Config,
+        migrate: bool,
+    ) -> Result<&mut Client, CoordinationError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }
@@ -150,7 +154,7 @@ impl Connection {
                     reason: self.last_error.clone(),
                 });
             }
-            match connect(config) {
+            match connect(config, migrate) {
                 Ok(client) => {
                     self.backoff = FIRST_BACKOFF;
                     self.client = Some(client);
@@ -187,14 +191,18 @@ impl Connection {
     }
 }
 
-fn connect(config: &postgres::Config) -> Result<Client, CoordinationError> {
+/// Connects; the daemon also brings the schema up to date, `bamflow status` never does (a
+/// newer binary's status must not migrate the database under older daemons).
+fn connect(config: &postgres::Config, migrate: bool) -> Result<Client, CoordinationError> {
     let mut client = config
         .connect(NoTls)
         .map_err(|source| CoordinationError::Query {
             operation: Op::Connect,
             source,
         })?;
-    schema::migrate(&mut client)?;
+    if migrate {
+        schema::migrate(&mut client)?;
+    }
     Ok(client)
 }
 
@@ -230,6 +238,8 @@ pub struct Coordinator {
     held: Mutex<HashMap<String, Arc<Lease>>>,
     metrics: Arc<Metrics>,
     up: AtomicBool,
+    /// Whether connecting migrates the schema (the daemon) or not (`bamflow status`).
+    migrate: bool,
 }
 
 /// What trying to claim a file found.
@@ -248,6 +258,29 @@ impl Coordinator {
     ///
     /// [`CoordinationError::Url`] when the URL does not parse.
     pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Arc<Self>, CoordinationError> {
+        Self::with_migration(settings, metrics, true)
+    }
+
+    /// A coordinator that only reads (for `bamflow status`): it never migrates the schema.
+    ///
+    /// # Errors
+    ///
+    /// [`CoordinationError::Url`] when the URL does not parse.
+    pub fn reader(settings: &Settings) -> Result<Arc<Self>, CoordinationError> {
+        let metrics = Metrics::new()
+            .map(Arc::new)
+            .map_err(|e| CoordinationError::Unavailable {
+                retry_in: Duration::ZERO,
+                reason: e.to_string(),
+            })?;
+        Self::with_migration(settings, metrics, false)
+    }
+
+    fn with_migration(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        migrate: bool,
+    ) -> Result<Arc<Self>, CoordinationError> {
         let mut config =
             postgres::Config::from_str(&settings.url).map_err(CoordinationError::Url)?;
         // Never wait longer than a lease on the network: a partitioned holder must notice.
@@ -273,6 +306,7 @@ impl Coordinator {
             held: Mutex::default(),
             metrics,
             up: AtomicBool::new(false),
+            migrate,
         });
         Ok(coordinator)
     }
@@ -309,7 +343,7 @@ impl Coordinator {
         operation: Op,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, CoordinationError> {
-        let result = match connection.client(&self.config) {
+        let result = match connection.client(&self.config, self.migrate) {
             Ok(client) => f(client).map_err(|source| {
                 connection.failed(&source);
                 CoordinationError::Query { operation, source }
@@ -321,8 +355,13 @@ impl Coordinator {
     }
 
     fn observe(&self, operation: Op, error: Option<&CoordinationError>) {
-        let up = !matches!(error, Some(CoordinationError::Unavailable { .. }))
-            && !matches!(error, Some(CoordinationError::Query { source, .. }) if source.as_db_error().is_none());
+        // A statement the server refused still means the database is there; anything else
+        // (unreachable, a connection that broke, a schema this build cannot use) does not.
+        let up = match error {
+            None => true,
+            Some(CoordinationError::Query { source, .. }) => source.as_db_error().is_some(),
+            Some(_) => false,
+        };
         if up != self.up.swap(up, Ordering::Relaxed) {
             if up {
                 info!("Coordination database reachable.");

@@ -412,3 +412,89 @@ fn a_database_restart_mid_run_loses_no_file_and_converts_none_twice() {
         daemon.stop();
     }
 }
+
+#[test]
+fn one_content_under_two_names_on_two_daemons_at_once_is_converted_once() {
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let lake = dir.path("lake");
+    let pg = Postgres::start();
+    // The conversion stalls 5 s at its second part, so the other daemon surely meets the twin.
+    let daemons: Vec<Daemon> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            Daemon::start_with(
+                dir.root(),
+                Some(&daemon_config(&dir, name, &pg, SMALL_PARTS)),
+                &[("BAMFLOW_FAULTS", OsStr::new("part-synced=stall@2"))],
+            )
+        })
+        .collect();
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let bam = many_parts(&dir, 83);
+    drop_file(&inbox, &bam, "run1.bam");
+    drop_file(&inbox, &bam, "run1-again.bam");
+    wait_until("both names filed away", &all, || {
+        std::fs::read_dir(inbox.join("done")).map_or(0, Iterator::count) == 2
+    });
+
+    let (per_path, per_state) = ledger_counts(&pg);
+    assert_eq!(per_path.len(), 1, "{per_path:?}");
+    assert_eq!(state_count(&per_state, "duplicate"), 1, "{per_state:?}");
+    let converted = PathBuf::from(&per_path[0].0);
+    let stem = converted.file_stem().unwrap().to_str().unwrap();
+    assert_dataset_matches_samtools(&sam_text::read_dataset(&lake.join(stem)).unwrap(), &bam);
+    let datasets: Vec<String> = std::fs::read_dir(&lake)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(datasets, [stem], "{datasets:?}");
+    // While one daemon converted one name, the other met the second name and waited for its
+    // twin (whichever daemon then took it was told it is a duplicate).
+    let logs: Vec<String> = daemons.iter().map(Daemon::log).collect();
+    let converter = logs
+        .iter()
+        .position(|log| log.contains("Converted file."))
+        .expect("one daemon converted");
+    let waited = logs
+        .iter()
+        .position(|log| log.contains("waiting for its twin"))
+        .unwrap_or_else(|| panic!("nobody waited for the twin:\n{}", logs.join("\n")));
+    assert_ne!(converter, waited, "{}", logs.join("\n"));
+    for daemon in daemons {
+        daemon.stop();
+    }
+}
+
+#[test]
+fn a_database_a_newer_bamflow_migrated_is_refused_and_the_daemon_says_so() {
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let pg = Postgres::start();
+    pg.client()
+        .batch_execute(
+            "CREATE TABLE bamflow_schema (version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now());
+             INSERT INTO bamflow_schema (version) VALUES (99);",
+        )
+        .unwrap();
+    let daemon = Daemon::start(dir.root(), Some(&daemon_config(&dir, "a", &pg, "")));
+    let bam = dir.generated(DataKind::Short, 500, 84);
+    drop_file(&inbox, &bam, "waits.bam");
+    let address = daemon.metrics_address();
+    daemon.wait_for("the refusal", || {
+        daemon
+            .log()
+            .contains("schema version 99, newer than this bamflow knows")
+    });
+    let (status, body) = http_get(&address, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    daemon.wait_for("the file to wait for the ledger", || {
+        bamflow_tests::bamflow(&["status", "--config", dir.path("a.toml").to_str().unwrap()])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("waiting for the ledger"))
+    });
+    assert!(inbox.join("waits.bam").exists());
+    assert!(!dir.path("lake").exists());
+    daemon.stop();
+}

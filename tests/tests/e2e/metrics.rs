@@ -42,6 +42,10 @@ const FAMILIES: &[&str] = &[
     "bamflow_watch_rescans_total",
     "bamflow_last_success_timestamp_seconds",
     "bamflow_config_last_reload_successful",
+    "bamflow_claims_total",
+    "bamflow_lease_confirmations_failed_total",
+    "bamflow_coordination_errors_total",
+    "bamflow_coordination_up",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "process_open_fds",
@@ -226,14 +230,21 @@ fn collect_names(expr: &str, names: &mut BTreeSet<String>) {
     }
 }
 
+/// The daemon here coordinates through a private PostgreSQL, so that every family (those of
+/// several hosts included) is scraped and every dashboard panel and alert has data.
 #[test]
 fn metrics_pass_promtool_and_prometheus_evaluates_the_dashboard_and_alerts() {
     let dir = TestDir::new();
     let inbox = dir.inbox();
+    let pg = crate::postgres::Postgres::start();
     let config = config(
         &dir,
         &inbox,
-        "[watch.convert]\npart_records = 1000\n[watch.filter]\nexclude_flags = 1024\n",
+        &format!(
+            "[watch.convert]\npart_records = 1000\n[watch.filter]\nexclude_flags = 1024\n\
+             [coordination]\npostgres_url = \"{}\"\n",
+            pg.url()
+        ),
     );
     let daemon = Daemon::start(dir.root(), Some(&config));
     let address = daemon.metrics_address();
