@@ -32,8 +32,8 @@ mkdir "$scratch/pg"
 as_pg "$pgbin/initdb" -D "$scratch/pg/data" -U bamflow -A trust --no-sync >/dev/null
 as_pg "$pgbin/pg_ctl" -D "$scratch/pg/data" -w -l "$scratch/pg/log" \
   -o "-p $port -k $scratch/pg -c listen_addresses=127.0.0.1" start >/dev/null
-as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$port" -U bamflow bamflow
-url="postgresql://bamflow@127.0.0.1:$port/bamflow"
+# One database per run: a shared ledger would call the next run's files duplicates.
+url_of() { echo "postgresql://bamflow@127.0.0.1:$port/$1"; }
 
 # The small files, generated once.
 mkdir "$scratch/src"
@@ -59,7 +59,8 @@ output = "$scratch/$run/lake/{stem}"
 part_records = 4000
 EOF
   if [ "$coordinated" = yes ]; then
-    printf '[coordination]\npostgres_url = "%s"\nlease_seconds = %s\n' "$url" "$lease" >>"$file"
+    [ -e "$scratch/pg/db-$run" ] || { as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$port" -U bamflow "$run"; touch "$scratch/pg/db-$run"; }
+    printf '[coordination]\npostgres_url = "%s"\nlease_seconds = %s\n' "$(url_of "$run")" "$lease" >>"$file"
   fi
   echo "$file"
 }

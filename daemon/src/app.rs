@@ -25,7 +25,7 @@ use crate::ledger::{Entry, FileState, Ledger};
 use crate::metrics::{Metrics, RescanReason};
 use crate::service::Notifier;
 use crate::status::{self, FileStatus};
-use crate::watch::{Claim, Events, Fingerprint, Ready, Take, Tracker, Waiting};
+use crate::watch::{Claim, Events, Fingerprint, Ready, Take, Tracker, Waiting, Wake, Waker};
 use bamflow_engine::dataset;
 use bamflow_engine::pipeline::chain;
 use bamflow_engine::pipeline::write::PartInfo;
@@ -226,6 +226,7 @@ pub fn run(
     // their folder, not in a queue, and a later rescan may still see them change.
     let (jobs, job_queue) = crossbeam_channel::bounded::<Job>(0);
     let (finished, results) = crossbeam_channel::unbounded::<Finished>();
+    let events = Events::watch(config.watches.iter().map(|w| w.path.as_path()));
 
     std::thread::scope(|scope| {
         for i in 0..config.max_concurrent_files {
@@ -236,6 +237,7 @@ pub fn run(
                 control,
                 notifier,
                 metrics: &metrics,
+                waker: events.waker(),
             };
             std::thread::Builder::new()
                 .name(format!("bamflow-file-{i}"))
@@ -244,7 +246,7 @@ pub fn run(
         }
         drop(finished);
         let result =
-            Dispatcher::new(config, load, control, notifier, &metrics).run(&jobs, &results);
+            Dispatcher::new(config, events, load, control, notifier, &metrics).run(&jobs, &results);
         // Closing the queue lets idle workers exit; busy ones finish or cancel their file.
         drop(jobs);
         result
@@ -275,6 +277,8 @@ struct Worker<'a> {
     control: &'a Control,
     notifier: &'a Notifier,
     metrics: &'a Metrics,
+    /// Tells the loop this worker is free, so the next ready file is handed over at once.
+    waker: Waker,
 }
 
 impl Worker<'_> {
@@ -314,6 +318,7 @@ impl Worker<'_> {
             if finished.send(report).is_err() {
                 break;
             }
+            self.waker.wake();
         }
     }
 }
@@ -339,13 +344,13 @@ struct Dispatcher<'a> {
 impl<'a> Dispatcher<'a> {
     fn new(
         config: DaemonConfig,
+        events: Events,
         load: &'a dyn Fn() -> Result<DaemonConfig, ConfigError>,
         control: &'a Control,
         notifier: &'a Notifier,
         metrics: &'a Metrics,
     ) -> Self {
         let trackers = config.watches.iter().map(|_| Tracker::default()).collect();
-        let events = Events::watch(config.watches.iter().map(|w| w.path.as_path()));
         Self {
             config,
             load,
@@ -404,10 +409,10 @@ impl<'a> Dispatcher<'a> {
                 pending.saturating_sub(self.in_flight.len())
             ));
             let stop = || self.control.shutdown_requested() || self.control.reload_pending();
-            if self
+            let wake = self
                 .events
-                .wait(RECHECK_INTERVAL.min(self.config.scan_interval), stop)
-            {
+                .wait(RECHECK_INTERVAL.min(self.config.scan_interval), stop);
+            if wake == Wake::Changed {
                 next_rescan = Instant::now();
                 reason = RescanReason::Event;
             }
@@ -566,7 +571,8 @@ impl<'a> Dispatcher<'a> {
                             .unwrap_or_default()
                     })
                     .collect();
-                self.events = Events::watch(new.watches.iter().map(|w| w.path.as_path()));
+                self.events
+                    .rewatch(new.watches.iter().map(|w| w.path.as_path()));
                 if new.coordination != self.config.coordination {
                     warn!("[coordination] changed; it takes effect when the daemon restarts.");
                 }

@@ -400,8 +400,40 @@ fn sentinel_path(watch: &WatchConfig, path: &Path) -> Option<PathBuf> {
 /// can make a file ready — or an overflow of the kernel's queue, or a watcher error — triggers
 /// a full rescan, which stays the truth (network filesystems deliver no events at all).
 pub struct Events {
-    _watchers: Vec<notify::RecommendedWatcher>,
-    events: mpsc::Receiver<()>,
+    watchers: Vec<notify::RecommendedWatcher>,
+    sender: mpsc::Sender<Signal>,
+    events: mpsc::Receiver<Signal>,
+}
+
+/// What wakes the daemon's loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    /// Something changed in a watched folder.
+    Changed,
+    /// A worker finished a file and is free for the next.
+    Finished,
+}
+
+/// What [`Events::wait`] returns on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The timeout passed, or `stop` said so.
+    Quiet,
+    /// Something changed in the watched folders: rescan.
+    Changed,
+    /// A worker is free: hand it the next ready file now.
+    Finished,
+}
+
+/// Wakes the loop waiting in [`Events::wait`] when a worker finishes a file, so a backlog of
+/// small files is taken one after another, not one per event or recheck interval.
+#[derive(Clone, Debug)]
+pub struct Waker(mpsc::Sender<Signal>);
+
+impl Waker {
+    pub fn wake(&self) {
+        let _ = self.0.send(Signal::Finished);
+    }
 }
 
 /// How long a burst of events is gathered into one rescan: until the folder has been quiet
@@ -414,13 +446,29 @@ impl Events {
     /// Watches `folders`; a folder that cannot be watched is logged and left to rescans.
     pub fn watch<'a>(folders: impl IntoIterator<Item = &'a Path>) -> Self {
         let (sender, events) = mpsc::channel();
+        let mut this = Self {
+            watchers: Vec::new(),
+            sender,
+            events,
+        };
+        this.rewatch(folders);
+        this
+    }
+
+    /// What workers wake the loop with; it stays valid across [`Events::rewatch`].
+    pub fn waker(&self) -> Waker {
+        Waker(self.sender.clone())
+    }
+
+    /// Watches `folders` instead of the folders watched so far (after a reload).
+    pub fn rewatch<'a>(&mut self, folders: impl IntoIterator<Item = &'a Path>) {
         let mut watchers = Vec::new();
         for folder in folders {
-            let sender = sender.clone();
+            let sender = self.sender.clone();
             let watcher =
                 notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                     if can_make_ready(&event) {
-                        let _ = sender.send(());
+                        let _ = sender.send(Signal::Changed);
                     }
                 })
                 .and_then(|mut watcher| {
@@ -435,42 +483,54 @@ impl Events {
                 }
             }
         }
-        Self {
-            _watchers: watchers,
-            events,
-        }
+        self.watchers = watchers;
     }
 
-    /// Waits up to `timeout` for an event, returning early (false) when `stop` says so;
-    /// returns whether anything happened in the watched folders. A burst of events (a copy of
-    /// many files) is gathered into one return.
-    pub fn wait(&self, timeout: Duration, stop: impl Fn() -> bool) -> bool {
+    /// Waits up to `timeout` for an event or a finished worker, returning early when `stop`
+    /// says so. A burst of events (a copy of many files) is gathered into one return, unless
+    /// a worker becomes free meanwhile: it is not kept waiting for the folder to go quiet.
+    pub fn wait(&self, timeout: Duration, stop: impl Fn() -> bool) -> Wake {
         let until = Instant::now() + timeout;
         while !stop() {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                return Wake::Quiet;
             }
-            if self
+            match self
                 .events
                 .recv_timeout(left.min(Duration::from_millis(100)))
-                .is_ok()
             {
-                self.gather();
-                return true;
+                Ok(Signal::Changed) => {
+                    self.gather();
+                    return Wake::Changed;
+                }
+                Ok(Signal::Finished) => {
+                    // Events that came with it (the input filed away) still ask for a rescan.
+                    let changed = self.events.try_iter().any(|s| s == Signal::Changed);
+                    return if changed {
+                        Wake::Changed
+                    } else {
+                        Wake::Finished
+                    };
+                }
+                Err(_) => {}
             }
         }
-        false
+        Wake::Quiet
     }
 
-    /// Takes the events that follow the first one, until the folder is quiet for [`QUIET`]
-    /// or [`MAX_GATHER`] has passed.
+    /// Takes the events that follow the first one, until the folder is quiet for [`QUIET`],
+    /// [`MAX_GATHER`] has passed, or a worker finishes.
     fn gather(&self) {
         let deadline = Instant::now() + MAX_GATHER;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.events.recv_timeout(left.min(QUIET)).is_err() {
+            if left.is_zero() {
                 return;
+            }
+            match self.events.recv_timeout(left.min(QUIET)) {
+                Ok(Signal::Changed) => {}
+                Ok(Signal::Finished) | Err(_) => return,
             }
         }
     }
@@ -771,14 +831,54 @@ mod tests {
         for i in 0..50 {
             fs::write(dir.path().join(format!("{i}.bam")), b"x").unwrap();
         }
-        assert!(events.wait(Duration::from_secs(10), || false));
+        assert_eq!(
+            events.wait(Duration::from_secs(10), || false),
+            Wake::Changed
+        );
         // Gathered into that one wake-up: nothing is left to wake the loop again.
-        assert!(!events.wait(Duration::from_millis(500), || false));
+        assert_eq!(
+            events.wait(Duration::from_millis(500), || false),
+            Wake::Quiet
+        );
         // The daemon's own reads of the folder and its files do not wake it.
         for entry in fs::read_dir(dir.path()).unwrap() {
             let _ = fs::read(entry.unwrap().path()).unwrap();
         }
-        assert!(!events.wait(Duration::from_millis(500), || false));
+        assert_eq!(
+            events.wait(Duration::from_millis(500), || false),
+            Wake::Quiet
+        );
+    }
+
+    #[test]
+    fn a_free_worker_wakes_the_loop_at_once_even_amid_a_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = Events::watch([dir.path()]);
+        let waker = events.waker();
+        waker.wake();
+        assert_eq!(
+            events.wait(Duration::from_secs(10), || false),
+            Wake::Finished
+        );
+        // A worker that filed its input away: the change is reported, without waiting for
+        // the folder to go quiet.
+        fs::write(dir.path().join("moved.bam"), b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        waker.wake();
+        let waiting = Instant::now();
+        assert_eq!(
+            events.wait(Duration::from_secs(10), || false),
+            Wake::Changed
+        );
+        // Not held for QUIET: gathering stops at the free worker.
+        assert!(waiting.elapsed() < super::QUIET, "{:?}", waiting.elapsed());
+        // The waker outlives a reload's new watches.
+        events.rewatch([dir.path()]);
+        waker.wake();
+        assert_eq!(
+            events.wait(Duration::from_secs(10), || false),
+            Wake::Finished
+        );
     }
 
     #[test]
