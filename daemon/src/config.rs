@@ -623,7 +623,7 @@ impl RawConfig {
         let coordination = match self.coordination.postgres_url.as_deref() {
             None | Some("") => None,
             Some(url) => {
-                url.parse::<postgres::Config>().map_err(|e| {
+                crate::coordination::tls::parse(url).map_err(|e| {
                     invalid(
                         "coordination.postgres_url",
                         format!("{e}: expected e.g. postgresql://bamflow@db/bamflow"),

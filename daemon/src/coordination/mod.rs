@@ -22,10 +22,10 @@
 //! of the ecosystem.
 
 mod schema;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinationError {
     #[error("invalid coordination.postgres_url: {0}")]
-    Url(#[source] postgres::Error),
+    Url(String),
     #[error("the coordination database is unreachable (next attempt in {retry_in:?}): {reason}")]
     Unavailable { retry_in: Duration, reason: String },
     #[error("coordination database error while {}", operation.doing())]
@@ -140,7 +140,7 @@ impl Connection {
     /// The open client, connecting (and migrating the schema) first when there is none.
     fn client(
         &mut self,
-        config: &postgres::Config,
+        target: &tls::Target,
         migrate: bool,
     ) -> Result<&mut Client, CoordinationError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
@@ -154,7 +154,7 @@ impl Connection {
                     reason: self.last_error.clone(),
                 });
             }
-            match connect(config, migrate) {
+            match connect(target, migrate) {
                 Ok(client) => {
                     self.backoff = FIRST_BACKOFF;
                     self.client = Some(client);
@@ -193,13 +193,15 @@ impl Connection {
 
 /// Connects; the daemon also brings the schema up to date, `bamflow status` never does (a
 /// newer binary's status must not migrate the database under older daemons).
-fn connect(config: &postgres::Config, migrate: bool) -> Result<Client, CoordinationError> {
-    let mut client = config
-        .connect(NoTls)
-        .map_err(|source| CoordinationError::Query {
-            operation: Op::Connect,
-            source,
-        })?;
+fn connect(target: &tls::Target, migrate: bool) -> Result<Client, CoordinationError> {
+    let connected = match &target.tls {
+        Some(tls) => target.config.connect(tls.clone()),
+        None => target.config.connect(NoTls),
+    };
+    let mut client = connected.map_err(|source| CoordinationError::Query {
+        operation: Op::Connect,
+        source,
+    })?;
     if migrate {
         schema::migrate(&mut client)?;
     }
@@ -229,7 +231,7 @@ impl Lease {
 
 /// Claims and ledger in PostgreSQL for this process.
 pub struct Coordinator {
-    config: postgres::Config,
+    target: tls::Target,
     lease: Duration,
     host: String,
     pid: i32,
@@ -281,8 +283,8 @@ impl Coordinator {
         metrics: Arc<Metrics>,
         migrate: bool,
     ) -> Result<Arc<Self>, CoordinationError> {
-        let mut config =
-            postgres::Config::from_str(&settings.url).map_err(CoordinationError::Url)?;
+        let mut target = tls::parse(&settings.url).map_err(CoordinationError::Url)?;
+        let config = &mut target.config;
         // Never wait longer than a lease on the network: a partitioned holder must notice.
         let timeout = (settings.lease / 3).max(Duration::from_secs(1));
         if config.get_connect_timeout().is_none() {
@@ -298,7 +300,7 @@ impl Coordinator {
             .to_string_lossy()
             .into_owned();
         let coordinator = Arc::new(Self {
-            config,
+            target,
             lease: settings.lease,
             host,
             pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
@@ -343,7 +345,7 @@ impl Coordinator {
         operation: Op,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, CoordinationError> {
-        let result = match connection.client(&self.config, self.migrate) {
+        let result = match connection.client(&self.target, self.migrate) {
             Ok(client) => f(client).map_err(|source| {
                 connection.failed(&source);
                 CoordinationError::Query { operation, source }

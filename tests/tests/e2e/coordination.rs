@@ -498,3 +498,70 @@ fn a_database_a_newer_bamflow_migrated_is_refused_and_the_daemon_says_so() {
     assert!(!dir.path("lake").exists());
     daemon.stop();
 }
+
+#[test]
+fn sslmode_require_encrypts_and_verifies_the_database_s_certificate() {
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let pg = Postgres::start_tls();
+    let tls_url = format!(
+        "{}?sslmode=require&sslrootcert={}",
+        pg.url(),
+        pg.ca().display()
+    );
+    let config = daemon_config(&dir, "a", &pg, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&pg.url(), &tls_url)).unwrap();
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    let bam = dir.generated(DataKind::Short, 1_000, 85);
+    drop_file(&inbox, &bam, "secure.bam");
+    daemon.wait_for("the file to be converted", || {
+        inbox.join("done/secure.bam").exists()
+    });
+    assert_dataset_matches_samtools(
+        &sam_text::read_dataset(&dir.path("lake/secure")).unwrap(),
+        &bam,
+    );
+    let encrypted: i64 = pg
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE application_name = 'bamflow' AND ssl",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "the daemon's connections are encrypted");
+    daemon.stop();
+
+    // A certificate the given root did not sign is refused: nothing is claimed.
+    let other = TestDir::new();
+    let other_ca = other.path("other-ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=someone else", "-keyout"])
+        .arg(other.path("other-ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let untrusted = format!(
+        "{}?sslmode=require&sslrootcert={}",
+        pg.url(),
+        other_ca.display()
+    );
+    std::fs::write(&config, text.replace(&pg.url(), &untrusted)).unwrap();
+    let daemon = Daemon::start(dir.root(), Some(&config));
+    drop_file(&inbox, &bam, "refused.bam");
+    daemon.wait_for("the certificate to be refused", || {
+        let log = daemon.log();
+        log.contains("Coordination database unreachable") && log.contains("certificate")
+    });
+    let (status, _) = http_get(&daemon.metrics_address(), "/healthz");
+    assert_eq!(status, 503);
+    assert!(inbox.join("refused.bam").exists());
+    daemon.stop();
+}

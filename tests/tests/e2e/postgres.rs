@@ -12,6 +12,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// Server options beyond the port and socket folder (TLS).
+    extra: String,
 }
 
 /// Where the server's programs are: Debian keeps them out of `PATH`.
@@ -32,6 +34,21 @@ fn as_root() -> bool {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A cluster that offers TLS with a certificate for 127.0.0.1 issued by a CA of its own,
+    /// whose PEM file is [`Postgres::ca`].
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    /// The test CA's certificate (with [`Postgres::start_tls`]).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("bamflow-pg")
             .tempdir()
@@ -43,7 +60,12 @@ impl Postgres {
             .local_addr()
             .unwrap()
             .port();
-        let pg = Self { dir, bin, port };
+        let mut pg = Self {
+            dir,
+            bin,
+            port,
+            extra: String::new(),
+        };
         if as_root() {
             let nobody = rustix::process::Uid::from_raw(65534);
             std::os::unix::fs::chown(pg.dir.path(), Some(nobody.as_raw()), None).unwrap();
@@ -62,6 +84,13 @@ impl Postgres {
                 "--no-sync",
             ],
         );
+        if tls {
+            pg.make_certificates();
+            pg.extra = format!(
+                "-c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                pg.dir.path().display()
+            );
+        }
         pg.ctl("start");
         pg.run(
             "createdb",
@@ -76,6 +105,75 @@ impl Postgres {
             ],
         );
         pg
+    }
+
+    /// A CA, and a server certificate for 127.0.0.1 it signed, made with openssl.
+    fn make_certificates(&self) {
+        let dir = self.dir.path();
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bamflow test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let key = dir.join("server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if as_root() {
+            for file in ["server.key", "server.crt"] {
+                std::os::unix::fs::chown(dir.join(file), Some(65534), Some(65534)).unwrap();
+            }
+        }
     }
 
     /// The URL the daemons get.
@@ -101,9 +199,10 @@ impl Postgres {
         let data = self.dir.path().join("data");
         let log = self.dir.path().join("server.log");
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         let mut args = vec!["-D", data.to_str().unwrap(), "-w", "-m", "fast"];
         if action == "start" {
