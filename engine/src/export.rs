@@ -103,7 +103,11 @@ pub fn export(dataset: &Path, out: &Path, threads: usize) -> Result<u64, ExportE
         let mut record = 0u64;
         for batch in verify::parts(dataset, &manifest) {
             let batch = batch?;
-            let columns = Columns::of(&batch);
+            let columns = Columns::of(&batch).map_err(|reason| ExportError::Record {
+                path: dataset.to_owned(),
+                record: record + 1,
+                reason,
+            })?;
             for row in 0..batch.num_rows() {
                 record += 1;
                 buf.clear();
@@ -187,18 +191,22 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn of(batch: &'a RecordBatch) -> Self {
-        let column = |name: &str| -> &'a dyn Array {
-            // Checked by read_complete_manifest: every field is there.
+    /// The columns of `batch`; the manifest lists them all, but a part file is checked too
+    /// (one replaced by hand, say), so no column is ever read in place of another.
+    fn of(batch: &'a RecordBatch) -> Result<Self, String> {
+        let column = |name: &str| -> Result<&'a dyn Array, String> {
             batch
                 .column_by_name(name)
                 .map(|c| c.as_ref())
-                .unwrap_or_else(|| batch.column(0).as_ref())
+                .ok_or_else(|| format!("the part has no column {name:?}"))
         };
-        Self {
-            fields: FIELDS.iter().map(|name| column(name)).collect(),
-            tags: column("tags"),
-        }
+        Ok(Self {
+            fields: FIELDS
+                .iter()
+                .map(|name| column(name))
+                .collect::<Result<_, _>>()?,
+            tags: column("tags")?,
+        })
     }
 
     /// Row `row` as a BAM record (block size first), appended to `out`.

@@ -200,6 +200,63 @@ fn every_sam_case_and_generated_kind_exports_to_what_samtools_printed() {
     }
 }
 
+/// Rewrites one part without its column `name`, keeping its metadata (the SAM header).
+fn drop_column(part: &Path, name: &str) {
+    let file = std::fs::File::open(part).unwrap();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
+    let batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
+    let index = batches[0].schema().index_of(name).unwrap();
+    let narrowed: Vec<RecordBatch> = batches
+        .iter()
+        .map(|batch| {
+            let mut batch = batch.clone();
+            batch.remove_column(index);
+            batch
+        })
+        .collect();
+    let properties = WriterProperties::builder()
+        .set_key_value_metadata(Some(metadata))
+        .build();
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(part).unwrap(),
+        narrowed[0].schema(),
+        Some(properties),
+    )
+    .unwrap();
+    for batch in &narrowed {
+        writer.write(batch).unwrap();
+    }
+    writer.close().unwrap();
+}
+
+#[test]
+fn export_refuses_a_part_without_a_column_its_manifest_lists() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 500, 73);
+    let out = dir.path("narrowed");
+    convert_ok(&bam, &out, &[]);
+    drop_column(&out.join("part-00000.parquet"), "tags");
+    let exported = dir.path("narrowed.bam");
+    let run = bamflow(&["export"])
+        .arg(&out)
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("record 1: the part has no column \"tags\""),
+        "{text}"
+    );
+    assert!(!exported.exists());
+}
+
 #[test]
 fn export_refuses_what_it_could_not_put_back() {
     let dir = TestDir::new();
