@@ -100,6 +100,7 @@ pub fn export(dataset: &Path, out: &Path, threads: usize) -> Result<u64, ExportE
     let written = (|| {
         write_raw_header(&mut bgzf, &text).map_err(write_error)?;
         let mut buf = Vec::new();
+        let mut cigar = Vec::new();
         let mut record = 0u64;
         for batch in verify::parts(dataset, &manifest) {
             let batch = batch?;
@@ -112,7 +113,7 @@ pub fn export(dataset: &Path, out: &Path, threads: usize) -> Result<u64, ExportE
                 record += 1;
                 buf.clear();
                 columns
-                    .encode(row, &ids, &mut buf)
+                    .encode(row, &ids, &mut cigar, &mut buf)
                     .map_err(|reason| ExportError::Record {
                         path: dataset.to_owned(),
                         record,
@@ -209,11 +210,13 @@ impl<'a> Columns<'a> {
         })
     }
 
-    /// Row `row` as a BAM record (block size first), appended to `out`.
+    /// Row `row` as a BAM record (block size first), appended to `out`; `cigar` is scratch
+    /// space kept from record to record.
     fn encode(
         &self,
         row: usize,
         ids: &std::collections::HashMap<&str, i32>,
+        cigar: &mut Vec<u32>,
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
         let f = &self.fields;
@@ -231,7 +234,8 @@ impl<'a> Columns<'a> {
         let ref_id = id(text(f[2], row))?;
         let pos = integer(f[3], row).unwrap_or(0) - 1;
         let mapq = integer(f[4], row).unwrap_or(255);
-        let cigar = parse_cigar(text(f[5], row).unwrap_or("*"))?;
+        parse_cigar(text(f[5], row).unwrap_or("*"), cigar)?;
+        let cigar: &[u32] = cigar;
         let next_id = id(text(f[6], row))?;
         let next_pos = integer(f[7], row).unwrap_or(0) - 1;
         let tlen = integer(f[8], row).unwrap_or(0);
@@ -256,7 +260,7 @@ impl<'a> Columns<'a> {
             placeholder = [read_length << 4 | 4, reference << 4 | 3];
             &placeholder
         } else {
-            &cigar
+            cigar
         };
         let unmapped = flag & 4 != 0;
         let end = if !unmapped && reference_length > 0 {
@@ -306,7 +310,7 @@ impl<'a> Columns<'a> {
         if long {
             out.extend_from_slice(b"CGBI");
             out.extend_from_slice(&(cigar.len() as u32).to_le_bytes());
-            for op in &cigar {
+            for op in cigar {
                 out.extend_from_slice(&op.to_le_bytes());
             }
         }
@@ -330,12 +334,13 @@ const BASE_CODES: [u8; 256] = {
     codes
 };
 
-/// CIGAR text as BAM operations (`length << 4 | op`); `*` is none.
-fn parse_cigar(cigar: &str) -> Result<Vec<u32>, String> {
+/// CIGAR text as BAM operations (`length << 4 | op`) into `ops` (cleared first, reused from
+/// record to record); `*` is none.
+fn parse_cigar(cigar: &str, ops: &mut Vec<u32>) -> Result<(), String> {
+    ops.clear();
     if cigar == "*" {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    let mut ops = Vec::new();
     let mut length: u32 = 0;
     for c in cigar.bytes() {
         if c.is_ascii_digit() {
@@ -353,7 +358,7 @@ fn parse_cigar(cigar: &str) -> Result<Vec<u32>, String> {
         ops.push(length << 4 | op as u32);
         length = 0;
     }
-    Ok(ops)
+    Ok(())
 }
 
 /// The BAI bin of `[beg, end)` (SAM spec 5.3; `beg` -1 for an unplaced record).
@@ -550,11 +555,14 @@ mod tests {
 
     #[test]
     fn cigar_text_becomes_operations() {
-        assert_eq!(parse_cigar("*").unwrap(), Vec::<u32>::new());
+        let mut ops = vec![99];
+        parse_cigar("5H10M2I3=1X", &mut ops).unwrap();
         assert_eq!(
-            parse_cigar("5H10M2I3=1X").unwrap(),
+            ops,
             [5 << 4 | 5, 10 << 4, 2 << 4 | 1, 3 << 4 | 7, 1 << 4 | 8]
         );
-        assert!(parse_cigar("10Q").is_err());
+        parse_cigar("*", &mut ops).unwrap();
+        assert!(ops.is_empty(), "the buffer is reused, not appended to");
+        assert!(parse_cigar("10Q", &mut ops).is_err());
     }
 }
