@@ -53,6 +53,10 @@ pub enum Command {
         /// BGZF compression threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Export a dataset that does not hold everything (filters, a column subset, promoted
+        /// tags) with what it has, saying what differs from the source.
+        #[arg(long)]
+        allow_partial: bool,
     },
     /// Compare a dataset with a BAM: header, record count, every field of every record.
     /// Exit 0 iff identical; else 1, with the first differences.

@@ -54,7 +54,8 @@ fn main() -> ExitCode {
             dataset,
             output,
             threads,
-        } => export(&dataset, &output, threads),
+            allow_partial,
+        } => export(&dataset, &output, threads, allow_partial),
         Command::Verify {
             dataset,
             bam,
@@ -404,14 +405,29 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
 }
 
 /// Writes a dataset back as BAM.
-fn export(dataset: &Path, output: &Path, threads: Option<usize>) -> anyhow::Result<()> {
-    let threads = bamflow_engine::options::resolve_threads(threads.unwrap_or(0));
+fn export(
+    dataset: &Path,
+    output: &Path,
+    threads: Option<usize>,
+    allow_partial: bool,
+) -> anyhow::Result<()> {
+    let options = bamflow_engine::export::ExportOptions {
+        threads: bamflow_engine::options::resolve_threads(threads.unwrap_or(0)),
+        allow_partial,
+    };
     let started = std::time::Instant::now();
-    let records = bamflow_engine::export::export(dataset, output, threads)?;
+    let exported = bamflow_engine::export::export_with(dataset, output, &options)?;
+    for reason in &exported.partial {
+        eprintln!(
+            "bamflow: warning: {} is not the source's BAM: {reason}",
+            output.display()
+        );
+    }
     eprintln!(
-        "bamflow: {} → {}: {records} records, {:.2} s",
+        "bamflow: {} → {}: {} records, {:.2} s",
         dataset.display(),
         output.display(),
+        exported.records,
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -68,19 +68,82 @@ const FIELDS: [&str; 11] = [
 /// An [`ExportError`]: the dataset is partial (filters, a column subset) or unreadable, a row
 /// is not a valid record, or the output cannot be written. Nothing is left at `out` then.
 pub fn export(dataset: &Path, out: &Path, threads: usize) -> Result<u64, ExportError> {
-    let manifest = verify::read_complete_manifest(dataset)?;
+    export_with(
+        dataset,
+        out,
+        &ExportOptions {
+            threads,
+            allow_partial: false,
+        },
+    )
+    .map(|exported| exported.records)
+}
+
+/// How [`export_with`] writes.
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    /// BGZF compression workers.
+    pub threads: usize,
+    /// Export a dataset that does not hold everything (filters, a column subset, promoted
+    /// tags) with what it has, instead of refusing it.
+    pub allow_partial: bool,
+}
+
+/// What [`export_with`] wrote.
+#[derive(Clone, Debug)]
+pub struct Exported {
+    /// Records written.
+    pub records: u64,
+    /// Why the BAM is not the source's, when the dataset was partial (empty otherwise).
+    pub partial: Vec<String>,
+}
+
+/// [`export`] with options: with `allow_partial`, a dataset written with filters has only its
+/// kept records, missing columns become SAM's "unavailable" values (`*`, 0, 255), and promoted
+/// tags follow the other optional fields (integers in the smallest type, as htslib writes SAM
+/// text) — each such difference is listed in [`Exported::partial`].
+///
+/// # Errors
+///
+/// As [`export`]; a partial dataset only without `allow_partial`.
+pub fn export_with(
+    dataset: &Path,
+    out: &Path,
+    options: &ExportOptions,
+) -> Result<Exported, ExportError> {
+    let manifest = verify::read_manifest(dataset)?;
+    let mut partial = verify::partial_reasons(&manifest);
     if !manifest.tags.is_empty() {
         // A promoted tag leaves the `tags` text; where it stood among the others is not
-        // recorded yet, so it could not be put back in place.
-        return Err(VerifyError::Partial {
-            path: dataset.to_owned(),
-            reason: format!(
-                "its promoted tags ({}) left the tags text and their places in it are not recorded; convert without --tags to export",
-                manifest.tags.join(", ")
-            ),
-        }
-        .into());
+        // recorded, so it cannot be put back in place.
+        partial.push(format!(
+            "its promoted tags ({}) left the tags text and their places in it are not recorded{}",
+            manifest.tags.join(", "),
+            if options.allow_partial {
+                ": they follow the other tags"
+            } else {
+                "; convert without --tags to export"
+            }
+        ));
     }
+    if !options.allow_partial {
+        if let Some(reason) = partial.first() {
+            return Err(VerifyError::Partial {
+                path: dataset.to_owned(),
+                reason: reason.clone(),
+            }
+            .into());
+        }
+    }
+    let promoted: Vec<(String, String)> = manifest
+        .tags
+        .iter()
+        .filter_map(|spec| {
+            let (tag, kind) = spec.split_once(':')?;
+            Some((tag.to_owned(), kind.to_owned()))
+        })
+        .collect();
+    let threads = options.threads;
     let text = pipeline::read_header(dataset)?;
     let references = references(&text);
     let ids: std::collections::HashMap<&str, i32> = references
@@ -104,11 +167,14 @@ pub fn export(dataset: &Path, out: &Path, threads: usize) -> Result<u64, ExportE
         let mut record = 0u64;
         for batch in verify::parts(dataset, &manifest) {
             let batch = batch?;
-            let columns = Columns::of(&batch).map_err(|reason| ExportError::Record {
-                path: dataset.to_owned(),
-                record: record + 1,
-                reason,
-            })?;
+            let columns =
+                Columns::of(&batch, options.allow_partial, &promoted).map_err(|reason| {
+                    ExportError::Record {
+                        path: dataset.to_owned(),
+                        record: record + 1,
+                        reason,
+                    }
+                })?;
             for row in 0..batch.num_rows() {
                 record += 1;
                 buf.clear();
@@ -129,7 +195,7 @@ pub fn export(dataset: &Path, out: &Path, threads: usize) -> Result<u64, ExportE
     match written {
         Ok(records) => {
             durable::rename(&temporary, out).map_err(|e| write_error(io::Error::other(e)))?;
-            Ok(records)
+            Ok(Exported { records, partial })
         }
         Err(error) => {
             let _ = std::fs::remove_file(&temporary);
@@ -185,21 +251,29 @@ fn write_raw_header(out: &mut impl Write, text: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// The columns of a batch a SAM line is made from.
+/// The columns of a batch a SAM line is made from; `None` for one a partial dataset lacks.
 struct Columns<'a> {
-    fields: Vec<&'a dyn Array>,
-    tags: &'a dyn Array,
+    fields: Vec<Option<&'a dyn Array>>,
+    tags: Option<&'a dyn Array>,
+    /// Promoted tag columns: tag, SAM type (`i`, `f`, `Z`, `A`, `H`, `B:i`, `B:f`), values.
+    promoted: Vec<(&'a str, &'a str, &'a dyn Array)>,
 }
 
 impl<'a> Columns<'a> {
     /// The columns of `batch`; the manifest lists them all, but a part file is checked too
     /// (one replaced by hand, say), so no column is ever read in place of another.
-    fn of(batch: &'a RecordBatch) -> Result<Self, String> {
-        let column = |name: &str| -> Result<&'a dyn Array, String> {
-            batch
-                .column_by_name(name)
-                .map(|c| c.as_ref())
-                .ok_or_else(|| format!("the part has no column {name:?}"))
+    /// With `allow_partial`, a column the dataset was written without is `None`.
+    fn of(
+        batch: &'a RecordBatch,
+        allow_partial: bool,
+        promoted: &'a [(String, String)],
+    ) -> Result<Self, String> {
+        let column = |name: &str| -> Result<Option<&'a dyn Array>, String> {
+            match batch.column_by_name(name) {
+                Some(column) => Ok(Some(column.as_ref())),
+                None if allow_partial => Ok(None),
+                None => Err(format!("the part has no column {name:?}")),
+            }
         };
         Ok(Self {
             fields: FIELDS
@@ -207,6 +281,13 @@ impl<'a> Columns<'a> {
                 .map(|name| column(name))
                 .collect::<Result<_, _>>()?,
             tags: column("tags")?,
+            promoted: promoted
+                .iter()
+                .filter_map(|(tag, kind)| {
+                    let values = batch.column_by_name(tag)?;
+                    Some((tag.as_str(), kind.as_str(), values.as_ref()))
+                })
+                .collect(),
         })
     }
 
@@ -220,6 +301,8 @@ impl<'a> Columns<'a> {
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
         let f = &self.fields;
+        let field_text = |i: usize| f[i].and_then(|column| text(column, row));
+        let field_integer = |i: usize| f[i].and_then(|column| integer(column, row));
         let id = |name: Option<&str>| -> Result<i32, String> {
             match name {
                 None => Ok(-1),
@@ -229,18 +312,18 @@ impl<'a> Columns<'a> {
                     .ok_or_else(|| format!("reference {name:?} is not in the header")),
             }
         };
-        let qname = text(f[0], row).unwrap_or("*");
-        let flag = integer(f[1], row).unwrap_or(0);
-        let ref_id = id(text(f[2], row))?;
-        let pos = integer(f[3], row).unwrap_or(0) - 1;
-        let mapq = integer(f[4], row).unwrap_or(255);
-        parse_cigar(text(f[5], row).unwrap_or("*"), cigar)?;
+        let qname = field_text(0).unwrap_or("*");
+        let flag = field_integer(1).unwrap_or(0);
+        let ref_id = id(field_text(2))?;
+        let pos = field_integer(3).unwrap_or(0) - 1;
+        let mapq = field_integer(4).unwrap_or(255);
+        parse_cigar(field_text(5).unwrap_or("*"), cigar)?;
         let cigar: &[u32] = cigar;
-        let next_id = id(text(f[6], row))?;
-        let next_pos = integer(f[7], row).unwrap_or(0) - 1;
-        let tlen = integer(f[8], row).unwrap_or(0);
-        let seq = text(f[9], row).filter(|s| *s != "*").unwrap_or("");
-        let qual = text(f[10], row).filter(|q| *q != "*");
+        let next_id = id(field_text(6))?;
+        let next_pos = field_integer(7).unwrap_or(0) - 1;
+        let tlen = field_integer(8).unwrap_or(0);
+        let seq = field_text(9).filter(|s| *s != "*").unwrap_or("");
+        let qual = field_text(10).filter(|q| *q != "*");
         if qual.is_some_and(|q| q.len() != seq.len()) {
             return Err("QUAL and SEQ differ in length".to_owned());
         }
@@ -302,9 +385,15 @@ impl<'a> Columns<'a> {
             Some(qual) => out.extend(qual.bytes().map(|q| q.wrapping_sub(33))),
             None => out.extend(std::iter::repeat_n(0xff, seq.len())),
         }
-        if let Some(tags) = text(self.tags, row).filter(|t| !t.is_empty()) {
+        let tags = self.tags.and_then(|column| text(column, row));
+        if let Some(tags) = tags.filter(|t| !t.is_empty()) {
             for field in tags.split('\t') {
                 encode_tag(field, out)?;
+            }
+        }
+        for (tag, kind, values) in &self.promoted {
+            if let Some(field) = promoted_text(tag, kind, *values, row) {
+                encode_tag(&field, out)?;
             }
         }
         if long {
@@ -490,6 +579,52 @@ fn encode_integer(v: i64, out: &mut Vec<u8>) -> Option<()> {
         out.extend_from_slice(&i32::try_from(v).ok()?.to_le_bytes());
     }
     Some(())
+}
+
+/// A promoted tag's value as the SAM text `TAG:TYPE:VALUE`, for [`encode_tag`]; `None` when
+/// the record has none.
+fn promoted_text(tag: &str, kind: &str, values: &dyn Array, row: usize) -> Option<String> {
+    use std::fmt::Write as _;
+    if values.is_null(row) {
+        return None;
+    }
+    let mut field = format!("{tag}:");
+    match (kind, values.data_type()) {
+        ("i", _) => write!(field, "i:{}", integer(values, row)?).ok()?,
+        ("f", DataType::Float32) => write!(
+            field,
+            "f:{}",
+            values
+                .as_primitive::<arrow_array::types::Float32Type>()
+                .value(row)
+        )
+        .ok()?,
+        ("Z" | "A" | "H", _) => write!(field, "{kind}:{}", text(values, row)?).ok()?,
+        ("B:i" | "B:f", DataType::List(_)) => {
+            let list = values.as_list::<i32>().value(row);
+            field.push_str(if kind == "B:i" { "B:i" } else { "B:f" });
+            for i in 0..list.len() {
+                match list.data_type() {
+                    DataType::Int64 => write!(
+                        field,
+                        ",{}",
+                        list.as_primitive::<arrow_array::types::Int64Type>()
+                            .value(i)
+                    ),
+                    DataType::Float32 => write!(
+                        field,
+                        ",{}",
+                        list.as_primitive::<arrow_array::types::Float32Type>()
+                            .value(i)
+                    ),
+                    _ => return None,
+                }
+                .ok()?;
+            }
+        }
+        _ => return None,
+    }
+    Some(field)
 }
 
 fn text(array: &dyn Array, row: usize) -> Option<&str> {

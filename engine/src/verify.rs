@@ -160,36 +160,44 @@ pub fn verify(engine: &Engine, dataset: &Path, bam: &Path) -> Result<Report, Ver
 /// with filters, nor with a column subset.
 pub(crate) fn read_complete_manifest(dataset: &Path) -> Result<Manifest, VerifyError> {
     let manifest = read_manifest(dataset)?;
-    let partial = |reason: String| VerifyError::Partial {
-        path: dataset.to_owned(),
-        reason,
-    };
+    match partial_reasons(&manifest).into_iter().next() {
+        Some(reason) => Err(VerifyError::Partial {
+            path: dataset.to_owned(),
+            reason,
+        }),
+        None => Ok(manifest),
+    }
+}
+
+/// Why a dataset does not hold every record and every field of its input: written with
+/// filters, or without some columns. Empty for a complete one.
+pub(crate) fn partial_reasons(manifest: &Manifest) -> Vec<String> {
+    let mut reasons = Vec::new();
     if !manifest.filters.is_empty() {
-        return Err(partial(format!(
+        reasons.push(format!(
             "it was written with filters ({})",
             manifest.filters.join(", ")
-        )));
+        ));
     }
     // Every field of the record: the default columns (the lossless `tags` text among them).
     let every = ConvertConfig::default()
         .resolve(1)
-        .map_err(|e| partial(e.to_string()))?;
+        .map(|options| options.schema.column_names())
+        .unwrap_or_default();
     let missing: Vec<String> = every
-        .schema
-        .column_names()
         .into_iter()
         .filter(|name| !manifest.columns.iter().any(|c| c == name))
         .collect();
     if !missing.is_empty() {
-        return Err(partial(format!(
+        reasons.push(format!(
             "it was written without the columns {}",
             missing.join(", ")
-        )));
+        ));
     }
-    Ok(manifest)
+    reasons
 }
 
-fn read_manifest(dataset: &Path) -> Result<Manifest, VerifyError> {
+pub(crate) fn read_manifest(dataset: &Path) -> Result<Manifest, VerifyError> {
     let not_a_dataset = |reason: String| VerifyError::NotADataset {
         path: dataset.to_owned(),
         reason,

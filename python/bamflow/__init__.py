@@ -162,17 +162,30 @@ def verify(dataset: PathLike, bam: PathLike, *, threads: Optional[int] = None) -
     return report
 
 
-def export(dataset: PathLike, output: PathLike, *, threads: Optional[int] = None) -> int:
+def export(
+    dataset: PathLike,
+    output: PathLike,
+    *,
+    threads: Optional[int] = None,
+    allow_partial: bool = False,
+) -> int:
     """Write the dataset folder ``dataset`` back as the BAM file ``output``, as
     ``bamflow export``: its ``samtools view -h --no-PG`` equals the source's. Returns the
     records written.
 
+    With ``allow_partial=True`` a dataset that does not hold everything (written with
+    filters, a column subset or promoted tags) is written with what it has, and a
+    ``UserWarning`` says what differs from the source.
+
     Raises:
         ValueError: the dataset cannot be put back whole (written with filters, a column
-            subset or promoted tags), is not a complete dataset, or a row is not a record.
+            subset or promoted tags) and ``allow_partial`` is false, is not a complete
+            dataset, or a row is not a record.
         OSError: the BAM cannot be written.
     """
-    return _bamflow.export(os.fspath(dataset), os.fspath(output), threads=threads)
+    return _bamflow.export(
+        os.fspath(dataset), os.fspath(output), threads=threads, allow_partial=allow_partial
+    )
 
 
 def _strings(values: Optional[Iterable[str]], name: str) -> Optional[List[str]]:

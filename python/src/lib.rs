@@ -126,23 +126,41 @@ fn verify(
 }
 
 /// Writes the dataset `dataset` back as the BAM file `output`; returns the records written.
+/// With `allow_partial`, a dataset that does not hold everything is written with what it has,
+/// and a `UserWarning` says what differs from the source.
 #[pyfunction]
-#[pyo3(signature = (dataset, output, threads=None))]
+#[pyo3(signature = (dataset, output, threads=None, allow_partial=false))]
 fn export(
     py: Python<'_>,
     dataset: PathBuf,
     output: PathBuf,
     threads: Option<usize>,
+    allow_partial: bool,
 ) -> PyResult<u64> {
-    let threads = bamflow_engine::options::resolve_threads(threads.unwrap_or(0));
-    py.detach(|| bamflow_engine::export::export(&dataset, &output, threads))
+    let options = bamflow_engine::export::ExportOptions {
+        threads: bamflow_engine::options::resolve_threads(threads.unwrap_or(0)),
+        allow_partial,
+    };
+    let exported = py
+        .detach(|| bamflow_engine::export::export_with(&dataset, &output, &options))
         .map_err(|error| match error {
             bamflow_engine::export::ExportError::Header(error) => convert_error(py, &error),
             bamflow_engine::export::ExportError::Write { .. } => {
                 pyo3::exceptions::PyOSError::new_err(chain(&error))
             }
             other => pyo3::exceptions::PyValueError::new_err(chain(&other)),
-        })
+        })?;
+    for reason in &exported.partial {
+        let message = format!("{} is not the source's BAM: {reason}", output.display());
+        let text = std::ffi::CString::new(message).unwrap_or_default();
+        PyErr::warn(
+            py,
+            &py.get_type::<pyo3::exceptions::PyUserWarning>(),
+            &text,
+            1,
+        )?;
+    }
+    Ok(exported.records)
 }
 
 #[pymodule]

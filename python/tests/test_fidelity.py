@@ -105,3 +105,15 @@ def test_export_writes_back_what_samtools_printed(bams, tmp_path):
     bamflow.convert(bams["cigars"], tmp_path / "promoted", tags=["NM:i"])
     with pytest.raises(ValueError, match="promoted tags"):
         bamflow.export(tmp_path / "promoted", tmp_path / "never.bam")
+
+
+def test_export_allow_partial_writes_what_the_dataset_has_and_warns(bams, tmp_path):
+    bam = bams["generated_short"]
+    bamflow.convert(bam, tmp_path / "filtered", min_mapq=30)
+    with pytest.raises(ValueError, match="written with filters"):
+        bamflow.export(tmp_path / "filtered", tmp_path / "never.bam")
+    with pytest.warns(UserWarning, match="written with filters"):
+        records = bamflow.export(tmp_path / "filtered", tmp_path / "kept.bam", allow_partial=True)
+    kept = samtools_view(bam, "-h", "-q", "30")
+    assert samtools_view(tmp_path / "kept.bam", "-h") == kept
+    assert records == len([line for line in kept if not line.startswith("@")])

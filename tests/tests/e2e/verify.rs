@@ -257,6 +257,90 @@ fn export_refuses_a_part_without_a_column_its_manifest_lists() {
     assert!(!exported.exists());
 }
 
+/// `bamflow export --allow-partial`: the exit status and the warnings it printed.
+fn export_partial(dataset: &Path, out: &Path) -> String {
+    let run = bamflow(&["export", "--allow-partial"])
+        .arg(dataset)
+        .arg(out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{text}");
+    text
+}
+
+/// SAM lines without the header, each with its optional fields sorted.
+fn records_with_sorted_tags(sam: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(sam)
+        .lines()
+        .filter(|line| !line.starts_with('@'))
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let mut tags = fields[11.min(fields.len())..].to_vec();
+            tags.sort_unstable();
+            [&fields[..11.min(fields.len())], &tags[..]]
+                .concat()
+                .join("\t")
+        })
+        .collect()
+}
+
+#[test]
+fn allow_partial_exports_what_the_dataset_has_and_says_what_differs() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 3_000, 74);
+
+    // Filtered: exactly the records samtools keeps with the same filter.
+    let filtered = dir.path("filtered");
+    convert_ok(&bam, &filtered, &["--min-mapq", "30"]);
+    let exported = dir.path("filtered.bam");
+    let warned = export_partial(&filtered, &exported);
+    assert!(warned.contains("written with filters"), "{warned}");
+    let kept = std::process::Command::new("samtools")
+        .args(["view", "-h", "--no-PG", "-q", "30"])
+        .arg(&bam)
+        .output()
+        .unwrap()
+        .stdout;
+    assert!(sam_text(&exported) == kept, "the filtered export differs");
+
+    // Promoted tags: every field and tag is back; only their order may differ.
+    let promoted = dir.path("promoted");
+    convert_ok(&bam, &promoted, &["--tags", "NM:i,MD:Z,AS:i"]);
+    let exported = dir.path("promoted.bam");
+    let warned = export_partial(&promoted, &exported);
+    assert!(
+        warned.contains("promoted tags (NM:i, MD:Z, AS:i)"),
+        "{warned}"
+    );
+    assert_eq!(
+        records_with_sorted_tags(&sam_text(&exported)),
+        records_with_sorted_tags(&sam_text(&bam))
+    );
+
+    // A column subset: the fields it has, SAM's "unavailable" for the others.
+    let narrow = dir.path("narrow");
+    convert_ok(&bam, &narrow, &["--columns", "qname,flag,pos"]);
+    let exported = dir.path("narrow.bam");
+    let warned = export_partial(&narrow, &exported);
+    assert!(warned.contains("written without the columns"), "{warned}");
+    let ours = String::from_utf8_lossy(&sam_text(&exported)).into_owned();
+    let theirs = String::from_utf8_lossy(&sam_text(&bam)).into_owned();
+    let records = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('@'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (ours, theirs) = (records(&ours), records(&theirs));
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        let (a, b): (Vec<&str>, Vec<&str>) = (a.split('\t').collect(), b.split('\t').collect());
+        assert_eq!((a[0], a[1], a[3]), (b[0], b[1], b[3]));
+        assert_eq!((a[2], a[4], a[5], a[9], a[10]), ("*", "255", "*", "*", "*"));
+    }
+}
+
 #[test]
 fn export_refuses_what_it_could_not_put_back() {
     let dir = TestDir::new();
