@@ -598,7 +598,7 @@ impl Coordinator {
     /// A [`CoordinationError`] when the database cannot answer.
     pub fn section(&self, content_hash: &str) -> Result<Section<'_>, CoordinationError> {
         let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        self.run_on(&mut connection, Op::Ledger, |client| {
+        let begun = self.run_on(&mut connection, Op::Ledger, |client| {
             client.batch_execute("BEGIN")?;
             client
                 .execute(
@@ -606,7 +606,15 @@ impl Coordinator {
                     &[&content_hash],
                 )
                 .map(drop)
-        })?;
+        });
+        if let Err(error) = begun {
+            // A transaction begun and then refused would fail every later statement on this
+            // shared connection; end it (a broken connection is reopened anyway).
+            if let Some(client) = connection.client.as_mut() {
+                let _ = client.batch_execute("ROLLBACK");
+            }
+            return Err(error);
+        }
         Ok(Section {
             coordinator: self,
             connection,
