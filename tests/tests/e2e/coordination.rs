@@ -36,6 +36,35 @@ fn daemon_config(dir: &TestDir, name: &str, pg: &Postgres, extra_convert: &str) 
     path
 }
 
+/// Daemons `names`, each with its own config and state folder, all on `pg`.
+fn start_daemons(
+    dir: &TestDir,
+    pg: &Postgres,
+    names: &[&str],
+    extra_convert: &str,
+    env: &[(&str, &OsStr)],
+) -> Vec<Daemon> {
+    names
+        .iter()
+        .map(|name| {
+            let config = daemon_config(dir, name, pg, extra_convert);
+            Daemon::start_with(dir.root(), Some(&config), env)
+        })
+        .collect()
+}
+
+/// Everything in the lake folder, hidden staging folders included.
+fn lake_entries(lake: &Path) -> Vec<String> {
+    std::fs::read_dir(lake)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Puts `bam` into the inbox as `name` in one rename, as a careful copier does.
 fn drop_file(inbox: &Path, bam: &Path, name: &str) {
     let hidden = inbox.join(format!(".{name}.tmp"));
@@ -53,15 +82,9 @@ fn bams_left(inbox: &Path) -> usize {
 
 /// Hidden staging folders left in the lake.
 fn staging_left(lake: &Path) -> Vec<String> {
-    std::fs::read_dir(lake)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut entries = lake_entries(lake);
+    entries.retain(|name| name.starts_with('.'));
+    entries
 }
 
 fn wait_until(what: &str, daemons: &[&Daemon], mut done: impl FnMut() -> bool) {
@@ -122,10 +145,7 @@ fn three_daemons_convert_every_file_exactly_once_and_one_content_under_two_names
     let inbox = dir.inbox();
     let lake = dir.path("lake");
     let pg = Postgres::start();
-    let daemons: Vec<Daemon> = ["a", "b", "c"]
-        .iter()
-        .map(|name| Daemon::start(dir.root(), Some(&daemon_config(&dir, name, &pg, ""))))
-        .collect();
+    let daemons = start_daemons(&dir, &pg, &["a", "b", "c"], "", &[]);
 
     // Mixed sizes and kinds, generated once each.
     const FILES: usize = 100;
@@ -338,11 +358,7 @@ fn a_frozen_daemon_cannot_commit_after_another_took_its_file_over() {
 
     // Exactly one dataset, equal to the input; nothing of the frozen holder's left behind.
     assert_dataset_matches_samtools(&sam_text::read_dataset(&lake.join("big")).unwrap(), &bam);
-    let entries: Vec<String> = std::fs::read_dir(&lake)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let entries = lake_entries(&lake);
     assert_eq!(entries, ["big"], "{entries:?}");
     assert!(!inbox.join("failed").exists());
     let (per_path, per_state) = ledger_counts(&pg);
@@ -358,15 +374,7 @@ fn a_database_restart_mid_run_loses_no_file_and_converts_none_twice() {
     let inbox = dir.inbox();
     let lake = dir.path("lake");
     let pg = Postgres::start();
-    let daemons: Vec<Daemon> = ["a", "b"]
-        .iter()
-        .map(|name| {
-            Daemon::start(
-                dir.root(),
-                Some(&daemon_config(&dir, name, &pg, SMALL_PARTS)),
-            )
-        })
-        .collect();
+    let daemons = start_daemons(&dir, &pg, &["a", "b"], SMALL_PARTS, &[]);
     let all: Vec<&Daemon> = daemons.iter().collect();
     let mut sources = Vec::new();
     for i in 0..12 {
@@ -420,16 +428,8 @@ fn one_content_under_two_names_on_two_daemons_at_once_is_converted_once() {
     let lake = dir.path("lake");
     let pg = Postgres::start();
     // The conversion stalls 5 s at its second part, so the other daemon surely meets the twin.
-    let daemons: Vec<Daemon> = ["a", "b"]
-        .iter()
-        .map(|name| {
-            Daemon::start_with(
-                dir.root(),
-                Some(&daemon_config(&dir, name, &pg, SMALL_PARTS)),
-                &[("BAMFLOW_FAULTS", OsStr::new("part-synced=stall@2"))],
-            )
-        })
-        .collect();
+    let stall = [("BAMFLOW_FAULTS", OsStr::new("part-synced=stall@2"))];
+    let daemons = start_daemons(&dir, &pg, &["a", "b"], SMALL_PARTS, &stall);
     let all: Vec<&Daemon> = daemons.iter().collect();
     let bam = many_parts(&dir, 83);
     drop_file(&inbox, &bam, "run1.bam");
@@ -444,11 +444,7 @@ fn one_content_under_two_names_on_two_daemons_at_once_is_converted_once() {
     let converted = PathBuf::from(&per_path[0].0);
     let stem = converted.file_stem().unwrap().to_str().unwrap();
     assert_dataset_matches_samtools(&sam_text::read_dataset(&lake.join(stem)).unwrap(), &bam);
-    let datasets: Vec<String> = std::fs::read_dir(&lake)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let datasets = lake_entries(&lake);
     assert_eq!(datasets, [stem], "{datasets:?}");
     // While one daemon converted one name, the other met the second name and waited for its
     // twin (whichever daemon then took it was told it is a duplicate).

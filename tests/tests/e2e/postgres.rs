@@ -212,9 +212,10 @@ impl Postgres {
         self.run("pg_ctl", &args);
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// `program` of the server's, run as `nobody` when the tests run as root.
+    fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        let mut command = if as_root() {
+        if as_root() {
             let mut command = Command::new("setpriv");
             command
                 .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -222,12 +223,16 @@ impl Postgres {
             command
         } else {
             Command::new(&path)
-        };
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let mut command = self.command(program);
         let output = command
             .args(args)
             .current_dir(self.dir.path())
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
         assert!(
             output.status.success(),
             "{program} {args:?} failed: {}{}\n{}",
@@ -241,27 +246,11 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
-        let _ = Command::new(self.bin.join("pg_ctl"))
-            .args([
-                "-D",
-                data.to_str().unwrap_or_default(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "stop"])
             .output();
-        if as_root() {
-            let _ = Command::new("setpriv")
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-                .arg(self.bin.join("pg_ctl"))
-                .args([
-                    "-D",
-                    data.to_str().unwrap_or_default(),
-                    "-m",
-                    "immediate",
-                    "stop",
-                ])
-                .output();
-        }
     }
 }

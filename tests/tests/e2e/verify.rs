@@ -19,8 +19,9 @@ fn verify(dataset: &Path, bam: &Path) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
-/// Rewrites one part with the MAPQ of its row `row` changed, keeping its schema and metadata.
-pub(crate) fn change_mapq(part: &Path, row: usize) {
+/// Rewrites one part with `edit` applied to its batches, keeping its metadata (the SAM
+/// header): a dataset changed behind bamflow's back.
+fn rewrite_part(part: &Path, edit: impl FnOnce(Vec<RecordBatch>) -> Vec<RecordBatch>) {
     let file = std::fs::File::open(part).unwrap();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
     let metadata = builder
@@ -29,48 +30,53 @@ pub(crate) fn change_mapq(part: &Path, row: usize) {
         .key_value_metadata()
         .cloned()
         .unwrap_or_default();
-    let batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
-    let schema = batches[0].schema();
-    let mapq = schema.index_of("mapq").unwrap();
-    let mut seen = 0;
-    let changed: Vec<RecordBatch> = batches
-        .into_iter()
-        .map(|batch| {
-            let n = batch.num_rows();
-            if !(seen..seen + n).contains(&row) {
-                seen += n;
-                return batch;
-            }
-            let column = batch
-                .column(mapq)
-                .as_any()
-                .downcast_ref::<UInt8Array>()
-                .unwrap();
-            let values: UInt8Array = (0..n)
-                .map(|i| {
-                    let v = column.value(i);
-                    Some(if i == row - seen { v ^ 1 } else { v })
-                })
-                .collect();
-            seen += n;
-            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-            columns[mapq] = Arc::new(values);
-            RecordBatch::try_new(batch.schema(), columns).unwrap()
-        })
-        .collect();
+    let batches = edit(builder.build().unwrap().map(Result::unwrap).collect());
     let properties = WriterProperties::builder()
         .set_key_value_metadata(Some(metadata))
         .build();
     let mut writer = ArrowWriter::try_new(
         std::fs::File::create(part).unwrap(),
-        schema,
+        batches[0].schema(),
         Some(properties),
     )
     .unwrap();
-    for batch in &changed {
+    for batch in &batches {
         writer.write(batch).unwrap();
     }
     writer.close().unwrap();
+}
+
+/// Rewrites one part with the MAPQ of its row `row` changed.
+pub(crate) fn change_mapq(part: &Path, row: usize) {
+    rewrite_part(part, |batches| {
+        let mapq = batches[0].schema().index_of("mapq").unwrap();
+        let mut seen = 0;
+        batches
+            .into_iter()
+            .map(|batch| {
+                let n = batch.num_rows();
+                if !(seen..seen + n).contains(&row) {
+                    seen += n;
+                    return batch;
+                }
+                let column = batch
+                    .column(mapq)
+                    .as_any()
+                    .downcast_ref::<UInt8Array>()
+                    .unwrap();
+                let values: UInt8Array = (0..n)
+                    .map(|i| {
+                        let v = column.value(i);
+                        Some(if i == row - seen { v ^ 1 } else { v })
+                    })
+                    .collect();
+                seen += n;
+                let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+                columns[mapq] = Arc::new(values);
+                RecordBatch::try_new(batch.schema(), columns).unwrap()
+            })
+            .collect()
+    });
 }
 
 #[test]
@@ -175,8 +181,14 @@ fn assert_exports_identically(
 
 /// `samtools view -h --no-PG`, the oracle an export must reproduce.
 fn sam_text(bam: &Path) -> Vec<u8> {
+    sam_text_with(bam, &[])
+}
+
+/// [`sam_text`] with more `samtools view` options (a filter).
+fn sam_text_with(bam: &Path, options: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new("samtools")
         .args(["view", "-h", "--no-PG"])
+        .args(options)
         .arg(bam)
         .output()
         .unwrap();
@@ -200,39 +212,18 @@ fn every_sam_case_and_generated_kind_exports_to_what_samtools_printed() {
     }
 }
 
-/// Rewrites one part without its column `name`, keeping its metadata (the SAM header).
+/// Rewrites one part without its column `name`.
 fn drop_column(part: &Path, name: &str) {
-    let file = std::fs::File::open(part).unwrap();
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-    let metadata = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .cloned()
-        .unwrap_or_default();
-    let batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
-    let index = batches[0].schema().index_of(name).unwrap();
-    let narrowed: Vec<RecordBatch> = batches
-        .iter()
-        .map(|batch| {
-            let mut batch = batch.clone();
-            batch.remove_column(index);
-            batch
-        })
-        .collect();
-    let properties = WriterProperties::builder()
-        .set_key_value_metadata(Some(metadata))
-        .build();
-    let mut writer = ArrowWriter::try_new(
-        std::fs::File::create(part).unwrap(),
-        narrowed[0].schema(),
-        Some(properties),
-    )
-    .unwrap();
-    for batch in &narrowed {
-        writer.write(batch).unwrap();
-    }
-    writer.close().unwrap();
+    rewrite_part(part, |batches| {
+        let index = batches[0].schema().index_of(name).unwrap();
+        batches
+            .into_iter()
+            .map(|mut batch| {
+                batch.remove_column(index);
+                batch
+            })
+            .collect()
+    });
 }
 
 #[test]
@@ -296,13 +287,10 @@ fn allow_partial_exports_what_the_dataset_has_and_says_what_differs() {
     let exported = dir.path("filtered.bam");
     let warned = export_partial(&filtered, &exported);
     assert!(warned.contains("written with filters"), "{warned}");
-    let kept = std::process::Command::new("samtools")
-        .args(["view", "-h", "--no-PG", "-q", "30"])
-        .arg(&bam)
-        .output()
-        .unwrap()
-        .stdout;
-    assert!(sam_text(&exported) == kept, "the filtered export differs");
+    assert!(
+        sam_text(&exported) == sam_text_with(&bam, &["-q", "30"]),
+        "the filtered export differs"
+    );
 
     // Promoted tags: every field and tag is back; only their order may differ.
     let promoted = dir.path("promoted");
