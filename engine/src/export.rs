@@ -163,7 +163,7 @@ pub fn export_with(
     let written = (|| {
         write_raw_header(&mut bgzf, &text).map_err(write_error)?;
         let mut buf = Vec::new();
-        let mut cigar = Vec::new();
+        let mut scratch = Scratch::default();
         let mut record = 0u64;
         for batch in verify::parts(dataset, &manifest) {
             let batch = batch?;
@@ -179,7 +179,7 @@ pub fn export_with(
                 record += 1;
                 buf.clear();
                 columns
-                    .encode(row, &ids, &mut cigar, &mut buf)
+                    .encode(row, &ids, &mut scratch, &mut buf)
                     .map_err(|reason| ExportError::Record {
                         path: dataset.to_owned(),
                         record,
@@ -251,6 +251,16 @@ fn write_raw_header(out: &mut impl Write, text: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Buffers [`Columns::encode`] keeps from record to record, so encoding allocates nothing
+/// per record.
+#[derive(Default)]
+struct Scratch {
+    /// The CIGAR's operations.
+    cigar: Vec<u32>,
+    /// A promoted tag's value as SAM text.
+    field: String,
+}
+
 /// The columns of a batch a SAM line is made from; `None` for one a partial dataset lacks.
 struct Columns<'a> {
     fields: Vec<Option<&'a dyn Array>>,
@@ -291,13 +301,12 @@ impl<'a> Columns<'a> {
         })
     }
 
-    /// Row `row` as a BAM record (block size first), appended to `out`; `cigar` is scratch
-    /// space kept from record to record.
+    /// Row `row` as a BAM record (block size first), appended to `out`.
     fn encode(
         &self,
         row: usize,
         ids: &std::collections::HashMap<&str, i32>,
-        cigar: &mut Vec<u32>,
+        scratch: &mut Scratch,
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
         let f = &self.fields;
@@ -317,8 +326,8 @@ impl<'a> Columns<'a> {
         let ref_id = id(field_text(2))?;
         let pos = field_integer(3).unwrap_or(0) - 1;
         let mapq = field_integer(4).unwrap_or(255);
-        parse_cigar(field_text(5).unwrap_or("*"), cigar)?;
-        let cigar: &[u32] = cigar;
+        parse_cigar(field_text(5).unwrap_or("*"), &mut scratch.cigar)?;
+        let cigar: &[u32] = &scratch.cigar;
         let next_id = id(field_text(6))?;
         let next_pos = field_integer(7).unwrap_or(0) - 1;
         let tlen = field_integer(8).unwrap_or(0);
@@ -392,8 +401,8 @@ impl<'a> Columns<'a> {
             }
         }
         for (tag, kind, values) in &self.promoted {
-            if let Some(field) = promoted_text(tag, kind, *values, row) {
-                encode_tag(&field, out)?;
+            if promoted_text(tag, kind, *values, row, &mut scratch.field).is_some() {
+                encode_tag(&scratch.field, out)?;
             }
         }
         if long {
@@ -583,12 +592,21 @@ fn encode_integer(v: i64, out: &mut Vec<u8>) -> Option<()> {
 
 /// A promoted tag's value as the SAM text `TAG:TYPE:VALUE`, for [`encode_tag`]; `None` when
 /// the record has none.
-fn promoted_text(tag: &str, kind: &str, values: &dyn Array, row: usize) -> Option<String> {
+/// Written into `field` (cleared first, reused from record to record).
+fn promoted_text(
+    tag: &str,
+    kind: &str,
+    values: &dyn Array,
+    row: usize,
+    field: &mut String,
+) -> Option<()> {
     use std::fmt::Write as _;
     if values.is_null(row) {
         return None;
     }
-    let mut field = format!("{tag}:");
+    field.clear();
+    field.push_str(tag);
+    field.push(':');
     match (kind, values.data_type()) {
         ("i", _) => write!(field, "i:{}", integer(values, row)?).ok()?,
         ("f", DataType::Float32) => write!(
@@ -602,7 +620,7 @@ fn promoted_text(tag: &str, kind: &str, values: &dyn Array, row: usize) -> Optio
         ("Z" | "A" | "H", _) => write!(field, "{kind}:{}", text(values, row)?).ok()?,
         ("B:i" | "B:f", DataType::List(_)) => {
             let list = values.as_list::<i32>().value(row);
-            field.push_str(if kind == "B:i" { "B:i" } else { "B:f" });
+            field.push_str(kind);
             for i in 0..list.len() {
                 match list.data_type() {
                     DataType::Int64 => write!(
@@ -624,7 +642,7 @@ fn promoted_text(tag: &str, kind: &str, values: &dyn Array, row: usize) -> Optio
         }
         _ => return None,
     }
-    Some(field)
+    Some(())
 }
 
 fn text(array: &dyn Array, row: usize) -> Option<&str> {

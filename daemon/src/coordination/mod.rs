@@ -239,6 +239,7 @@ pub struct Coordinator {
     connection: Mutex<Connection>,
     held: Mutex<HashMap<String, Arc<Lease>>>,
     metrics: Arc<Metrics>,
+    /// Whether the last use of the database reached it (to log the transitions once).
     up: AtomicBool,
     /// Whether connecting migrates the schema (the daemon) or not (`bamflow status`).
     migrate: bool,
@@ -311,11 +312,6 @@ impl Coordinator {
             migrate,
         });
         Ok(coordinator)
-    }
-
-    /// Whether the last use of the database succeeded.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
     }
 
     pub fn host(&self) -> &str {

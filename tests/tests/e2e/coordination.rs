@@ -268,7 +268,6 @@ fn a_killed_daemon_s_file_is_taken_over_after_its_lease_and_resumed_from_its_che
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let killed_at = Instant::now();
     let second = Daemon::start(
         dir.root(),
         Some(&daemon_config(&dir, "b", &pg, SMALL_PARTS)),
@@ -276,7 +275,6 @@ fn a_killed_daemon_s_file_is_taken_over_after_its_lease_and_resumed_from_its_che
     wait_until("the takeover to finish", &[&second], || {
         lake.join("big").join("_SUCCESS").exists()
     });
-    let took = killed_at.elapsed();
 
     let log = second.log();
     assert!(log.contains("Took over a file whose holder"), "{log}");
@@ -295,8 +293,6 @@ fn a_killed_daemon_s_file_is_taken_over_after_its_lease_and_resumed_from_its_che
         sample(&metrics, "bamflow_claims_total{event=\"taken_over\"}"),
         1.0
     );
-    // Not before the lease ran out; the rest is the conversion itself.
-    assert!(took >= Duration::from_secs(1), "{took:?}");
     let (per_path, _) = ledger_counts(&pg);
     assert_eq!(per_path.len(), 1);
     assert_eq!(per_path[0].1, 1);

@@ -17,6 +17,16 @@ struct Lease {
     steps: Mutex<Vec<Commit>>,
 }
 
+impl Lease {
+    fn allowing(allowed: usize) -> Self {
+        Self {
+            allowed,
+            asked: AtomicUsize::new(0),
+            steps: Mutex::default(),
+        }
+    }
+}
+
 impl Observer for Lease {
     fn confirm(&self, step: Commit) -> Result<(), String> {
         self.steps.lock().unwrap().push(step);
@@ -41,11 +51,7 @@ fn a_refused_commit_takes_no_step_and_the_next_epoch_resumes_from_the_last_check
 
     // Epoch 1 may commit part 0 and its checkpoint, and part 1; saving part 1's checkpoint
     // is refused.
-    let first = Lease {
-        allowed: 3,
-        asked: AtomicUsize::new(0),
-        steps: Mutex::default(),
-    };
+    let first = Lease::allowing(3);
     let error = engine
         .convert(&bam, &output, &options(1), &first)
         .unwrap_err();
@@ -67,11 +73,7 @@ fn a_refused_commit_takes_no_step_and_the_next_epoch_resumes_from_the_last_check
     assert_eq!(checkpoint["parts"].as_array().map(Vec::len), Some(1));
 
     // Epoch 2 takes the folder over and redoes only part 1 on.
-    let second = Lease {
-        allowed: usize::MAX,
-        asked: AtomicUsize::new(0),
-        steps: Mutex::default(),
-    };
+    let second = Lease::allowing(usize::MAX);
     let summary = engine.convert(&bam, &output, &options(2), &second).unwrap();
     assert!(!staging.exists());
     let steps = second.steps.lock().unwrap().clone();
@@ -98,11 +100,8 @@ fn a_refused_publish_leaves_the_sealed_dataset_for_the_next_epoch() {
         epoch: Some(epoch),
         ..ConvertOptions::default()
     };
-    let refuse_publish = Lease {
-        allowed: 2, // part 0, its checkpoint
-        asked: AtomicUsize::new(0),
-        steps: Mutex::default(),
-    };
+    // Part 0 and its checkpoint, then the publish is refused.
+    let refuse_publish = Lease::allowing(2);
     let error = engine
         .convert(&bam, &output, &options(5), &refuse_publish)
         .unwrap_err();
