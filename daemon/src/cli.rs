@@ -54,7 +54,7 @@ pub enum Command {
         #[arg(long)]
         threads: Option<usize>,
         /// Export a dataset that does not hold everything (filters, a column subset, promoted
-        /// tags) with what it has, saying what differs from the source.
+        /// tags of schema version 1) with what it has, saying what differs from the source.
         #[arg(long)]
         allow_partial: bool,
     },

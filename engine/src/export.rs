@@ -7,7 +7,8 @@
 //! columns hold exactly those, `tags` the optional fields in file order), as htslib encodes a
 //! SAM line: integers in the smallest type, array subtypes as written, duplicate and empty
 //! fields kept (noodles' SAM reader refuses empty `B` arrays and its record buffer merges
-//! duplicate tags, which samtools keeps). noodles' multithreaded BGZF writer compresses. Parts
+//! duplicate tags, which samtools keeps). Promoted values are put back among them where the
+//! `tag_layout` column says they stood. noodles' multithreaded BGZF writer compresses. Parts
 //! stream in order, a batch at a time, written under a temporary name and renamed once
 //! complete.
 
@@ -23,6 +24,8 @@ use arrow_schema::DataType;
 
 use crate::durable;
 use crate::pipeline;
+use crate::pipeline::decode::smallest_subtype;
+use crate::pipeline::schema::TAG_LAYOUT;
 use crate::verify::{self, VerifyError};
 
 /// Why a dataset could not be exported.
@@ -85,7 +88,7 @@ pub struct ExportOptions {
     /// BGZF compression workers.
     pub threads: usize,
     /// Export a dataset that does not hold everything (filters, a column subset, promoted
-    /// tags) with what it has, instead of refusing it.
+    /// tags of schema version 1) with what it has, instead of refusing it.
     pub allow_partial: bool,
 }
 
@@ -99,9 +102,9 @@ pub struct Exported {
 }
 
 /// [`export`] with options: with `allow_partial`, a dataset written with filters has only its
-/// kept records, missing columns become SAM's "unavailable" values (`*`, 0, 255), and promoted
-/// tags follow the other optional fields (integers in the smallest type, as htslib writes SAM
-/// text) — each such difference is listed in [`Exported::partial`].
+/// kept records, missing columns become SAM's "unavailable" values (`*`, 0, 255), and the
+/// promoted tags of a schema version 1 dataset follow the other optional fields — each such
+/// difference is listed in [`Exported::partial`].
 ///
 /// # Errors
 ///
@@ -113,11 +116,12 @@ pub fn export_with(
 ) -> Result<Exported, ExportError> {
     let manifest = verify::read_manifest(dataset)?;
     let mut partial = verify::partial_reasons(&manifest);
-    if !manifest.tags.is_empty() {
-        // A promoted tag leaves the `tags` text; where it stood among the others is not
-        // recorded, so it cannot be put back in place.
+    let has_layout = manifest.columns.iter().any(|c| c == TAG_LAYOUT);
+    if !manifest.tags.is_empty() && !has_layout {
+        // Schema version 1: a promoted tag left the `tags` text and where it stood among the
+        // others was not recorded, so it cannot be put back in place.
         partial.push(format!(
-            "its promoted tags ({}) left the tags text and their places in it are not recorded{}",
+            "its promoted tags ({}) left the tags text and their places in it were not recorded (schema version 1){}",
             manifest.tags.join(", "),
             if options.allow_partial {
                 ": they follow the other tags"
@@ -259,12 +263,17 @@ struct Scratch {
     cigar: Vec<u32>,
     /// A promoted tag's value as SAM text.
     field: String,
+    /// The record's promoted values: column, index among the optional fields, integer array
+    /// element type (0 = the smallest that holds them).
+    present: Vec<(usize, u32, u8)>,
 }
 
 /// The columns of a batch a SAM line is made from; `None` for one a partial dataset lacks.
 struct Columns<'a> {
     fields: Vec<Option<&'a dyn Array>>,
     tags: Option<&'a dyn Array>,
+    /// Where promoted values stood ([`TAG_LAYOUT`]); `None` in schema version 1.
+    layout: Option<&'a dyn Array>,
     /// Promoted tag columns: tag, SAM type (`i`, `f`, `Z`, `A`, `H`, `B:i`, `B:f`), values.
     promoted: Vec<(&'a str, &'a str, &'a dyn Array)>,
 }
@@ -291,6 +300,7 @@ impl<'a> Columns<'a> {
                 .map(|name| column(name))
                 .collect::<Result<_, _>>()?,
             tags: column("tags")?,
+            layout: batch.column_by_name(TAG_LAYOUT).map(|c| c.as_ref()),
             promoted: promoted
                 .iter()
                 .filter_map(|(tag, kind)| {
@@ -394,17 +404,7 @@ impl<'a> Columns<'a> {
             Some(qual) => out.extend(qual.bytes().map(|q| q.wrapping_sub(33))),
             None => out.extend(std::iter::repeat_n(0xff, seq.len())),
         }
-        let tags = self.tags.and_then(|column| text(column, row));
-        if let Some(tags) = tags.filter(|t| !t.is_empty()) {
-            for field in tags.split('\t') {
-                encode_tag(field, out)?;
-            }
-        }
-        for (tag, kind, values) in &self.promoted {
-            if promoted_text(tag, kind, *values, row, &mut scratch.field).is_some() {
-                encode_tag(&scratch.field, out)?;
-            }
-        }
+        self.encode_fields(row, &mut scratch.present, &mut scratch.field, out)?;
         if long {
             out.extend_from_slice(b"CGBI");
             out.extend_from_slice(&(cigar.len() as u32).to_le_bytes());
@@ -416,6 +416,77 @@ impl<'a> Columns<'a> {
         out[start..start + 4].copy_from_slice(&size.to_le_bytes());
         Ok(())
     }
+}
+
+impl Columns<'_> {
+    /// Row `row`'s optional fields: the `tags` text with the promoted values put back where
+    /// the tag layout says they stood (after the others when it says nothing).
+    fn encode_fields(
+        &self,
+        row: usize,
+        present: &mut Vec<(usize, u32, u8)>,
+        field: &mut String,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let tags = self
+            .tags
+            .and_then(|column| text(column, row))
+            .filter(|t| !t.is_empty());
+        let others = tags.map_or(0, |t| t.split('\t').count());
+        present.clear();
+        for (i, (_, _, values)) in self.promoted.iter().enumerate() {
+            if !values.is_null(row) {
+                let index = u32::try_from(others + present.len()).unwrap_or(u32::MAX);
+                present.push((i, index, 0));
+            }
+        }
+        if let Some(layout) = self.layout.and_then(|column| text(column, row)) {
+            place(layout, present)?;
+        }
+
+        let fields = u32::try_from(others + present.len()).unwrap_or(u32::MAX);
+        let mut others = tags.into_iter().flat_map(|t| t.split('\t'));
+        for index in 0..fields {
+            match present.iter().find(|p| p.1 == index) {
+                Some(&(i, _, subtype)) => {
+                    let (tag, kind, values) = self.promoted[i];
+                    promoted_text(tag, kind, values, row, subtype, field)
+                        .ok_or_else(|| format!("promoted tag {tag} cannot be written"))?;
+                    encode_tag(field, out)?;
+                }
+                None => {
+                    let field = others.next().ok_or_else(|| {
+                        format!("{TAG_LAYOUT} places a promoted tag past the last field")
+                    })?;
+                    encode_tag(field, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets each promoted value's index and element type from a [`TAG_LAYOUT`] value
+/// (`index[:subtype]` per value, in column order).
+fn place(layout: &str, present: &mut [(usize, u32, u8)]) -> Result<(), String> {
+    let bad = || format!("{TAG_LAYOUT} {layout:?} does not match the promoted tags");
+    let mut entries = layout.split(',');
+    for value in present.iter_mut() {
+        let entry = entries.next().ok_or_else(bad)?;
+        let (index, subtype) = match entry.split_once(':') {
+            Some((index, subtype)) => match subtype.as_bytes() {
+                &[s @ (b'c' | b'C' | b's' | b'S' | b'i' | b'I')] => (index, s),
+                _ => return Err(bad()),
+            },
+            None => (entry, 0),
+        };
+        value.1 = index.parse().map_err(|_| bad())?;
+        value.2 = subtype;
+    }
+    if entries.next().is_some() {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// The 4-bit BAM code of each SEQ byte (`=ACMGRSVTWYHKDBN`, either case; anything else N),
@@ -598,6 +669,7 @@ fn promoted_text(
     kind: &str,
     values: &dyn Array,
     row: usize,
+    subtype: u8,
     field: &mut String,
 ) -> Option<()> {
     use std::fmt::Write as _;
@@ -620,7 +692,19 @@ fn promoted_text(
         ("Z" | "A" | "H", _) => write!(field, "{kind}:{}", text(values, row)?).ok()?,
         ("B:i" | "B:f", DataType::List(_)) => {
             let list = values.as_list::<i32>().value(row);
-            field.push_str(kind);
+            if kind == "B:i" {
+                let subtype = match subtype {
+                    0 => {
+                        let elements = list.as_primitive_opt::<arrow_array::types::Int64Type>()?;
+                        smallest_subtype(elements.values().iter().copied())
+                    }
+                    s => s,
+                };
+                field.push_str("B:");
+                field.push(char::from(subtype));
+            } else {
+                field.push_str(kind);
+            }
             for i in 0..list.len() {
                 match list.data_type() {
                     DataType::Int64 => write!(

@@ -174,12 +174,13 @@ def export(
     records written.
 
     With ``allow_partial=True`` a dataset that does not hold everything (written with
-    filters, a column subset or promoted tags) is written with what it has, and a
+    filters, a column subset, or promoted tags before schema version 2) is written with
+    what it has, and a
     ``UserWarning`` says what differs from the source.
 
     Raises:
         ValueError: the dataset cannot be put back whole (written with filters, a column
-            subset or promoted tags) and ``allow_partial`` is false, is not a complete
+            subset, or version 1 promoted tags) and ``allow_partial`` is false, is not a complete
             dataset, or a row is not a record.
         OSError: the BAM cannot be written.
     """

@@ -102,9 +102,11 @@ def test_export_writes_back_what_samtools_printed(bams, tmp_path):
         records = bamflow.export(tmp_path / name, out)
         assert records == len(samtools_view(bam)), name
         assert samtools_view(out, "-h") == samtools_view(bam, "-h"), name
-    bamflow.convert(bams["cigars"], tmp_path / "promoted", tags=["NM:i"])
-    with pytest.raises(ValueError, match="promoted tags"):
-        bamflow.export(tmp_path / "promoted", tmp_path / "never.bam")
+    # Promoted tags go back where they stood.
+    bam = bams["generated_short"]
+    bamflow.convert(bam, tmp_path / "promoted", tags=["MD:Z", "NM:i"])
+    bamflow.export(tmp_path / "promoted", tmp_path / "promoted.bam")
+    assert samtools_view(tmp_path / "promoted.bam", "-h") == samtools_view(bam, "-h")
 
 
 def test_export_allow_partial_writes_what_the_dataset_has_and_warns(bams, tmp_path):

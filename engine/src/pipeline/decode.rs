@@ -75,6 +75,8 @@ struct Needs {
     cigar: bool,
     /// Iterating the optional fields at all.
     fields: bool,
+    /// Where promoted values stood (`tag_layout`).
+    layout: bool,
 }
 
 /// Decodes raw record batches into Arrow record batches of one [`OutputSchema`].
@@ -96,7 +98,8 @@ impl Decoder {
         let tags = schema.has(StandardColumn::Tags);
         let needs = Needs {
             cigar: schema.has(StandardColumn::Cigar) || schema.has(StandardColumn::End) || tags,
-            fields: tags || any_promoted,
+            fields: tags || any_promoted || schema.has_tag_layout(),
+            layout: schema.has_tag_layout(),
         };
         let names = StringArray::from_iter_values(reference_names.iter());
         Self {
@@ -235,7 +238,11 @@ impl Decoder {
         let promoted = &self.schema.promoted;
         b.promoted_set.clear();
         b.promoted_set.resize(promoted.len(), false);
+        b.places.clear();
+        b.places.resize(promoted.len(), Place::default());
         let write_tags = self.schema.has(StandardColumn::Tags);
+        // Index of the field among the optional fields samtools prints (a CG it drops is none).
+        let mut index = 0u32;
 
         for tag in view.tags() {
             let tag = tag.map_err(|source| DecodeError::InvalidTag { record, source })?;
@@ -255,6 +262,7 @@ impl Decoder {
             });
             if let Some(i) = slot {
                 b.promoted_set[i] = true;
+                b.places[i] = Place::of(index, &tag.value);
                 b.promoted[i].push(&tag.value)?;
             } else if write_tags {
                 if b.tags.open_value_len() > 0 {
@@ -262,6 +270,10 @@ impl Decoder {
                 }
                 sam_text::push_tag(b.tags.buffer(), tag.name, &tag.value);
             }
+            index += 1;
+        }
+        if self.needs.layout {
+            push_layout(&mut b.tag_layout, &b.promoted_set, &b.places, index)?;
         }
 
         if write_tags {
@@ -353,6 +365,105 @@ fn real_cigar<'a>(view: &RecordView<'a>, record: u64) -> Result<Option<TagArray<
         Some(TagValue::Array(array)) if matches!(array.subtype(), b'I' | b'i') => Some(array),
         _ => None,
     })
+}
+
+/// Where a promoted value stood among a record's optional fields, and what only its place in
+/// them could tell: an integer array's element type.
+#[derive(Clone, Copy, Debug, Default)]
+struct Place {
+    index: u32,
+    /// An integer array's element type (`c`, `C`, `s`, `S`, `i`, `I`); 0 for other values.
+    subtype: u8,
+    /// Whether `subtype` is the one `export` assumes: [`smallest_subtype`] of the elements.
+    usual_subtype: bool,
+}
+
+impl Place {
+    fn of(index: u32, value: &TagValue<'_>) -> Self {
+        match value {
+            TagValue::Array(a) if !a.is_float() => Self {
+                index,
+                subtype: a.subtype(),
+                usual_subtype: a.subtype() == smallest_subtype(a.integers()),
+            },
+            _ => Self {
+                index,
+                subtype: 0,
+                usual_subtype: true,
+            },
+        }
+    }
+}
+
+/// The smallest BAM integer type holding every element, unsigned when none is negative (`C`
+/// when there are none): the element type [`TAG_LAYOUT`](super::schema::TAG_LAYOUT) assumes
+/// when it says nothing, as htslib chooses for an integer.
+pub(crate) fn smallest_subtype(elements: impl Iterator<Item = i64>) -> u8 {
+    let (min, max) = elements.fold((0i64, 0i64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if min >= 0 {
+        match max {
+            ..=0xff => b'C',
+            0x100..=0xffff => b'S',
+            _ => b'I',
+        }
+    } else if min >= i64::from(i8::MIN) && max <= i64::from(i8::MAX) {
+        b'c'
+    } else if min >= i64::from(i16::MIN) && max <= i64::from(i16::MAX) {
+        b's'
+    } else {
+        b'i'
+    }
+}
+
+/// Appends the record's tag layout: null when its promoted values are the last `fields` in
+/// configuration order with their usual element types, else `index[:subtype]` per value.
+fn push_layout(
+    column: &mut TextColumn,
+    set: &[bool],
+    places: &[Place],
+    fields: u32,
+) -> Result<(), DecodeError> {
+    let held = || {
+        places
+            .iter()
+            .zip(set)
+            .filter(|(_, &s)| s)
+            .map(|(place, _)| place)
+    };
+    let present = held().count() as u32;
+    let usual = (fields - present..)
+        .zip(held())
+        .all(|(expected, place)| place.index == expected && place.usual_subtype);
+    if usual {
+        column.push_null();
+        return Ok(());
+    }
+    for place in held() {
+        if column.open_value_len() > 0 {
+            column.buffer().push(b',');
+        }
+        push_decimal(column.buffer(), place.index);
+        if place.subtype != 0 {
+            column.buffer().extend_from_slice(&[b':', place.subtype]);
+        }
+    }
+    column.close_value()?;
+    Ok(())
+}
+
+/// Appends `n` in decimal, without the formatting machinery (once per promoted value).
+fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Whether a value's SAM type class matches a promoted column's type.
@@ -472,6 +583,9 @@ struct Builders {
     promoted: Vec<PromotedColumn>,
     /// Which promoted columns got a value for the current record.
     promoted_set: Vec<bool>,
+    /// Where each promoted value of the current record stood.
+    places: Vec<Place>,
+    tag_layout: TextColumn,
 }
 
 impl Builders {
@@ -518,6 +632,12 @@ impl Builders {
                 .map(|p| PromotedColumn::new(p.ty, rows))
                 .collect(),
             promoted_set: Vec::with_capacity(schema.promoted.len()),
+            places: Vec::with_capacity(schema.promoted.len()),
+            // Mostly null: promoted tags usually follow the others.
+            tag_layout: TextColumn::with_capacity(
+                if schema.has_tag_layout() { rows } else { 0 },
+                0,
+            ),
         }
     }
 
@@ -534,6 +654,7 @@ impl Builders {
                     let ty = schema.promoted[i].ty;
                     std::mem::replace(&mut self.promoted[i], PromotedColumn::new(ty, 0)).finish()
                 }
+                Column::TagLayout => std::mem::take(&mut self.tag_layout).finish(),
             };
             arrays.push(array.map_err(DecodeError::Arrow)?);
         }
@@ -671,6 +792,52 @@ mod tests {
             cell(&batch, "tags", 0).as_deref(),
             Some("NM:i:2\tXB:B:i,1,-2")
         );
+    }
+
+    #[test]
+    fn the_tag_layout_says_where_promoted_values_stood_unless_they_follow_the_rest() {
+        let out_of_place = RecordBuilder::new(b"a")
+            .tag_int(*b"NM", 2)
+            .tag_int_array(*b"XB", &[1, -2])
+            .tag_string(*b"MD", "4")
+            .build();
+        let at_the_end = RecordBuilder::new(b"b")
+            .tag_string(*b"XA", "x")
+            .tag_string(*b"MD", "4")
+            .build();
+        // `i` elements that would fit in `C`: only the layout can say so.
+        let wide = RecordBuilder::new(b"c")
+            .tag_int_array(*b"XB", &[1, 2])
+            .build();
+        let none = RecordBuilder::new(b"d").tag_string(*b"XA", "y").build();
+        let batch = decoder(&[], &["MD:Z", "NM:i", "XB:B:i"])
+            .decode(&raw_batch(&[out_of_place, at_the_end, wide, none]))
+            .unwrap();
+        let layout: Vec<_> = (0..4).map(|row| cell(&batch, "tag_layout", row)).collect();
+        assert_eq!(
+            layout,
+            [
+                Some("2,0,1:i".to_owned()),
+                None,
+                Some("0:i".to_owned()),
+                None
+            ]
+        );
+        assert_eq!(cell(&batch, "tags", 1).as_deref(), Some("XA:Z:x"));
+        assert_eq!(
+            batch.schema().fields().last().map(|f| f.name().as_str()),
+            Some("tag_layout")
+        );
+    }
+
+    #[test]
+    fn smallest_subtypes_are_htslibs_integer_types() {
+        let t = |v: &[i64]| smallest_subtype(v.iter().copied()) as char;
+        assert_eq!(
+            [t(&[]), t(&[255]), t(&[256]), t(&[65536]), t(&[-1, 127])],
+            ['C', 'C', 'S', 'I', 'c']
+        );
+        assert_eq!([t(&[-1, 128]), t(&[-32769])], ['s', 'i']);
     }
 
     #[test]

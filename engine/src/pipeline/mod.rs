@@ -64,7 +64,7 @@ use self::filter::{FilterChain, FilterError, FilterOptions, PluginFilter};
 use self::header::{HeaderError, HeaderLimits};
 use self::profile::{Profile, ProfileOptions, TrialPlan};
 use self::read::{Position, Reading};
-use self::schema::{OutputSchema, SCHEMA_VERSION};
+use self::schema::OutputSchema;
 use self::source::SourceError;
 use self::write::{Chunk, Committed, ParquetSink, PartInfo, WriteError, WriteOptions};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Settings, Start};
@@ -775,7 +775,8 @@ fn convert_on(
         // this one.
         checkpoint::discard(staging.path()).map_err(|e| fail(Stage::Checkpoint, e.into()))?;
     }
-    let metadata = part_metadata(&header.text, &source_info).map_err(|e| fail(Stage::Write, e))?;
+    let metadata = part_metadata(&header.text, &source_info, options.schema.version())
+        .map_err(|e| fail(Stage::Write, e))?;
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let staging_dir = staging.path().to_owned();
     let busy = Arc::new(BusyTimes::default());
@@ -1113,13 +1114,17 @@ fn single_thread_pool(input: &Path) -> Result<Arc<ThreadPool>, ConvertError> {
 }
 
 /// Key/value metadata stored in every part's footer.
-fn part_metadata(header_text: &str, source: &SourceInfo) -> Result<Vec<KeyValue>, StageError> {
+fn part_metadata(
+    header_text: &str,
+    source: &SourceInfo,
+    schema_version: u32,
+) -> Result<Vec<KeyValue>, StageError> {
     let source = serde_json::to_string(source).map_err(|e| StageError::Io(e.into()))?;
     Ok(vec![
         KeyValue::new("bamflow:sam_header".to_owned(), header_text.to_owned()),
         KeyValue::new(
             "bamflow:schema_version".to_owned(),
-            SCHEMA_VERSION.to_string(),
+            schema_version.to_string(),
         ),
         KeyValue::new("bamflow:source".to_owned(), source),
     ])
@@ -1155,7 +1160,7 @@ fn manifest(
     let bytes_out: u64 = checkpoint.parts.iter().map(|p| p.bytes).sum();
     Manifest {
         bamflow_version: env!("CARGO_PKG_VERSION").to_owned(),
-        schema_version: SCHEMA_VERSION,
+        schema_version: options.schema.version(),
         // Of this run: records resumed from a checkpoint took no time now.
         records_per_second: records_now as f64 / seconds.max(1e-9),
         source,

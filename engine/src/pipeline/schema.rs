@@ -1,12 +1,29 @@
-//! The Arrow schema of a dataset (DESIGN.md §3, schema version 1), defined once.
+//! The Arrow schema of a dataset (DESIGN.md §3), defined once.
 
 use std::fmt;
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-/// Version of the column layout, stored in every part as `bamflow:schema_version`.
+/// Version of the column layout, stored in every part as `bamflow:schema_version`: 1 for the
+/// DESIGN table, 2 when a `tag_layout` column follows promoted tags ([`OutputSchema::version`]).
+/// Version 1 datasets keep reading: version 2 only adds a column.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The schema version of a dataset whose promoted tags carry a [`TAG_LAYOUT`] column.
+pub const SCHEMA_VERSION_TAG_LAYOUT: u32 = 2;
+
+/// Name of the column that says where promoted tags stood among a record's optional fields.
+///
+/// Promoting a tag takes it out of the `tags` text; to put it back exactly (`bamflow export`),
+/// its place among the other fields and, for an integer array, its element type must be kept.
+/// The value is null when the promoted values simply follow the `tags` fields in the order
+/// the tags were configured, integer arrays in their smallest element type (unsigned when no
+/// element is negative, `C` when empty) — what most aligners write and what `export` assumes.
+/// Otherwise it lists, for each promoted column holding a value (in configuration order), the
+/// value's 0-based index among the record's optional fields, with `:` and the element type for
+/// an integer array: `0,3:S`.
+pub const TAG_LAYOUT: &str = "tag_layout";
 
 /// A standard column, in schema order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -192,6 +209,8 @@ pub enum Column {
     Standard(StandardColumn),
     /// Index into [`OutputSchema::promoted`].
     Promoted(usize),
+    /// Where the promoted values stood among the optional fields ([`TAG_LAYOUT`]).
+    TagLayout,
 }
 
 /// Why a column selection or tag list is invalid.
@@ -243,8 +262,10 @@ impl OutputSchema {
 
         let columns = if selection.is_empty() {
             let standard = StandardColumn::ALL.iter().map(|&c| Column::Standard(c));
+            let layout = (!promoted.is_empty()).then_some(Column::TagLayout);
             standard
                 .chain((0..promoted.len()).map(Column::Promoted))
+                .chain(layout)
                 .collect()
         } else {
             let mut columns = Vec::with_capacity(selection.len());
@@ -266,6 +287,7 @@ impl OutputSchema {
                 Column::Promoted(i) => {
                     Field::new(promoted[i].column_name(), promoted[i].ty.data_type(), true)
                 }
+                Column::TagLayout => Field::new(TAG_LAYOUT, DataType::Utf8, true),
             })
             .collect();
 
@@ -283,13 +305,18 @@ impl OutputSchema {
         })
     }
 
-    /// The column `name` stands for, written or not: a standard column or a promoted tag's.
+    /// The column `name` stands for, written or not: a standard column, a promoted tag's, or
+    /// (when tags are promoted) the tag layout.
     pub fn column_named(name: &str, promoted: &[PromotedTag]) -> Option<Column> {
         let standard = StandardColumn::ALL.iter().find(|c| c.name() == name);
-        standard.map(|&c| Column::Standard(c)).or_else(|| {
-            let i = promoted.iter().position(|t| t.column_name() == name)?;
-            Some(Column::Promoted(i))
-        })
+        if let Some(&c) = standard {
+            return Some(Column::Standard(c));
+        }
+        if name == TAG_LAYOUT && !promoted.is_empty() {
+            return Some(Column::TagLayout);
+        }
+        let i = promoted.iter().position(|t| t.column_name() == name)?;
+        Some(Column::Promoted(i))
     }
 
     /// Whether `column` holds text (Arrow `Utf8`), the columns a zstd level trial can sample.
@@ -300,6 +327,7 @@ impl OutputSchema {
                 Some(tag) => tag.ty.data_type(),
                 None => return false,
             },
+            Column::TagLayout => DataType::Utf8,
         };
         data_type == DataType::Utf8
     }
@@ -312,6 +340,21 @@ impl OutputSchema {
     /// The Arrow schema of the written columns.
     pub fn arrow(&self) -> &SchemaRef {
         &self.arrow
+    }
+
+    /// The version of this column layout: [`SCHEMA_VERSION_TAG_LAYOUT`] when the tag layout is
+    /// written, else [`SCHEMA_VERSION`], so datasets without promoted tags stay version 1.
+    pub fn version(&self) -> u32 {
+        if self.columns.contains(&Column::TagLayout) {
+            SCHEMA_VERSION_TAG_LAYOUT
+        } else {
+            SCHEMA_VERSION
+        }
+    }
+
+    /// Whether the tag layout column is written.
+    pub fn has_tag_layout(&self) -> bool {
+        self.columns.contains(&Column::TagLayout)
     }
 
     /// Whether a standard column is written.
@@ -375,8 +418,11 @@ mod tests {
                 "tags Utf8 true",
                 "NM Int64 true",
                 "ML List(non-null Int64) true",
+                "tag_layout Utf8 true",
             ]
         );
+        assert_eq!(schema.version(), SCHEMA_VERSION_TAG_LAYOUT);
+        assert_eq!(OutputSchema::new(&[], &[]).unwrap().version(), 1);
     }
 
     #[test]

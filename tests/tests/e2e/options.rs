@@ -76,9 +76,15 @@ fn promoted_tags_get_typed_columns_and_leave_tags() {
             "List(non-null Int64)",
             "List(non-null Float32)",
             "Int64",
-            "Utf8"
+            "Utf8",
+            "Utf8", // tag_layout
         ]
     );
+    assert_eq!(
+        dataset.columns.last().map(String::as_str),
+        Some("tag_layout")
+    );
+    assert_eq!(dataset.schema_version, "2");
     let theirs = samtools_view(&bam, &[]).unwrap();
     let ours = dataset.to_sam(&specs).unwrap();
     sam_text::compare(&ours, &theirs, TagOrder::Unordered).unwrap();
