@@ -6,9 +6,12 @@
 #
 #   bench/export.sh                                   # a generated 2 M-record short-read BAM
 #   INPUTS="/tmp/peers/data/short2m.bam /tmp/peers/data/long.bam" THREADS=2 bench/export.sh
+#   TAGS=NM:i,MD:Z,AS:i bench/export.sh               # with promoted tags put back in place
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
+tags=()
+if [ -n "${TAGS:-}" ]; then tags=(--tags "$TAGS"); fi
 cargo build --release --quiet --bins
 bin=$PWD/target/release
 scratch=$(mktemp -d)
@@ -31,7 +34,7 @@ for bam in $INPUTS; do
   name=$(basename "$bam" .bam)
   out=$scratch/$name
   rm -rf "$out"
-  convert=$(seconds "$bin/bamflow" convert "$bam" "$out" --threads "$THREADS")
+  convert=$(seconds "$bin/bamflow" convert "$bam" "$out" --threads "$THREADS" "${tags[@]}")
   export=$(seconds "$bin/bamflow" export "$out" "$scratch/$name.exported.bam" --threads "$THREADS")
   samtools=$(seconds samtools view -@"$THREADS" -b -o "$scratch/$name.samtools.bam" "$bam")
   verify=$(seconds "$bin/bamflow" verify "$out" "$bam" --threads "$THREADS")
