@@ -42,6 +42,17 @@ pub enum Command {
     },
     /// Convert one BAM file into a Parquet dataset folder.
     Convert(Box<ConvertArgs>),
+    /// Split a BAM into tasks at record boundaries, for `convert --plan --task` on many
+    /// workers (Slurm, Spark, Kubernetes) and `commit`.
+    Plan(Box<PlanArgs>),
+    /// Publish the dataset of a split plan once every task has converted its split.
+    Commit {
+        /// The dataset folder, as the tasks were given it.
+        output: PathBuf,
+        /// The plan the tasks ran.
+        #[arg(long)]
+        plan: PathBuf,
+    },
     /// Print the profile of a BAM file as JSON: sizes, tags, sort order, index, batch plan.
     Profile(ProfileArgs),
     /// Write a dataset back as a BAM whose `samtools view -h --no-PG` equals the source's.
@@ -101,6 +112,40 @@ pub struct ConvertArgs {
     pub input: PathBuf,
     /// The dataset folder to create; it must not exist yet.
     pub output: PathBuf,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// Continue an interrupted conversion into OUT_DIR from its checkpoint; without it, the
+    /// interrupted run's parts are discarded and the conversion starts over.
+    #[arg(long)]
+    pub resume: bool,
+    /// Convert one task of this split plan (`bamflow plan`) into OUT_DIR's staging folder;
+    /// `bamflow commit` publishes the dataset once every task is done. Settings must be the
+    /// plan's. A task resumes its own checkpoint and a finished task is not redone.
+    #[arg(long, requires = "task")]
+    pub plan: Option<PathBuf>,
+    /// The task of --plan to convert, from 0.
+    #[arg(long, requires = "plan")]
+    pub task: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The BAM file to split.
+    pub input: PathBuf,
+    /// How many tasks.
+    #[arg(long)]
+    pub tasks: usize,
+    /// Write the plan here (durably); without it, print it.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// The settings of a conversion, shared by `convert` and `plan` (a plan records them, and its
+/// tasks must convert with the same).
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
     /// Read defaults from this config file ([convert] table); flags win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -150,10 +195,6 @@ pub struct ConvertArgs {
     /// Convert a file that lacks the BGZF EOF block (it may be truncated).
     #[arg(long)]
     pub allow_missing_eof: bool,
-    /// Continue an interrupted conversion into OUT_DIR from its checkpoint; without it, the
-    /// interrupted run's parts are discarded and the conversion starts over.
-    #[arg(long)]
-    pub resume: bool,
 }
 
 /// `COLUMN=LEVEL` or `COLUMN=auto`; the level's range is checked with the config's.

@@ -14,11 +14,14 @@ use bamflow::config::{self, ConfigError, ConvertOverrides, DaemonConfig, RawConf
 use bamflow::ledger;
 use bamflow::service::Notifier;
 use bamflow_engine::options::{ConvertConfig, FilterConfig};
+use bamflow_engine::pipeline::split::{self, SplitPlan};
 use bamflow_engine::pipeline::{self, ConvertSummary, Engine, Observer, Progress};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{Cli, Command, ConvertArgs, LogFormat, PluginCommand, ProfileArgs};
+use crate::cli::{
+    Cli, Command, ConvertArgs, LogFormat, PlanArgs, PluginCommand, ProfileArgs, SettingsArgs,
+};
 
 /// Exit status for a failed input or output (the message names file, stage and offset).
 const EXIT_FAILURE: u8 = 1;
@@ -48,6 +51,8 @@ fn main() -> ExitCode {
         Command::Daemon { config } => daemon(config.as_deref()),
         Command::Status { config, limit } => status(config.as_deref(), limit),
         Command::Convert(args) => convert(*args),
+        Command::Plan(args) => plan(*args),
+        Command::Commit { output, plan } => commit(&output, &plan),
         Command::Profile(args) => profile(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::Export {
@@ -338,7 +343,8 @@ fn waiting_without_daemon(config: &DaemonConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+/// The conversion options of `convert` and `plan`: the config file's, with the flags winning.
+fn settings(args: SettingsArgs, resume: bool) -> anyhow::Result<pipeline::ConvertOptions> {
     let flags = ConvertOverrides {
         convert: ConvertConfig {
             columns: args.columns,
@@ -354,7 +360,7 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         },
         threads: args.threads,
         allow_missing_eof: args.allow_missing_eof,
-        resume: args.resume,
+        resume,
         filter: FilterConfig {
             min_mapq: args.min_mapq,
             include_flags: args.include_flags,
@@ -363,12 +369,55 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         },
         plugins: args.plugins,
     };
-    let options = config::convert_options(args.config.as_deref(), &flags)?;
+    Ok(config::convert_options(args.config.as_deref(), &flags)?)
+}
+
+fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+    let options = settings(args.settings, args.resume)?;
     let size = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
     let bar = ProgressBarObserver::new(size);
-    let summary = pipeline::convert(&args.input, &args.output, &options, &bar);
+    let summary = match (&args.plan, args.task) {
+        (Some(plan), Some(task)) => {
+            let plan = SplitPlan::load(plan)?;
+            let engine = Engine::new(options.threads).context("cannot start the worker pool")?;
+            engine.convert_task(&args.input, &args.output, &plan, task, &options, &bar)
+        }
+        _ => pipeline::convert(&args.input, &args.output, &options, &bar),
+    };
     bar.bar.finish_and_clear();
     print_summary(&summary?);
+    Ok(())
+}
+
+/// Splits a BAM into tasks and writes (or prints) the plan.
+fn plan(args: PlanArgs) -> anyhow::Result<()> {
+    let options = settings(args.settings, false)?;
+    let engine = Engine::new(options.threads).context("cannot start the worker pool")?;
+    let started = std::time::Instant::now();
+    let plan = engine.plan(&args.input, args.tasks, &options)?;
+    match &args.output {
+        Some(path) => plan.save(path)?,
+        None => println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).context("cannot print the plan")?
+        ),
+    }
+    eprintln!(
+        "bamflow: {}: {} records in {} tasks ({} empty), {:.2} s",
+        args.input.display(),
+        plan.records,
+        plan.splits.len(),
+        plan.splits.iter().filter(|s| s.records == 0).count(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Publishes the dataset of a split plan's finished tasks.
+fn commit(output: &Path, plan: &Path) -> anyhow::Result<()> {
+    let plan = SplitPlan::load(plan)?;
+    let summary = split::commit(output, &plan)?;
+    print_summary(&summary);
     Ok(())
 }
 

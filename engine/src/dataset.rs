@@ -184,6 +184,10 @@ pub struct Manifest {
     pub bytes_out: u64,
     /// `bytes_out / bytes_in`.
     pub compression_ratio: f64,
+    /// How many tasks of a split plan built the dataset (`bamflow commit`); absent for one
+    /// conversion. Counts, seconds and stage seconds are then summed over the tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<usize>,
 }
 
 /// The part of a published `_manifest.json` that tells which input it was made from.
@@ -204,6 +208,31 @@ impl Published {
         let bytes = fs::read(target.join("_manifest.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
+}
+
+/// The whole manifest of the complete dataset at `target` (`_SUCCESS` present), if any.
+pub fn read_published(target: &Path) -> Option<Manifest> {
+    if !target.join(SUCCESS).is_file() {
+        return None;
+    }
+    let bytes = fs::read(target.join(MANIFEST)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The staging folder a dataset at `target` is built in (`.NAME.staging` beside it).
+///
+/// # Errors
+///
+/// Returns [`DatasetError::NoFileName`] when `target` has no file name.
+pub fn staging_path(target: &Path) -> Result<PathBuf, DatasetError> {
+    let name = target.file_name().ok_or_else(|| DatasetError::NoFileName {
+        path: target.to_owned(),
+    })?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok(parent.join(staging_name(name, None)))
 }
 
 /// The manifest's name in a dataset folder.

@@ -626,6 +626,21 @@ impl<R: Read> BgzfStream<R> {
         Ok(Ok(()))
     }
 
+    /// Passes over exactly `n` bytes; returns how many were available if fewer.
+    pub fn skip(&mut self, n: usize) -> Result<Result<(), usize>, BgzfError> {
+        let mut remaining = n;
+        while remaining > 0 {
+            self.ensure_data()?;
+            let Some(block) = self.chunk.front() else {
+                return Ok(Err(n - remaining));
+            };
+            let take = remaining.min(block.data.len() - self.cursor);
+            self.cursor += take;
+            remaining -= take;
+        }
+        Ok(Ok(()))
+    }
+
     /// Fills `buf` exactly; returns how many bytes were available if fewer.
     pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<Result<(), usize>, BgzfError> {
         let mut filled = 0;

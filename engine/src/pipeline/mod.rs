@@ -40,6 +40,7 @@ pub mod scan;
 pub mod schema;
 #[doc(hidden)]
 pub mod source;
+pub mod split;
 #[doc(hidden)]
 pub mod write;
 
@@ -379,6 +380,9 @@ pub enum StageError {
     #[error(transparent)]
     /// A filter.
     Filter(#[from] FilterError),
+    #[error(transparent)]
+    /// A split plan, a task of one, or committing them.
+    Split(#[from] split::SplitError),
     #[error("cannot start the worker pool")]
     /// The worker pool could not start.
     ThreadPool(#[from] rayon::ThreadPoolBuildError),
@@ -533,6 +537,9 @@ impl ConvertError {
                 ErrorKind::Internal
             }
             StageError::Fenced { .. } => ErrorKind::Fenced,
+            // A plan that does not fit the input or settings, or a task not done: usage.
+            StageError::Split(split::SplitError::Io { .. }) => ErrorKind::Io,
+            StageError::Split(_) => ErrorKind::InvalidInput,
         }
     }
 
@@ -672,7 +679,62 @@ impl Engine {
         options: &ConvertOptions,
         observer: &dyn Observer,
     ) -> Result<ConvertSummary, ConvertError> {
-        convert_on(&self.pool, input, None, output, options, observer)
+        convert_on(&self.pool, input, None, output, options, observer, None)
+    }
+
+    /// Splits `input` into `tasks` splits at record boundaries for conversions with `options`
+    /// ([`split`]): one pass that inflates on this engine's pool and frames the records.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConvertError`] when the input cannot be read or framed, or `options` has
+    /// regions.
+    pub fn plan(
+        &self,
+        input: &Path,
+        tasks: usize,
+        options: &ConvertOptions,
+    ) -> Result<split::SplitPlan, ConvertError> {
+        split::plan(&self.pool, input, tasks, options)
+    }
+
+    /// Converts split `task` of `plan` into the staging folder of the dataset `output`
+    /// ([`split::task_output`]), resuming its own checkpoint; [`split::commit`] publishes the
+    /// dataset once every task is done. A task already done is returned as it is.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::convert`]; an input or settings other than the plan's fail at stage
+    /// `open` ([`split::SplitError`]), and a second runner of the same task at stage `output`.
+    pub fn convert_task(
+        &self,
+        input: &Path,
+        output: &Path,
+        plan: &split::SplitPlan,
+        task: usize,
+        options: &ConvertOptions,
+        observer: &dyn Observer,
+    ) -> Result<ConvertSummary, ConvertError> {
+        let fail = |source: StageError| ConvertError::new(input, Stage::Open, source);
+        let split = plan.split(task).map_err(|e| fail(e.into()))?;
+        let target = split::task_output(output, task)?;
+        if let Some(manifest) = split::finished_task(&target, plan) {
+            return Ok(ConvertSummary {
+                output: target,
+                manifest,
+            });
+        }
+        let source = SourceInfo::of(input).map_err(|e| fail(e.into()))?;
+        split::check_task(plan, &source, options).map_err(|e| fail(e.into()))?;
+        convert_on(
+            &self.pool,
+            input,
+            Some(source),
+            &target,
+            options,
+            observer,
+            Some(split),
+        )
     }
 
     /// [`Engine::convert`] of an input the caller has identified already, e.g. to look it up
@@ -692,7 +754,15 @@ impl Engine {
         options: &ConvertOptions,
         observer: &dyn Observer,
     ) -> Result<ConvertSummary, ConvertError> {
-        convert_on(&self.pool, input, Some(source), output, options, observer)
+        convert_on(
+            &self.pool,
+            input,
+            Some(source),
+            output,
+            options,
+            observer,
+            None,
+        )
     }
 
     /// Streams `input` as Arrow record batches with the dataset's schema: the same columns,
@@ -729,6 +799,7 @@ fn convert_on(
     output: &Path,
     options: &ConvertOptions,
     observer: &dyn Observer,
+    split: Option<&split::Split>,
 ) -> Result<ConvertSummary, ConvertError> {
     let started = SystemTime::now();
     let clock = Instant::now();
@@ -761,6 +832,20 @@ fn convert_on(
         filters,
         spans,
     } = prepare(pool, input, options, observer, Purpose::Convert)?;
+    // A task of a split plan reads its split, as a region reads its index spans.
+    let (spans, origin) = match split {
+        Some(split) => (
+            Some(vec![region::Span {
+                start: VirtualPosition::from(split.start),
+                end: VirtualPosition::from(split.end),
+            }]),
+            Position {
+                record: split.first_record,
+                virtual_offset: split.start,
+            },
+        ),
+        None => (spans, Position::START),
+    };
     let mut staging =
         Staging::open_for(output, options.epoch).map_err(|e| fail(Stage::Output, e.into()))?;
     // A run that died after sealing its dataset and before renaming it left it complete.
@@ -802,6 +887,7 @@ fn convert_on(
         staging: &staging_dir,
         source: &source_info,
         metadata,
+        origin,
     };
 
     let mut attempt = 1;
@@ -953,6 +1039,8 @@ struct Build<'a> {
     staging: &'a Path,
     source: &'a SourceInfo,
     metadata: Vec<KeyValue>,
+    /// Where a fresh start begins: the first record, or a split's.
+    origin: Position,
 }
 
 impl Build<'_> {
@@ -998,13 +1086,19 @@ impl Build<'_> {
             checkpoint::discard(self.staging)?
         };
         let path = self.reading.input.display();
+        let fresh = || {
+            let mut checkpoint = Checkpoint::start(self.source, settings.clone());
+            checkpoint.next_record = self.origin.record;
+            checkpoint.next_virtual_offset = self.origin.virtual_offset;
+            checkpoint
+        };
         match start {
-            Start::Fresh { reason: None } => Ok(Checkpoint::start(self.source, settings)),
+            Start::Fresh { reason: None } => Ok(fresh()),
             Start::Fresh {
                 reason: Some(reason),
             } => {
                 tracing::warn!(path = %path, staging = %self.staging.display(), %reason, "Starting over: {reason}.");
-                Ok(Checkpoint::start(self.source, settings))
+                Ok(fresh())
             }
             Start::Resume(mut checkpoint) => {
                 // Saved at once, so every resume counts, even one a crash cuts short.
@@ -1187,6 +1281,7 @@ fn manifest(
         compression_ratio: bytes_out as f64 / bytes_in.max(1) as f64,
         bytes_in,
         bytes_out,
+        tasks: None,
     }
 }
 

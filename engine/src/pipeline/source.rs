@@ -55,6 +55,15 @@ pub struct BatchLimits {
     pub part_records: u64,
 }
 
+/// A record's `block_size` and where it was found, for errors.
+struct Frame {
+    size: u32,
+    /// 1-based.
+    record: u64,
+    /// Compressed offset of its block.
+    offset: u64,
+}
+
 /// Frames records from a BGZF stream positioned at the first record.
 pub struct RecordSource<R> {
     stream: BgzfStream<R>,
@@ -131,13 +140,51 @@ impl<R: Read> RecordSource<R> {
 
     /// Appends the next record (without its `block_size`) to `data`; `Ok(false)` at the end.
     fn read_record(&mut self, data: &mut Vec<u8>) -> Result<bool, SourceError> {
+        let Some(Frame {
+            size,
+            record,
+            offset,
+        }) = self.next_frame()?
+        else {
+            return Ok(false);
+        };
+        self.stream
+            .read_into(data, size as usize)?
+            .map_err(|_| SourceError::TruncatedRecord { record, offset })?;
+        Ok(true)
+    }
+
+    /// Passes over the next record without copying it (a split plan only counts and places
+    /// records); `Ok(false)` at the end.
+    ///
+    /// # Errors
+    ///
+    /// As [`RecordSource::read_batch`].
+    pub fn skip_record(&mut self) -> Result<bool, SourceError> {
+        let Some(Frame {
+            size,
+            record,
+            offset,
+        }) = self.next_frame()?
+        else {
+            return Ok(false);
+        };
+        self.stream
+            .skip(size as usize)?
+            .map_err(|_| SourceError::TruncatedRecord { record, offset })?;
+        self.next_record += 1;
+        Ok(true)
+    }
+
+    /// Reads and checks the next record's `block_size`; `None` at the end of the file.
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         // Errors count records from 1, as people do.
         let record = self.next_record + 1;
         let offset = self.stream.compressed_offset();
         let mut size = [0; 4];
         match self.stream.read_exact(&mut size)? {
             Ok(()) => {}
-            Err(0) => return Ok(false),
+            Err(0) => return Ok(None),
             Err(_) => return Err(SourceError::TruncatedRecord { record, offset }),
         }
 
@@ -158,10 +205,11 @@ impl<R: Read> RecordSource<R> {
                 limit,
             });
         }
-        self.stream
-            .read_into(data, size as usize)?
-            .map_err(|_| SourceError::TruncatedRecord { record, offset })?;
-        Ok(true)
+        Ok(Some(Frame {
+            size,
+            record,
+            offset,
+        }))
     }
 
     /// Virtual position of the next record.
