@@ -699,7 +699,7 @@ impl Engine {
     }
 
     /// Converts split `task` of `plan` into the staging folder of the dataset `output`
-    /// ([`split::task_output`]), resuming its own checkpoint; [`split::commit`] publishes the
+    /// ([`split::task_output`]), always resuming its own checkpoint; [`split::commit`] publishes the
     /// dataset once every task is done. A task already done is returned as it is.
     ///
     /// # Errors
@@ -726,12 +726,17 @@ impl Engine {
         }
         let source = SourceInfo::of(input).map_err(|e| fail(e.into()))?;
         split::check_task(plan, &source, options).map_err(|e| fail(e.into()))?;
+        // A rerun (a requeued array task) continues where the last run's parts end.
+        let options = ConvertOptions {
+            resume: true,
+            ..options.clone()
+        };
         convert_on(
             &self.pool,
             input,
             Some(source),
             &target,
-            options,
+            &options,
             observer,
             Some(split),
         )

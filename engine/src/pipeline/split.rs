@@ -251,31 +251,29 @@ impl SplitPlan {
     /// Refuses settings other than the plan's.
     fn check_settings(&self, settings: &Settings) -> Result<(), SplitError> {
         let planned = &self.settings;
-        let differ = |what: &str, plan: String, now: String| {
+        let differ = |what: &str, plan: &[String], now: &[String]| {
+            let list = |items: &[String]| match items {
+                [] => "none".to_owned(),
+                items => items.join(","),
+            };
+            let (plan, now) = (list(plan), list(now));
             Err(SplitError::Settings(format!(
                 "{what}: plan {plan}, now {now}"
             )))
         };
-        if settings.columns != planned.columns {
-            return differ(
-                "columns",
-                planned.columns.join(","),
-                settings.columns.join(","),
-            );
-        }
+        // Tags first: they decide columns too.
         if settings.tags != planned.tags {
-            return differ("tags", planned.tags.join(","), settings.tags.join(","));
+            return differ("tags", &planned.tags, &settings.tags);
         }
         if settings.filters != planned.filters {
-            return differ(
-                "filters",
-                planned.filters.join(","),
-                settings.filters.join(","),
-            );
+            return differ("filters", &planned.filters, &settings.filters);
+        }
+        if settings.columns != planned.columns {
+            return differ("columns", &planned.columns, &settings.columns);
         }
         if settings.part_records != planned.part_records {
             let (plan, now) = (planned.part_records, settings.part_records);
-            return differ("part_records", plan.to_string(), now.to_string());
+            return differ("part_records", &[plan.to_string()], &[now.to_string()]);
         }
         Ok(())
     }

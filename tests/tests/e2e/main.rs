@@ -14,6 +14,7 @@ mod harness;
 mod metrics;
 mod options;
 mod postgres;
+mod split;
 mod support;
 mod verify;
 mod waiting;
