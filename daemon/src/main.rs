@@ -397,10 +397,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let plan = engine.plan(&args.input, args.tasks, &options)?;
     match &args.output {
         Some(path) => plan.save(path)?,
-        None => println!(
-            "{}",
-            serde_json::to_string_pretty(&plan).context("cannot print the plan")?
-        ),
+        None => println!("{}", plan.to_json()),
     }
     eprintln!(
         "bamflow: {}: {} records in {} tasks ({} empty), {:.2} s",

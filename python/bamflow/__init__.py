@@ -26,6 +26,8 @@ from ._errors import Cancelled, ConvertError
 __all__ = [
     "convert",
     "scan",
+    "plan",
+    "commit",
     "read_header",
     "profile",
     "verify",
@@ -38,6 +40,8 @@ __version__: str = _bamflow.__version__
 PathLike = Union[str, "os.PathLike[str]"]
 #: A filter plugin: the library's path, or ``{"path": ..., "sha256": ..., "config": {...}}``.
 Plugin = Union[PathLike, Mapping[str, Any]]
+#: A split plan: the path of a plan file, its JSON text, or the dict :func:`plan` returns.
+Plan = Union[PathLike, Mapping[str, Any]]
 #: ``progress(records, bytes_done, bytes_total)``; returning ``False`` cancels.
 Progress = Callable[[int, int, int], Optional[bool]]
 
@@ -58,6 +62,8 @@ def convert(
     part_records: Optional[int] = None,
     resume: bool = False,
     progress: Optional[Progress] = None,
+    plan: Optional[Plan] = None,
+    task: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Convert the BAM file ``input`` into the Parquet dataset folder ``output``.
 
@@ -70,7 +76,11 @@ def convert(
     a second. A cancelled conversion publishes nothing and, unless ``resume=True`` (then the
     next call with ``resume=True`` continues from its last checkpoint), leaves nothing behind.
 
-    Returns the dataset's ``_manifest.json`` as a dict.
+    With ``plan`` and ``task`` (``bamflow convert --plan --task``), only that task's split is
+    converted, into ``output``'s staging folder, resuming its own checkpoint; :func:`commit`
+    publishes the dataset once every task is done. The options must be the plan's.
+
+    Returns the dataset's ``_manifest.json`` as a dict (a task's own, for a task).
 
     Raises:
         ConvertError: naming the file, the stage and the offset or record.
@@ -91,6 +101,8 @@ def convert(
         part_records=part_records,
         resume=resume,
         progress=progress,
+        plan=_plan_json(plan),
+        task=task,
     )
     return json.loads(manifest)
 
@@ -106,6 +118,8 @@ def scan(
     regions: Optional[Sequence[str]] = None,
     threads: Optional[int] = None,
     batch_records: Optional[int] = None,
+    plan: Optional[Plan] = None,
+    task: Optional[int] = None,
 ) -> pyarrow.RecordBatchReader:
     """Stream the records of the BAM file ``input`` as Arrow record batches.
 
@@ -114,6 +128,9 @@ def scan(
     exported through the Arrow C stream interface, so ``pyarrow.Table``, ``polars.from_arrow``
     and DuckDB take it without copying; memory stays within the engine's batch budget
     whatever the file size.
+
+    With ``plan`` and ``task``, only that task's split of the records is read (one worker of
+    many: a Spark partition); columns and filters may differ from the plan's.
 
     Raises:
         ConvertError: when the file cannot be opened or its header read; errors met later
@@ -129,7 +146,76 @@ def scan(
         regions=_strings(regions, "regions"),
         threads=threads,
         batch_records=batch_records,
+        plan=_plan_json(plan),
+        task=task,
     )
+
+
+def plan(
+    input: PathLike,
+    tasks: int,
+    *,
+    output: Optional[PathLike] = None,
+    columns: Optional[Sequence[str]] = None,
+    tags: Optional[Sequence[str]] = None,
+    min_mapq: Optional[int] = None,
+    include_flags: Optional[int] = None,
+    exclude_flags: Optional[int] = None,
+    part_records: Optional[int] = None,
+    threads: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Split the BAM file ``input`` into ``tasks`` tasks at record boundaries, as
+    ``bamflow plan``: one pass that inflates and frames every record, checked to cover each
+    record once. The options are those the tasks will convert with (the plan records them).
+
+    Returns the plan as a dict, also written to ``output`` when given; pass either to
+    :func:`convert`, :func:`scan` and :func:`commit` as ``plan``.
+
+    Raises:
+        ConvertError: when the file cannot be read, naming the stage and offset.
+    """
+    text = _bamflow.plan(
+        os.fspath(input),
+        tasks,
+        columns=_strings(columns, "columns"),
+        tags=_strings(tags, "tags"),
+        min_mapq=min_mapq,
+        include_flags=include_flags,
+        exclude_flags=exclude_flags,
+        part_records=part_records,
+        threads=threads,
+    )
+    if output is not None:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return json.loads(text)
+
+
+def commit(output: PathLike, plan: Plan) -> Dict[str, Any]:
+    """Publish the dataset ``output`` from the finished tasks of ``plan``, as
+    ``bamflow commit``: every task's manifest and parts are checked against the plan first.
+
+    Returns the dataset's ``_manifest.json`` as a dict (``"tasks"`` holds the task count).
+
+    Raises:
+        ConvertError: a task is not done or does not match the plan (named), at stage
+            ``publish``; nothing is removed.
+    """
+    return json.loads(_bamflow.commit(os.fspath(output), _plan_json(plan)))
+
+
+def _plan_json(plan: Optional[Plan]) -> Optional[str]:
+    """A plan keyword as the JSON text of a plan file."""
+    if plan is None:
+        return None
+    if isinstance(plan, Mapping):
+        return json.dumps(plan)
+    if isinstance(plan, str) and plan.lstrip().startswith("{"):
+        return plan
+    with open(plan, encoding="utf-8") as f:
+        return f.read()
 
 
 def read_header(path: PathLike) -> str:

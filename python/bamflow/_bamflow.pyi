@@ -21,6 +21,8 @@ def convert(
     part_records: Optional[int] = ...,
     resume: bool = ...,
     progress: Optional[Any] = ...,
+    plan: Optional[str] = ...,
+    task: Optional[int] = ...,
 ) -> str: ...
 def scan(
     path: str,
@@ -33,7 +35,22 @@ def scan(
     regions: Optional[List[str]] = ...,
     threads: Optional[int] = ...,
     batch_records: Optional[int] = ...,
+    plan: Optional[str] = ...,
+    task: Optional[int] = ...,
 ) -> pyarrow.RecordBatchReader: ...
+def plan(
+    path: str,
+    tasks: int,
+    *,
+    columns: Optional[List[str]] = ...,
+    tags: Optional[List[str]] = ...,
+    min_mapq: Optional[int] = ...,
+    include_flags: Optional[int] = ...,
+    exclude_flags: Optional[int] = ...,
+    part_records: Optional[int] = ...,
+    threads: Optional[int] = ...,
+) -> str: ...
+def commit(output: str, plan: str) -> str: ...
 def read_header(path: str) -> str: ...
 def profile(path: str, threads: Optional[int] = ...) -> str: ...
 def verify(dataset: str, bam: str, threads: Optional[int] = ...) -> str: ...

@@ -44,7 +44,7 @@ impl Observer for Shared {
 
 /// Converts `input` into the dataset folder `output`; returns the manifest as JSON.
 #[pyfunction]
-#[pyo3(signature = (input, output, *, columns=None, tags=None, min_mapq=None, include_flags=None, exclude_flags=None, regions=None, plugins=Vec::new(), threads=None, zstd_level=None, part_records=None, resume=false, progress=None))]
+#[pyo3(signature = (input, output, *, columns=None, tags=None, min_mapq=None, include_flags=None, exclude_flags=None, regions=None, plugins=Vec::new(), threads=None, zstd_level=None, part_records=None, resume=false, progress=None, plan=None, task=None))]
 #[allow(clippy::too_many_arguments)] // Python keywords, one per option.
 pub fn convert(
     py: Python<'_>,
@@ -62,6 +62,8 @@ pub fn convert(
     part_records: Option<u64>,
     resume: bool,
     progress: Option<Py<PyAny>>,
+    plan: Option<String>,
+    task: Option<usize>,
 ) -> PyResult<String> {
     let options = Options {
         columns,
@@ -79,16 +81,22 @@ pub fn convert(
     }
     .resolve()?;
     let engine = Engine::new(options.threads).map_err(pool_error)?;
+    let split = crate::split::task_of(plan.as_deref(), task)?;
     let total = std::fs::metadata(&input).map_or(0, |m| m.len());
     let shared = Shared::default();
 
     let (result, interrupted) = py.detach(|| {
         std::thread::scope(|scope| {
             let (done_tx, done) = mpsc::channel();
-            let (engine, input, output, options, shared) =
-                (&engine, &input, &output, &options, &shared);
+            let (engine, input, output, options, shared, split) =
+                (&engine, &input, &output, &options, &shared, &split);
             let worker = scope.spawn(move || {
-                let result = engine.convert(input, output, options, shared);
+                let result = match split {
+                    Some((plan, task)) => {
+                        engine.convert_task(input, output, plan, *task, options, shared)
+                    }
+                    None => engine.convert(input, output, options, shared),
+                };
                 // The receiver lives until the worker is joined.
                 let _ = done_tx.send(());
                 result
@@ -109,8 +117,9 @@ pub fn convert(
             manifest_json(&summary)
         }
         Err(error) => {
-            if error.is_cancelled() && !resume {
-                // Nothing asked to resume it: leave no trace of the stopped conversion.
+            if error.is_cancelled() && !resume && split.is_none() {
+                // Nothing asked to resume it: leave no trace of the stopped conversion. (A
+                // task always resumes, and its dataset's staging holds its siblings' work.)
                 let _ = dataset::discard_staging(&output);
             }
             Err(interrupted.unwrap_or_else(|| convert_error(py, &error)))

@@ -8,6 +8,7 @@
 mod convert;
 mod errors;
 mod options;
+mod split;
 
 use std::path::PathBuf;
 
@@ -49,7 +50,7 @@ fn profile(py: Python<'_>, path: PathBuf, threads: Option<usize>) -> PyResult<St
 /// A `pyarrow.RecordBatchReader` over the records of `path`, decoded on `threads` workers in
 /// the engine's bounded memory.
 #[pyfunction]
-#[pyo3(signature = (path, *, columns=None, tags=None, min_mapq=None, include_flags=None, exclude_flags=None, regions=None, threads=None, batch_records=None))]
+#[pyo3(signature = (path, *, columns=None, tags=None, min_mapq=None, include_flags=None, exclude_flags=None, regions=None, threads=None, batch_records=None, plan=None, task=None))]
 #[allow(clippy::too_many_arguments)] // Python keywords, one per option.
 fn scan<'py>(
     py: Python<'py>,
@@ -62,6 +63,8 @@ fn scan<'py>(
     regions: Option<Vec<String>>,
     threads: Option<usize>,
     batch_records: Option<usize>,
+    plan: Option<String>,
+    task: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let options = Options {
         columns,
@@ -76,8 +79,12 @@ fn scan<'py>(
     }
     .resolve()?;
     let engine = Engine::new(options.threads).map_err(pool_error)?;
+    let split = split::task_of(plan.as_deref(), task)?;
     let batches = py
-        .detach(|| engine.scan(&path, &options))
+        .detach(|| match &split {
+            Some((plan, task)) => engine.scan_task(&path, plan, *task, &options),
+            None => engine.scan(&path, &options),
+        })
         .map_err(|error| convert_error(py, &error))?;
     let reader: Box<dyn RecordBatchReader + Send> = Box::new(Stream(batches));
     reader.into_pyarrow(py)
@@ -167,6 +174,8 @@ fn export(
 fn _bamflow(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(convert::convert, module)?)?;
     module.add_function(wrap_pyfunction!(scan, module)?)?;
+    module.add_function(wrap_pyfunction!(split::plan, module)?)?;
+    module.add_function(wrap_pyfunction!(split::commit, module)?)?;
     module.add_function(wrap_pyfunction!(read_header, module)?)?;
     module.add_function(wrap_pyfunction!(profile, module)?)?;
     module.add_function(wrap_pyfunction!(verify, module)?)?;

@@ -783,7 +783,29 @@ impl Engine {
         input: &Path,
         options: &ConvertOptions,
     ) -> Result<scan::RecordBatches, ConvertError> {
-        scan::RecordBatches::open(&self.pool, input, options)
+        scan::RecordBatches::open(&self.pool, input, options, None)
+    }
+
+    /// [`Engine::scan`] of split `task` of `plan` only: its records, in order, for one worker
+    /// of many (a Spark partition). The columns and filters are `options`', whatever the
+    /// plan's settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::scan`]; an input other than the plan's, a task the plan lacks or regions
+    /// fail at stage `open` ([`split::SplitError`]).
+    pub fn scan_task(
+        &self,
+        input: &Path,
+        plan: &split::SplitPlan,
+        task: usize,
+        options: &ConvertOptions,
+    ) -> Result<scan::RecordBatches, ConvertError> {
+        let fail = |source: StageError| ConvertError::new(input, Stage::Open, source);
+        let split = plan.split(task).map_err(|e| fail(e.into()))?;
+        let source = SourceInfo::of(input).map_err(|e| fail(e.into()))?;
+        split::check_scan(plan, &source, options).map_err(|e| fail(e.into()))?;
+        scan::RecordBatches::open(&self.pool, input, options, Some(split))
     }
 
     /// Profiles `input` as a conversion with `options` would: its header, a sample of its
@@ -839,16 +861,10 @@ fn convert_on(
     } = prepare(pool, input, options, observer, Purpose::Convert)?;
     // A task of a split plan reads its split, as a region reads its index spans.
     let (spans, origin) = match split {
-        Some(split) => (
-            Some(vec![region::Span {
-                start: VirtualPosition::from(split.start),
-                end: VirtualPosition::from(split.end),
-            }]),
-            Position {
-                record: split.first_record,
-                virtual_offset: split.start,
-            },
-        ),
+        Some(split) => {
+            let (spans, from) = split::reading(split);
+            (Some(spans), from)
+        }
         None => (spans, Position::START),
     };
     let mut staging =

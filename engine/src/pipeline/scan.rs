@@ -18,6 +18,7 @@ use rayon::ThreadPool;
 use super::busy::BusyTimes;
 use super::decode::Decoder;
 use super::read::{Position, Reading};
+use super::split::{self, Split};
 use super::write::Chunk;
 use super::{prepare, ConvertError, ConvertOptions, Prepared, Purpose, Stage, StageError};
 
@@ -40,6 +41,7 @@ impl RecordBatches {
         pool: &Arc<ThreadPool>,
         input: &Path,
         options: &ConvertOptions,
+        split: Option<&Split>,
     ) -> Result<Self, ConvertError> {
         let fail = |stage, source: StageError| ConvertError::new(input, stage, source);
         let Prepared {
@@ -48,6 +50,13 @@ impl RecordBatches {
             filters,
             spans,
         } = prepare(pool, input, options, &(), Purpose::Scan)?;
+        let (spans, from) = match split {
+            Some(split) => {
+                let (spans, from) = split::reading(split);
+                (Some(spans), from)
+            }
+            None => (spans, Position::START),
+        };
         let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
         let records_start = header.records_start;
         let plan = profile.batch;
@@ -73,7 +82,7 @@ impl RecordBatches {
                     records_start,
                     full_hash: None,
                 };
-                reading.stream(Position::START, chunks_tx).map(|_| ())
+                reading.stream(from, chunks_tx).map(|_| ())
             })
             .map_err(|e| fail(Stage::Open, e.into()))?;
         Ok(Self {

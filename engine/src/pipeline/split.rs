@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use super::bgzf::{BgzfStream, BlockReader};
 use super::header;
+use super::read::Position;
+use super::region::Span;
 use super::source::RecordSource;
 use super::write::PartInfo;
 use super::{ConvertError, ConvertOptions, ConvertSummary, Stage, StageError};
@@ -139,19 +141,37 @@ enum Versioned {
 }
 
 impl SplitPlan {
+    /// The plan as the JSON of a plan file (`"format": "bamflow-plan/1"` first).
+    pub fn to_json(&self) -> String {
+        // A plan holds only strings and numbers: serializing it cannot fail.
+        serde_json::to_string_pretty(&Versioned::V1(self.clone())).unwrap_or_default()
+    }
+
+    /// Parses and checks the JSON of a plan file; `origin` names it in errors.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`SplitError::Invalid`] when it is not a plan, or its splits do not tile.
+    pub fn from_json(json: &str, origin: &Path) -> Result<Self, SplitError> {
+        let invalid = |reason: String| SplitError::Invalid {
+            path: origin.to_owned(),
+            reason,
+        };
+        let Versioned::V1(plan) = serde_json::from_str(json).map_err(|e| invalid(e.to_string()))?;
+        plan.check().map_err(|e| invalid(e.to_string()))?;
+        Ok(plan)
+    }
+
     /// Writes the plan to `path` (durably: a task started right after must find it).
     ///
     /// # Errors
     ///
     /// Returns [`SplitError::Io`] when the file cannot be written.
     pub fn save(&self, path: &Path) -> Result<(), SplitError> {
-        let io = |source| SplitError::Io {
+        durable::write_file(path, self.to_json().as_bytes()).map_err(|e| SplitError::Io {
             path: path.to_owned(),
-            source,
-        };
-        let json = serde_json::to_vec_pretty(&Versioned::V1(self.clone()))
-            .map_err(|e| io(io::Error::other(e)))?;
-        durable::write_file(path, &json).map_err(|e| io(io::Error::other(e)))
+            source: io::Error::other(e),
+        })
     }
 
     /// Reads the plan at `path`.
@@ -160,18 +180,11 @@ impl SplitPlan {
     ///
     /// Returns [`SplitError::Io`] or [`SplitError::Invalid`].
     pub fn load(path: &Path) -> Result<Self, SplitError> {
-        let bytes = fs::read(path).map_err(|source| SplitError::Io {
+        let json = fs::read_to_string(path).map_err(|source| SplitError::Io {
             path: path.to_owned(),
             source,
         })?;
-        let invalid = |reason: String| SplitError::Invalid {
-            path: path.to_owned(),
-            reason,
-        };
-        let Versioned::V1(plan) =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        plan.check().map_err(|e| invalid(e.to_string()))?;
-        Ok(plan)
+        Self::from_json(&json, path)
     }
 
     /// Split `task`.
@@ -378,9 +391,22 @@ pub(super) fn finished_task(target: &Path, plan: &SplitPlan) -> Option<Manifest>
     same.then_some(manifest)
 }
 
-/// Checks that `source` and `options` are the plan's, so a task never converts another file
-/// or with other settings than its siblings.
-pub(super) fn check_task(
+/// What a reader of `split` reads: its span, and its first record to start from.
+pub(super) fn reading(split: &Split) -> (Vec<Span>, Position) {
+    let span = Span {
+        start: VirtualPosition::from(split.start),
+        end: VirtualPosition::from(split.end),
+    };
+    let from = Position {
+        record: split.first_record,
+        virtual_offset: split.start,
+    };
+    (vec![span], from)
+}
+
+/// Checks that a scan of a split reads the plan's file, without regions. Its columns and
+/// filters are its own: a split is a range of records whatever is made of them.
+pub(super) fn check_scan(
     plan: &SplitPlan,
     source: &SourceInfo,
     options: &ConvertOptions,
@@ -388,7 +414,17 @@ pub(super) fn check_task(
     if !options.filters.regions.is_empty() {
         return Err(SplitError::Regions);
     }
-    plan.check_input(source)?;
+    plan.check_input(source)
+}
+
+/// Checks that `source` and `options` are the plan's, so a task never converts another file
+/// or with other settings than its siblings.
+pub(super) fn check_task(
+    plan: &SplitPlan,
+    source: &SourceInfo,
+    options: &ConvertOptions,
+) -> Result<(), SplitError> {
+    check_scan(plan, source, options)?;
     plan.check_settings(&options.checkpoint_settings())
 }
 
