@@ -10,7 +10,9 @@
 #   pyarrow, duckdb   the independent readers of the datasets, in a venv (target/test-venv):
 #                     never pip outside one (Debian's python3 is externally managed)
 #   bamflow (Python)  built from ./python by maturin (from PyPI) into the same venv, with
-#                     pytest, polars and tqdm; its pytest suite runs after cargo's tests
+#                     pytest, polars, tqdm and pyspark; its pytest suite runs after cargo's
+#                     tests
+#   a JRE             the Spark tests run a real Spark (local[2]) from pyspark
 #
 # Debian packages are installed with apt-get (through sudo when not root). Extra arguments go
 # to `cargo test` and skip the Python suite, e.g. `scripts/test.sh -p bamflow`.
@@ -27,6 +29,7 @@ command -v gzip >/dev/null || missing+=(gzip)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v java >/dev/null || missing+=(default-jre-headless)
 
 venv=target/test-venv
 python=${PYTHON:-python3}
