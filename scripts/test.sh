@@ -13,6 +13,7 @@
 #                     pytest, polars, tqdm and pyspark; its pytest suite runs after cargo's
 #                     tests
 #   a JRE             the Spark tests run a real Spark (local[2]) from pyspark
+#   slurm-wlm         tests/slurm/run.sh runs examples/slurm on a single-node Slurm it starts
 #
 # Debian packages are installed with apt-get (through sudo when not root). Extra arguments go
 # to `cargo test` and skip the Python suite, e.g. `scripts/test.sh -p bamflow`.
@@ -30,6 +31,7 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v java >/dev/null || missing+=(default-jre-headless)
+{ command -v slurmctld >/dev/null && command -v slurmd >/dev/null; } || missing+=(slurm-wlm)
 
 venv=target/test-venv
 python=${PYTHON:-python3}
@@ -62,6 +64,8 @@ if [ $# -gt 0 ]; then
   exec cargo test --workspace "$@"
 fi
 cargo test --workspace
+# The e2e tests built the binaries the example runs (target/debug: cargo test's profile).
+tests/slurm/run.sh
 
 echo "scripts/test.sh: building the Python package into $venv" >&2
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check './python[test]'
