@@ -122,8 +122,16 @@ fn every_split_of_every_kind_commits_to_what_one_convert_writes() {
         .map(|name| dir.bam_from_data(&format!("{name}.sam")))
         .collect();
     bams.push(dir.bam_from_data("header_only.sam"));
-    // Sorted with unplaced unmapped reads at the end, unsorted long reads, unaligned.
-    bams.push(dir.generated(DataKind::Short, 3_000, 81));
+    // Sorted with unplaced unmapped reads at the end (indexed: the plan never reads the
+    // index, which lists no unplaced reads), unsorted long reads, unaligned.
+    let sorted = dir.generated(DataKind::Short, 3_000, 81);
+    let indexed = std::process::Command::new("samtools")
+        .arg("index")
+        .arg(&sorted)
+        .status()
+        .unwrap();
+    assert!(indexed.success());
+    bams.push(sorted);
     bams.push(dir.generated(DataKind::Long, 40, 82));
     bams.push(dir.generated(DataKind::Unaligned, 2_000, 83));
     let tiny = one_byte_blocks(&dir, &bams[0], "tiny_blocks.bam");
