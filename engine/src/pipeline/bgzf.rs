@@ -612,22 +612,21 @@ impl<R: Read> BgzfStream<R> {
         out: &mut Vec<u8>,
         n: usize,
     ) -> Result<Result<(), usize>, BgzfError> {
-        let mut remaining = n;
-        while remaining > 0 {
-            self.ensure_data()?;
-            let Some(block) = self.chunk.front() else {
-                return Ok(Err(n - remaining));
-            };
-            let take = remaining.min(block.data.len() - self.cursor);
-            out.extend_from_slice(&block.data[self.cursor..self.cursor + take]);
-            self.cursor += take;
-            remaining -= take;
-        }
-        Ok(Ok(()))
+        self.consume(n, |bytes| out.extend_from_slice(bytes))
     }
 
     /// Passes over exactly `n` bytes; returns how many were available if fewer.
     pub fn skip(&mut self, n: usize) -> Result<Result<(), usize>, BgzfError> {
+        self.consume(n, |_| {})
+    }
+
+    /// Hands the next `n` bytes to `sink`, a block's worth at a time; returns how many were
+    /// available if fewer.
+    fn consume(
+        &mut self,
+        n: usize,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<Result<(), usize>, BgzfError> {
         let mut remaining = n;
         while remaining > 0 {
             self.ensure_data()?;
@@ -635,6 +634,7 @@ impl<R: Read> BgzfStream<R> {
                 return Ok(Err(n - remaining));
             };
             let take = remaining.min(block.data.len() - self.cursor);
+            sink(&block.data[self.cursor..self.cursor + take]);
             self.cursor += take;
             remaining -= take;
         }

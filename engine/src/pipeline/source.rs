@@ -140,18 +140,7 @@ impl<R: Read> RecordSource<R> {
 
     /// Appends the next record (without its `block_size`) to `data`; `Ok(false)` at the end.
     fn read_record(&mut self, data: &mut Vec<u8>) -> Result<bool, SourceError> {
-        let Some(Frame {
-            size,
-            record,
-            offset,
-        }) = self.next_frame()?
-        else {
-            return Ok(false);
-        };
-        self.stream
-            .read_into(data, size as usize)?
-            .map_err(|_| SourceError::TruncatedRecord { record, offset })?;
-        Ok(true)
+        self.take_record(|stream, size| stream.read_into(data, size))
     }
 
     /// Passes over the next record without copying it (a split plan only counts and places
@@ -161,6 +150,17 @@ impl<R: Read> RecordSource<R> {
     ///
     /// As [`RecordSource::read_batch`].
     pub fn skip_record(&mut self) -> Result<bool, SourceError> {
+        let found = self.take_record(|stream, size| stream.skip(size))?;
+        self.next_record += u64::from(found);
+        Ok(found)
+    }
+
+    /// Frames the next record and hands its bytes to `take` (which copies or skips them);
+    /// `Ok(false)` at the end.
+    fn take_record(
+        &mut self,
+        take: impl FnOnce(&mut BgzfStream<R>, usize) -> Result<Result<(), usize>, BgzfError>,
+    ) -> Result<bool, SourceError> {
         let Some(Frame {
             size,
             record,
@@ -169,10 +169,8 @@ impl<R: Read> RecordSource<R> {
         else {
             return Ok(false);
         };
-        self.stream
-            .skip(size as usize)?
+        take(&mut self.stream, size as usize)?
             .map_err(|_| SourceError::TruncatedRecord { record, offset })?;
-        self.next_record += 1;
         Ok(true)
     }
 

@@ -448,9 +448,13 @@ pub fn commit(output: &Path, plan: &SplitPlan) -> Result<ConvertSummary, Convert
             });
         }
     }
+    // A commit of tasks never run (a wrong path, say) leaves no staging folder behind.
+    let staged = dataset::staging_path(output).is_ok_and(|path| path.exists());
     let mut staging = Staging::open(output).map_err(|e| fail(Stage::Output, e.into()))?;
-    // Whatever happens, the tasks' work stays for a rerun.
-    staging.keep();
+    if staged {
+        // Whatever happens, the tasks' work stays for a rerun.
+        staging.keep();
+    }
 
     let mut tasks = Vec::with_capacity(plan.splits.len());
     for split in &plan.splits {

@@ -181,6 +181,10 @@ fn a_killed_task_reruns_into_the_same_dataset() {
     let plan_path = dir.path("plan.json");
     plan(&bam, 2, &plan_path, &extra);
     let out = dir.path("out");
+    // Nothing run yet: the commit says so and leaves nothing behind.
+    let early = commit(&out, &plan_path);
+    assert_eq!(early.status.code(), Some(1));
+    assert!(!dir.path(".out.staging").exists());
 
     // Killed (SIGKILL) right after its second part is renamed into place.
     let mut command = bamflow(&["convert"]);
