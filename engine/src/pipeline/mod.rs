@@ -886,7 +886,12 @@ fn convert_on(
     let decoder = Decoder::new(options.schema.clone(), &header.reference_names);
     let staging_dir = staging.path().to_owned();
     let busy = Arc::new(BusyTimes::default());
-    let levels = compression::resolve(&options.column_zstd_levels, &profile.level_trials);
+    let written = options.schema.column_names();
+    let levels = compression::resolve(
+        &options.column_zstd_levels,
+        &profile.level_trials,
+        |column| written.iter().any(|c| c == column),
+    );
     let write = options.write_options(levels);
     let full_hash = std::sync::Mutex::new(None);
     let build = Build {

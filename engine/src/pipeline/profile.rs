@@ -233,6 +233,7 @@ pub fn profile(
                 options
                     .level_trial
                     .as_ref()
+                    .filter(|_| file_bytes >= compression::TRIAL_MIN_FILE_BYTES)
                     .map(|plan| level_trials(&batch, &header, plan))
                     .unwrap_or_default()
             },
