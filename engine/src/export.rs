@@ -432,39 +432,52 @@ impl Columns<'_> {
             .tags
             .and_then(|column| text(column, row))
             .filter(|t| !t.is_empty());
-        let others = tags.map_or(0, |t| t.split('\t').count());
         present.clear();
         for (i, (_, _, values)) in self.promoted.iter().enumerate() {
             if !values.is_null(row) {
-                let index = u32::try_from(others + present.len()).unwrap_or(u32::MAX);
-                present.push((i, index, 0));
+                present.push((i, AFTER_THE_OTHERS, 0));
             }
         }
         if let Some(layout) = self.layout.and_then(|column| text(column, row)) {
             place(layout, present)?;
         }
 
-        let fields = u32::try_from(others + present.len()).unwrap_or(u32::MAX);
+        let mut encode_promoted = |i: usize, subtype: u8, out: &mut Vec<u8>| {
+            let (tag, kind, values) = self.promoted[i];
+            promoted_text(tag, kind, values, row, subtype, field)
+                .ok_or_else(|| format!("promoted tag {tag} cannot be written"))?;
+            encode_tag(field, out)
+        };
+        // Fields in order: a placed promoted value where its index says, else the next of the
+        // `tags` text, until both run out.
         let mut others = tags.into_iter().flat_map(|t| t.split('\t'));
-        for index in 0..fields {
-            match present.iter().find(|p| p.1 == index) {
-                Some(&(i, _, subtype)) => {
-                    let (tag, kind, values) = self.promoted[i];
-                    promoted_text(tag, kind, values, row, subtype, field)
-                        .ok_or_else(|| format!("promoted tag {tag} cannot be written"))?;
-                    encode_tag(field, out)?;
-                }
-                None => {
-                    let field = others.next().ok_or_else(|| {
-                        format!("{TAG_LAYOUT} places a promoted tag past the last field")
-                    })?;
-                    encode_tag(field, out)?;
-                }
+        let (mut index, mut placed) = (0u32, 0);
+        loop {
+            if let Some(&(i, _, subtype)) = present.iter().find(|p| p.1 == index) {
+                encode_promoted(i, subtype, out)?;
+                placed += 1;
+            } else if let Some(other) = others.next() {
+                encode_tag(other, out)?;
+            } else {
+                break;
             }
+            index += 1;
+        }
+        if placed != present.iter().filter(|p| p.1 != AFTER_THE_OTHERS).count() {
+            return Err(format!(
+                "{TAG_LAYOUT} places a promoted tag past the last field or twice at one"
+            ));
+        }
+        // Without a layout, the promoted values follow the others in column order.
+        for &(i, _, subtype) in present.iter().filter(|p| p.1 == AFTER_THE_OTHERS) {
+            encode_promoted(i, subtype, out)?;
         }
         Ok(())
     }
 }
+
+/// The index of a promoted value the tag layout does not place: after the `tags` fields.
+const AFTER_THE_OTHERS: u32 = u32::MAX;
 
 /// Sets each promoted value's index and element type from a [`TAG_LAYOUT`] value
 /// (`index[:subtype]` per value, in column order).

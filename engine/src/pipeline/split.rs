@@ -464,12 +464,13 @@ pub fn commit(output: &Path, plan: &SplitPlan) -> Result<ConvertSummary, Convert
         tasks.push((dir, manifest));
     }
 
+    // A task without rows still has its empty part: the dataset keeps one only when it has no
+    // rows at all, for the schema.
+    let any_rows = tasks.iter().any(|(_, m)| m.counts.written > 0);
     let mut parts: Vec<PartInfo> = Vec::new();
     for (dir, manifest) in &tasks {
         for part in &manifest.parts {
-            // A task without rows still has its empty part; one is enough, for the schema.
-            let empty = part.rows == 0;
-            if empty && (!parts.is_empty() || tasks.iter().any(|(_, m)| m.counts.written > 0)) {
+            if part.rows == 0 && (any_rows || !parts.is_empty()) {
                 continue;
             }
             let file = format!("part-{:05}.parquet", parts.len());
