@@ -25,12 +25,13 @@ use crate::ledger::{Entry, FileState, Ledger};
 use crate::metrics::{Metrics, RescanReason};
 use crate::service::Notifier;
 use crate::status::{self, FileStatus};
+use crate::stores::{self, Stores};
 use crate::watch::{Claim, Events, Fingerprint, Ready, Take, Tracker, Waiting, Wake, Waker};
 use bamflow_engine::dataset;
 use bamflow_engine::pipeline::chain;
 use bamflow_engine::pipeline::write::PartInfo;
 use bamflow_engine::pipeline::{
-    self, Commit, ConvertError, Engine, ErrorKind, Location, Observer, Stage,
+    self, Commit, ConvertError, Engine, ErrorKind, Location, Observer, Stage, StageError,
 };
 
 /// How often files already seen are re-checked for readiness between full rescans (and how
@@ -222,6 +223,7 @@ pub fn run(
         }
     };
     let engine = Engine::new(config.threads).context("cannot start the worker pool")?;
+    let stores = Stores::new(config.state_dir.join("spool"), metrics.upload());
     // A rendezvous channel: a job is handed over only when a worker is idle, so files wait in
     // their folder, not in a queue, and a later rescan may still see them change.
     let (jobs, job_queue) = crossbeam_channel::bounded::<Job>(0);
@@ -237,6 +239,7 @@ pub fn run(
                 control,
                 notifier,
                 metrics: &metrics,
+                stores: &stores,
                 waker: events.waker(),
             };
             std::thread::Builder::new()
@@ -277,6 +280,7 @@ struct Worker<'a> {
     control: &'a Control,
     notifier: &'a Notifier,
     metrics: &'a Metrics,
+    stores: &'a Stores,
     /// Tells the loop this worker is free, so the next ready file is handed over at once.
     waker: Waker,
 }
@@ -298,7 +302,14 @@ impl Worker<'_> {
             };
             let started = Instant::now();
             self.metrics.file_started(&job.watch.name);
-            let outcome = process(&job.watch, &job.file, self.books, self.engine, &observer);
+            let outcome = process(
+                &job.watch,
+                &job.file,
+                self.books,
+                self.engine,
+                self.stores,
+                &observer,
+            );
             // What the conversion freed goes back to the system, not kept for the next file.
             bamflow_engine::heap::return_free_memory();
             let label = match outcome {
@@ -431,7 +442,11 @@ impl<'a> Dispatcher<'a> {
                 watch = %watch.name,
                 path = %absolute(&watch.path).display(),
                 pattern = %watch.pattern,
-                output = %absolute(Path::new(&watch.output)).display(),
+                output = %if bamflow_store::ObjectUrl::is_remote(&watch.output) {
+                    watch.output.clone()
+                } else {
+                    absolute(Path::new(&watch.output)).display().to_string()
+                },
                 settle_seconds = watch.settle.as_secs(),
                 on_success = %watch.on_success,
                 on_failure = %watch.on_failure,
@@ -604,6 +619,7 @@ fn process(
     file: &Ready,
     books: &Books,
     engine: &Engine,
+    stores: &Stores,
     observer: &JobObserver<'_>,
 ) -> Outcome {
     let held = match books.claim(&file.path) {
@@ -760,10 +776,36 @@ fn process(
             warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away converted input.");
         }
     };
-    if let Some(published) = published_from(&output, &source) {
+    let remote = match stores.target(&output, &watch.output_options).transpose() {
+        Ok(remote) => remote,
+        Err(error) => {
+            let error = ConvertError::new(
+                &file.path,
+                Stage::Output,
+                StageError::Io(std::io::Error::other(bamflow_store::chain(&error))),
+            );
+            warn!(watch = %watch.name, path = %file.path.display(), error = chain(&error), outcome = "failure", "Output cannot be written.");
+            observer.metrics.error(error.stage, error.kind());
+            books.record(
+                &Entry {
+                    attempts,
+                    error: Some(chain(&error)),
+                    ..entry(FileState::Failure)
+                },
+                epoch,
+            );
+            quarantine(watch, &file.path, &Failed::from(&error));
+            return Outcome::Failure;
+        }
+    };
+    let published = match &remote {
+        None => published_from(&output, &source).map(|p| (p.counts, p.source.sha256)),
+        Some(target) => stores::published_from(target, &source).map(|m| (m.counts, m.source.sha256)),
+    };
+    if let Some((counts, sha256)) = published {
         // A crash struck after the dataset was published but before the input was filed away.
         info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), outcome = "success", "Dataset was already published from this input; filing the input away.");
-        succeeded(&published.counts, published.source.sha256.clone());
+        succeeded(&counts, sha256);
         return Outcome::Success;
     }
     info!(watch = %watch.name, path = %file.path.display(), output = %output.display(), attempts, epoch, "Converting file.");
@@ -782,7 +824,23 @@ fn process(
             &options
         }
     };
-    let converted = engine.convert_identified(&file.path, source, &output, convert, observer);
+    let verify_remote = |dataset: &Path| {
+        verify_published(engine, dataset, &file.path).map_err(|failed| failed.message)
+    };
+    let converted = match &remote {
+        None => engine.convert_identified(&file.path, source, &output, convert, observer),
+        Some(target) => stores::convert(
+            target,
+            engine,
+            &file.path,
+            source,
+            convert,
+            observer,
+            watch
+                .verify
+                .then_some(&verify_remote as &dyn Fn(&Path) -> Result<(), String>),
+        ),
+    };
     let outcome = match converted {
         Ok(summary) => {
             // Published, but not yet in the ledger nor filed away: a restart must cope.
@@ -810,7 +868,8 @@ fn process(
                 outcome = "success",
                 "Converted file."
             );
-            if watch.verify {
+            // An object-store dataset was verified in the spool, before it was uploaded.
+            if watch.verify && remote.is_none() {
                 if let Err(failed) = verify_published(engine, &summary.output, &file.path) {
                     warn!(watch = %watch.name, path = %file.path.display(), output = %summary.output.display(), error = %failed.message, outcome = "failure", "Dataset does not equal its input; keeping the input.");
                     observer

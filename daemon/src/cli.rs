@@ -126,6 +126,22 @@ pub struct ConvertArgs {
     /// The task of --plan to convert, from 0.
     #[arg(long, requires = "plan")]
     pub task: Option<usize>,
+    /// A setting of an s3:// output's store as KEY=VALUE (object_store's S3 keys, e.g.
+    /// endpoint=http://minio:9000), over the AWS environment and profile files (repeatable).
+    #[arg(long = "output-option", value_parser = parse_key_value)]
+    pub output_options: Vec<(String, String)>,
+    /// Local folder an s3:// dataset is built in (and resumed from) before it is uploaded
+    /// (default: $XDG_CACHE_HOME/bamflow/spool, else ~/.cache/bamflow/spool).
+    #[arg(long)]
+    pub spool: Option<PathBuf>,
+}
+
+/// `KEY=VALUE`.
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(key, _)| !key.trim().is_empty())
+        .map(|(key, value)| (key.trim().to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 #[derive(Debug, Args)]

@@ -173,6 +173,8 @@ pub struct RawWatch {
     pub require_sentinel: Option<String>,
     pub incomplete_timeout_seconds: Option<u64>,
     pub output: Option<String>,
+    /// Settings of an `s3://` output's store beyond the AWS environment and profile files.
+    pub output_options: Option<std::collections::BTreeMap<String, String>>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
     pub follow_symlinks: Option<bool>,
@@ -457,8 +459,10 @@ pub struct WatchConfig {
     /// How long a settled file may go without its BGZF EOF block before it is failed as
     /// incomplete; `None` waits forever.
     pub incomplete_timeout: Option<Duration>,
-    /// Output template with `{watch}`, `{stem}` and `{sample}`.
+    /// Output template with `{watch}`, `{stem}` and `{sample}`: a folder, or `s3://…`.
     pub output: String,
+    /// Settings of an `s3://` output's store (object_store keys), over the AWS environment.
+    pub output_options: Vec<(String, String)>,
     pub on_success: Disposition,
     pub on_failure: Disposition,
     /// Take symlinks to files (DESIGN.md §9: not followed unless configured).
@@ -537,6 +541,12 @@ impl RawConfig {
                 .clone()
                 .unwrap_or_else(|| "./outbox/{watch}/{stem}".to_owned());
             check_template(&output).map_err(|m| invalid(&key("output"), m))?;
+            let output_options: Vec<(String, String)> =
+                raw.output_options.clone().unwrap_or_default().into_iter().collect();
+            for (option, _) in &output_options {
+                bamflow_store::bucket::check_option(option)
+                    .map_err(|m| invalid(&key(&format!("output_options.{option}")), m))?;
+            }
             let on_success = disposition(raw.on_success.as_deref().unwrap_or("move:done"))
                 .map_err(|m| invalid(&key("on_success"), m))?;
             let on_failure = disposition(raw.on_failure.as_deref().unwrap_or("move:failed"))
@@ -583,6 +593,7 @@ impl RawConfig {
                     .filter(|&s| s > 0)
                     .map(Duration::from_secs),
                 output,
+                output_options,
                 on_success,
                 on_failure,
                 follow_symlinks: raw.follow_symlinks.unwrap_or(false),
@@ -683,6 +694,13 @@ fn check_template(template: &str) -> Result<(), String> {
         return Err(
             "must contain {stem}, or every file of a watch would get the same output".to_owned(),
         );
+    }
+    if bamflow_store::ObjectUrl::is_remote(template) {
+        let filled = template
+            .replace("{watch}", "w")
+            .replace("{stem}", "s")
+            .replace("{sample}", "x");
+        bamflow_store::ObjectUrl::parse(&filled).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

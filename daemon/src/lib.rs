@@ -13,4 +13,5 @@ pub mod ledger;
 pub mod metrics;
 pub mod service;
 pub mod status;
+pub mod stores;
 pub mod watch;

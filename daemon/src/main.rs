@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bamflow::app::{self, Control};
 use bamflow::config::{self, ConfigError, ConvertOverrides, DaemonConfig, RawConfig};
@@ -15,7 +16,9 @@ use bamflow::ledger;
 use bamflow::service::Notifier;
 use bamflow_engine::options::{ConvertConfig, FilterConfig};
 use bamflow_engine::pipeline::split::{self, SplitPlan};
-use bamflow_engine::pipeline::{self, ConvertSummary, Engine, Observer, Progress};
+use bamflow_engine::dataset::{Manifest, SourceInfo};
+use bamflow_engine::pipeline::{self, Engine, Observer, Progress};
+use bamflow_store::{Bucket, ObjectUrl, Published, RemoteTarget, Unobserved};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -376,6 +379,25 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     let options = settings(args.settings, args.resume)?;
     let size = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
     let bar = ProgressBarObserver::new(size);
+    if let Some(url) = args.output.to_str().filter(|o| ObjectUrl::is_remote(o)) {
+        anyhow::ensure!(
+            args.plan.is_none(),
+            "split tasks write a shared folder; an s3:// output takes one conversion"
+        );
+        let url = ObjectUrl::parse(url)?;
+        let published = convert_to_store(
+            &args.input,
+            url,
+            &args.output_options,
+            args.spool.clone(),
+            &options,
+            &bar,
+        );
+        bar.bar.finish_and_clear();
+        let published = published?;
+        print_summary(&published.manifest, &published.url);
+        return Ok(());
+    }
     let summary = match (&args.plan, args.task) {
         (Some(plan), Some(task)) => {
             let plan = SplitPlan::load(plan)?;
@@ -385,8 +407,39 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         _ => pipeline::convert(&args.input, &args.output, &options, &bar),
     };
     bar.bar.finish_and_clear();
-    print_summary(&summary?);
+    let summary = summary?;
+    print_summary(&summary.manifest, &summary.output.display());
     Ok(())
+}
+
+/// Converts into an object-store dataset: built in the spool, uploaded, published.
+fn convert_to_store(
+    input: &Path,
+    url: ObjectUrl,
+    output_options: &[(String, String)],
+    spool: Option<PathBuf>,
+    options: &pipeline::ConvertOptions,
+    observer: &dyn Observer,
+) -> anyhow::Result<Published> {
+    let bucket = Bucket::connect(&url.bucket, output_options, Arc::new(Unobserved))?;
+    let spool = spool.unwrap_or_else(default_spool);
+    let target = RemoteTarget::new(Arc::new(bucket), url, &spool);
+    let engine = Engine::new(options.threads).context("cannot start the worker pool")?;
+    let source =
+        SourceInfo::of(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let staged = target.convert(&engine, input, source, options, observer)?;
+    Ok(staged.publish()?)
+}
+
+/// `$XDG_CACHE_HOME/bamflow/spool`, else `~/.cache/bamflow/spool`: on disk, where a dataset
+/// may grow (not /tmp, often RAM).
+fn default_spool() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("bamflow").join("spool")
 }
 
 /// Splits a BAM into tasks and writes (or prints) the plan.
@@ -414,17 +467,16 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
 fn commit(output: &Path, plan: &Path) -> anyhow::Result<()> {
     let plan = SplitPlan::load(plan)?;
     let summary = split::commit(output, &plan)?;
-    print_summary(&summary);
+    print_summary(&summary.manifest, &summary.output.display());
     Ok(())
 }
 
-fn print_summary(summary: &ConvertSummary) {
-    let m = &summary.manifest;
+fn print_summary(m: &Manifest, output: &dyn std::fmt::Display) {
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     eprintln!(
         "bamflow: {} → {}: {} records, {} rows, {:.1} MiB in, {:.1} MiB out ({:.2}× the BAM), {:.2} s, {:.0} records/s",
         m.source.path.display(),
-        summary.output.display(),
+        output,
         m.counts.read,
         m.counts.written,
         mib(m.bytes_in),

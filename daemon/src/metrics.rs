@@ -84,6 +84,30 @@ pub struct Metrics {
     coordination_errors: IntCounterVec,
     coordination_up: IntGauge,
     coordination_configured: std::sync::atomic::AtomicBool,
+    upload: UploadMetrics,
+}
+
+/// The object-store families, handed to each [`bamflow_store::Bucket`] (its threads report
+/// into them directly).
+#[derive(Clone, Debug)]
+pub struct UploadMetrics {
+    bytes: IntCounter,
+    retries: IntCounterVec,
+    errors: IntCounterVec,
+}
+
+impl bamflow_store::StoreObserver for UploadMetrics {
+    fn uploaded(&self, bytes: u64) {
+        self.bytes.inc_by(bytes);
+    }
+
+    fn retried(&self, why: bamflow_store::Retry) {
+        self.retries.with_label_values(&[why.as_str()]).inc();
+    }
+
+    fn failed(&self, why: bamflow_store::Failure) {
+        self.errors.with_label_values(&[why.as_str()]).inc();
+    }
 }
 
 /// The `event` label of `bamflow_claims_total`.
@@ -299,8 +323,34 @@ impl Metrics {
             )?,
             coordination_up,
             coordination_configured: std::sync::atomic::AtomicBool::new(false),
+            upload: UploadMetrics {
+                bytes: {
+                    let bytes = IntCounter::new(
+                        "bamflow_upload_bytes_total",
+                        "Bytes of parts, manifests and markers that reached an object store (s3:// outputs).",
+                    )?;
+                    registry.register(Box::new(bytes.clone()))?;
+                    bytes
+                },
+                retries: counter(
+                    "bamflow_upload_retries_total",
+                    "Object-store requests retried with backoff: throttled (429, 503 SlowDown), another 5xx (server), or a failed connection (network).",
+                    &["reason"],
+                )?,
+                errors: counter(
+                    "bamflow_upload_errors_total",
+                    "Object-store operations that failed for good: denied (401/403), conflict (a create-only put found the object), other (other 4xx, retries exhausted).",
+                    &["kind"],
+                )?,
+            },
             registry,
         };
+        for why in bamflow_store::Retry::ALL {
+            metrics.upload.retries.with_label_values(&[why.as_str()]);
+        }
+        for why in bamflow_store::Failure::ALL {
+            metrics.upload.errors.with_label_values(&[why.as_str()]);
+        }
         for stage in BusyStage::ALL {
             metrics.stage_busy.with_label_values(&[stage.name()]);
         }
@@ -491,6 +541,11 @@ impl Metrics {
         self.duplicate_check_bytes
             .with_label_values(&[watch])
             .inc_by(bytes);
+    }
+
+    /// The object-store families, for the buckets outputs are uploaded to.
+    pub fn upload(&self) -> UploadMetrics {
+        self.upload.clone()
     }
 
     pub fn error(&self, stage: Stage, kind: ErrorKind) {

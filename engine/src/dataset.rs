@@ -235,10 +235,26 @@ pub fn staging_path(target: &Path) -> Result<PathBuf, DatasetError> {
     Ok(parent.join(staging_name(name, None)))
 }
 
+/// The staging folder a conversion of `target` under claim `epoch` builds in ([`Staging::open_for`]).
+///
+/// # Errors
+///
+/// Returns [`DatasetError::NoFileName`] when `target` has no file name.
+pub fn staging_path_for(target: &Path, epoch: Option<u64>) -> Result<PathBuf, DatasetError> {
+    let staging = staging_path(target)?;
+    match epoch {
+        None => Ok(staging),
+        Some(_) => Ok(staging.with_file_name(staging_name(
+            target.file_name().unwrap_or_default(),
+            epoch,
+        ))),
+    }
+}
+
 /// The manifest's name in a dataset folder.
-const MANIFEST: &str = "_manifest.json";
+pub const MANIFEST: &str = "_manifest.json";
 /// The marker of a complete dataset, written last.
-const SUCCESS: &str = "_SUCCESS";
+pub const SUCCESS: &str = "_SUCCESS";
 
 /// A dataset being built. Dropping it unpublished removes the staging folder, unless kept.
 #[derive(Debug)]

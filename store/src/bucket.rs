@@ -1,0 +1,475 @@
+//! One S3-compatible bucket, behind a blocking interface for the engine's threads.
+//!
+//! The engine and the daemon are threads, not tasks: each [`Bucket`] owns a small tokio
+//! runtime for object_store's futures and blocks the calling thread on them.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse, HttpService,
+    ReqwestConnector,
+};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::journal::Journal;
+use crate::{profile_files, StoreError};
+
+/// Bytes per multipart chunk: above S3's 5 MiB minimum, and the unit of upload memory.
+pub const CHUNK_BYTES: usize = 8 << 20;
+/// Chunks uploading at once per file: the upload's memory is `CHUNK_BYTES × IN_FLIGHT`.
+pub const IN_FLIGHT: usize = 4;
+
+/// Why object_store retried a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// 429, or 503 (S3's SlowDown).
+    Throttled,
+    /// Another 5xx.
+    Server,
+    /// The connection failed or timed out.
+    Network,
+}
+
+impl Retry {
+    /// Every reason, for metric labels.
+    pub const ALL: [Self; 3] = [Self::Throttled, Self::Server, Self::Network];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Server => "server",
+            Self::Network => "network",
+        }
+    }
+}
+
+/// What went wrong with a request that was not retried (or ran out of retries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// 401/403: credentials or permissions.
+    Denied,
+    /// A create-only put found the object there.
+    Conflict,
+    /// Anything else: 4xx, exhausted retries, a local read.
+    Other,
+}
+
+impl Failure {
+    /// Every kind, for metric labels.
+    pub const ALL: [Self; 3] = [Self::Denied, Self::Conflict, Self::Other];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Denied => "denied",
+            Self::Conflict => "conflict",
+            Self::Other => "other",
+        }
+    }
+
+    pub(crate) fn of(error: &object_store::Error) -> Self {
+        match error {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => Self::Denied,
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => Self::Conflict,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Told about uploads, for metrics. Called from upload and runtime threads.
+pub trait StoreObserver: Send + Sync + fmt::Debug {
+    /// `bytes` more reached the store (a chunk or a whole small object).
+    fn uploaded(&self, _bytes: u64) {}
+    /// A response or transport error object_store retries.
+    fn retried(&self, _why: Retry) {}
+    /// An operation failed for good.
+    fn failed(&self, _why: Failure) {}
+}
+
+/// Observes nothing.
+#[derive(Debug)]
+pub struct Unobserved;
+
+impl StoreObserver for Unobserved {}
+
+/// A bucket of an S3-compatible store, with credentials and endpoint resolved.
+#[derive(Debug)]
+pub struct Bucket {
+    name: String,
+    store: Arc<AmazonS3>,
+    runtime: tokio::runtime::Runtime,
+    observer: Arc<dyn StoreObserver>,
+}
+
+impl Bucket {
+    /// Connects to `bucket` with settings from, weakest first: the AWS profile files, the
+    /// `AWS_*` environment, then `options` (object_store's S3 keys, e.g. `endpoint`,
+    /// `region`, `allow_http`, `conditional_put`). An `http://` endpoint allows plain HTTP.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Config`] for an unknown option or settings object_store refuses,
+    /// and [`StoreError::Runtime`] when the runtime's threads cannot start.
+    pub fn connect(
+        bucket: &str,
+        options: &[(String, String)],
+        observer: Arc<dyn StoreObserver>,
+    ) -> Result<Self, StoreError> {
+        // reqwest is built without a default TLS provider: ring, as for PostgreSQL.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut settings = profile_files::profile_settings();
+        for (key, value) in std::env::vars() {
+            if key.starts_with("AWS_") && !value.is_empty() {
+                settings.insert(key.to_ascii_lowercase(), value);
+            }
+        }
+        for (key, value) in options {
+            settings.insert(key.to_ascii_lowercase(), value.clone());
+        }
+        let mut builder = AmazonS3Builder::new().with_bucket_name(bucket);
+        let mut endpoint_is_http = false;
+        for (key, value) in &settings {
+            let parsed: Result<AmazonS3ConfigKey, _> = key.parse();
+            match parsed {
+                Ok(config_key) => {
+                    if matches!(config_key, AmazonS3ConfigKey::Endpoint) {
+                        endpoint_is_http = value.starts_with("http://");
+                    }
+                    builder = builder.with_config(config_key, value);
+                }
+                // The environment and profile carry keys object_store has no use for.
+                Err(_) if key.starts_with("aws_") && !options.iter().any(|(k, _)| k == key) => {}
+                Err(_) => {
+                    return Err(StoreError::Config {
+                        bucket: bucket.to_owned(),
+                        reason: format!("unknown object store option {key:?}"),
+                    })
+                }
+            }
+        }
+        if endpoint_is_http {
+            builder = builder.with_allow_http(true);
+        }
+        let store = builder
+            .with_http_connector(Counting {
+                observer: Arc::clone(&observer),
+            })
+            .build()
+            .map_err(|source| StoreError::Config {
+                bucket: bucket.to_owned(),
+                reason: source.to_string(),
+            })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bamflow-s3")
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        Ok(Self {
+            name: bucket.to_owned(),
+            store: Arc::new(store),
+            runtime,
+            observer,
+        })
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn remote_error(&self, op: &'static str, key: &str, source: object_store::Error) -> StoreError {
+        self.observer.failed(Failure::of(&source));
+        StoreError::Remote {
+            op,
+            url: format!("s3://{}/{key}", self.name),
+            source,
+        }
+    }
+
+    /// The size of object `key`, or `None` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// Returns the store's error other than "not found".
+    pub fn size_of(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let path = ObjectPath::from(key);
+        match self.runtime.block_on(self.store.head(&path)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(self.remote_error("head", key, source)),
+        }
+    }
+
+    /// The content of object `key`, or `None` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// Returns the store's error other than "not found".
+    pub fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let path = ObjectPath::from(key);
+        let read = async {
+            let result = self.store.get(&path).await?;
+            result.bytes().await
+        };
+        match self.runtime.block_on(read) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(self.remote_error("get", key, source)),
+        }
+    }
+
+    /// Writes `bytes` to `key`; with `create_only`, fails with
+    /// [`StoreError::AlreadyExists`] instead of replacing an object that is there.
+    ///
+    /// # Errors
+    ///
+    /// Returns the store's error.
+    pub fn put(&self, key: &str, bytes: Bytes, create_only: bool) -> Result<(), StoreError> {
+        let path = ObjectPath::from(key);
+        let len = bytes.len() as u64;
+        let opts = PutOptions {
+            mode: if create_only {
+                PutMode::Create
+            } else {
+                PutMode::Overwrite
+            },
+            ..PutOptions::default()
+        };
+        match self
+            .runtime
+            .block_on(self.store.put_opts(&path, PutPayload::from(bytes), opts))
+        {
+            Ok(_) => {
+                self.observer.uploaded(len);
+                Ok(())
+            }
+            Err(object_store::Error::AlreadyExists { .. }) if create_only => {
+                self.observer.failed(Failure::Conflict);
+                Err(StoreError::AlreadyExists {
+                    url: format!("s3://{}/{key}", self.name),
+                })
+            }
+            Err(source) => Err(self.remote_error("put", key, source)),
+        }
+    }
+
+    /// The names (last key segment) of the objects directly under `prefix/`.
+    ///
+    /// # Errors
+    ///
+    /// Returns the store's error.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let path = ObjectPath::from(prefix);
+        let listed = self
+            .runtime
+            .block_on(self.store.list_with_delimiter(Some(&path)))
+            .map_err(|source| self.remote_error("list", prefix, source))?;
+        Ok(listed
+            .objects
+            .into_iter()
+            .filter_map(|meta| meta.location.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// Deletes object `key` (nothing there is not an error).
+    ///
+    /// # Errors
+    ///
+    /// Returns the store's error.
+    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = ObjectPath::from(key);
+        match self.runtime.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(self.remote_error("delete", key, source)),
+        }
+    }
+
+    /// Uploads the file `local` to `key`, reading it `CHUNK_BYTES` at a time with at most
+    /// `IN_FLIGHT` chunks in memory. A multipart upload's id is in `journal` while it runs, so
+    /// a crash's leftover can be aborted by the next run ([`Bucket::abort_pending`]).
+    ///
+    /// # Errors
+    ///
+    /// Returns a local read error or the store's error; a failed multipart upload is aborted.
+    pub fn upload_file(&self, local: &Path, key: &str, journal: &Journal) -> Result<u64, StoreError> {
+        let read_error = |source| StoreError::Read {
+            path: local.to_owned(),
+            source,
+        };
+        let mut file = File::open(local).map_err(read_error)?;
+        let size = file.metadata().map_err(read_error)?.len();
+        if size <= CHUNK_BYTES as u64 {
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut bytes).map_err(read_error)?;
+            self.put(key, Bytes::from(bytes), false)?;
+            return Ok(size);
+        }
+        let path = ObjectPath::from(key);
+        let id = self
+            .runtime
+            .block_on(self.store.create_multipart(&path))
+            .map_err(|source| self.remote_error("create multipart upload", key, source))?;
+        journal.begin_multipart(key, &id)?;
+        let uploaded = self.upload_chunks(&mut file, &path, &id, key);
+        let finished = match uploaded {
+            Ok(parts) => self
+                .runtime
+                .block_on(self.store.complete_multipart(&path, &id, parts))
+                .map(|_| ())
+                .map_err(|source| self.remote_error("complete multipart upload", key, source)),
+            Err(error) => {
+                let _ = self.runtime.block_on(self.store.abort_multipart(&path, &id));
+                Err(error)
+            }
+        };
+        journal.end_multipart(key)?;
+        finished.map(|()| size)
+    }
+
+    fn upload_chunks(
+        &self,
+        file: &mut File,
+        path: &ObjectPath,
+        id: &String,
+        key: &str,
+    ) -> Result<Vec<PartId>, StoreError> {
+        let mut running = VecDeque::new();
+        let mut parts = Vec::new();
+        let await_oldest = |running: &mut VecDeque<tokio::task::JoinHandle<_>>,
+                                parts: &mut Vec<PartId>|
+         -> Result<(), StoreError> {
+            if let Some(handle) = running.pop_front() {
+                let (part, len): (object_store::Result<PartId>, u64) = self
+                    .runtime
+                    .block_on(handle)
+                    .map_err(|e| StoreError::Task(e.to_string()))?;
+                parts.push(part.map_err(|source| self.remote_error("upload part", key, source))?);
+                self.observer.uploaded(len);
+            }
+            Ok(())
+        };
+        for index in 0.. {
+            let chunk = read_chunk(file).map_err(|source| StoreError::Read {
+                path: path.as_ref().into(),
+                source,
+            })?;
+            if chunk.is_empty() {
+                break;
+            }
+            let len = chunk.len() as u64;
+            let store = Arc::clone(&self.store);
+            let (path, id) = (path.clone(), id.clone());
+            running.push_back(self.runtime.spawn(async move {
+                let part = store
+                    .put_part(&path, &id, index, PutPayload::from(Bytes::from(chunk)))
+                    .await;
+                (part, len)
+            }));
+            if running.len() >= IN_FLIGHT {
+                await_oldest(&mut running, &mut parts)?;
+            }
+        }
+        while !running.is_empty() {
+            await_oldest(&mut running, &mut parts)?;
+        }
+        Ok(parts)
+    }
+
+    /// Aborts the multipart uploads `journal` says were running when a process died.
+    ///
+    /// # Errors
+    ///
+    /// Returns the journal's write error; the store's errors are logged (the upload may be
+    /// gone already).
+    pub fn abort_pending(&self, journal: &Journal) -> Result<(), StoreError> {
+        for (key, id) in journal.pending_multiparts() {
+            let path = ObjectPath::from(key.as_str());
+            match self.runtime.block_on(self.store.abort_multipart(&path, &id)) {
+                Ok(()) => tracing::info!(key = %key, "Aborted an interrupted multipart upload."),
+                Err(error) => {
+                    tracing::warn!(key = %key, %error, "Cannot abort an interrupted multipart upload.");
+                }
+            }
+            journal.end_multipart(&key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `key` is an S3 setting object_store knows (`endpoint`, `region`, …).
+///
+/// # Errors
+///
+/// Says the key is unknown.
+pub fn check_option(key: &str) -> Result<(), String> {
+    key.to_ascii_lowercase()
+        .parse::<AmazonS3ConfigKey>()
+        .map(|_| ())
+        .map_err(|_| format!("{key:?} is not an S3 setting (e.g. endpoint, region, allow_http)"))
+}
+
+/// Reads up to `CHUNK_BYTES`, fewer only at the end of the file.
+fn read_chunk(file: &mut File) -> std::io::Result<Vec<u8>> {
+    let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+    file.by_ref()
+        .take(CHUNK_BYTES as u64)
+        .read_to_end(&mut chunk)?;
+    Ok(chunk)
+}
+
+/// object_store's reqwest client, counting the responses and errors it will retry.
+#[derive(Debug)]
+struct Counting {
+    observer: Arc<dyn StoreObserver>,
+}
+
+impl HttpConnector for Counting {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(CountingService {
+            inner,
+            observer: Arc::clone(&self.observer),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct CountingService {
+    inner: HttpClient,
+    observer: Arc<dyn StoreObserver>,
+}
+
+#[async_trait::async_trait]
+impl HttpService for CountingService {
+    async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let response = self.inner.execute(request).await;
+        match &response {
+            Ok(response) => {
+                let status = response.status();
+                if status.as_u16() == 429 || status.as_u16() == 503 {
+                    self.observer.retried(Retry::Throttled);
+                } else if status.is_server_error() {
+                    self.observer.retried(Retry::Server);
+                }
+            }
+            Err(error) if !matches!(error.kind(), HttpErrorKind::Unknown) => {
+                self.observer.retried(Retry::Network);
+            }
+            Err(_) => {}
+        }
+        response
+    }
+}
