@@ -14,6 +14,7 @@
 #                     tests
 #   a JRE             the Spark tests run a real Spark (local[2]) from pyspark
 #   slurm-wlm         tests/slurm/run.sh runs examples/slurm on a single-node Slurm it starts
+#   moto[server]      the local S3-compatible server the s3:// output tests start (venv)
 #
 # Debian packages are installed with apt-get (through sudo when not root). Extra arguments go
 # to `cargo test` and skip the Python suite, e.g. `scripts/test.sh -p bamflow`.
@@ -55,7 +56,11 @@ if ! "$venv/bin/python" -c 'import pyarrow, duckdb' 2>/dev/null; then
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check pyarrow duckdb
 fi
-# The tests run `python3`: the venv's, first on PATH.
+# The object-store tests run moto's S3 server from the venv.
+if ! "$venv/bin/python" -c 'import moto.server' 2>/dev/null; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6'
+fi
+# The tests run `python3` and `moto_server`: the venv's, first on PATH.
 PATH="$PWD/$venv/bin:$PATH"
 export PATH
 

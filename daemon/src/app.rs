@@ -800,7 +800,9 @@ fn process(
     };
     let published = match &remote {
         None => published_from(&output, &source).map(|p| (p.counts, p.source.sha256)),
-        Some(target) => stores::published_from(target, &source).map(|m| (m.counts, m.source.sha256)),
+        Some(target) => {
+            stores::published_from(target, &source).map(|m| (m.counts, m.source.sha256))
+        }
     };
     if let Some((counts, sha256)) = published {
         // A crash struck after the dataset was published but before the input was filed away.
@@ -836,9 +838,7 @@ fn process(
             source,
             convert,
             observer,
-            watch
-                .verify
-                .then_some(&verify_remote as &dyn Fn(&Path) -> Result<(), String>),
+            watch.verify.then_some(&verify_remote as stores::Verify<'_>),
         ),
     };
     let outcome = match converted {

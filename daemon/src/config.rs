@@ -541,8 +541,12 @@ impl RawConfig {
                 .clone()
                 .unwrap_or_else(|| "./outbox/{watch}/{stem}".to_owned());
             check_template(&output).map_err(|m| invalid(&key("output"), m))?;
-            let output_options: Vec<(String, String)> =
-                raw.output_options.clone().unwrap_or_default().into_iter().collect();
+            let output_options: Vec<(String, String)> = raw
+                .output_options
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
             for (option, _) in &output_options {
                 bamflow_store::bucket::check_option(option)
                     .map_err(|m| invalid(&key(&format!("output_options.{option}")), m))?;
@@ -982,6 +986,27 @@ mod tests {
         t("output = \"/lake/{nope}\"", "watch[0].output");
         t("output = \"/lake/all\"", "watch[0].output");
         t("pattern = \"[\"", "watch[0].pattern");
+        t("output = \"s3://{stem}\"", "watch[0].output");
+        t("output = \"s3://lake/a//{stem}\"", "watch[0].output");
+        t(
+            "output = \"s3://lake/{stem}\"\noutput_options = { endpont = \"http://x\" }",
+            "watch[0].output_options.endpont",
+        );
+    }
+
+    #[test]
+    fn s3_outputs_take_store_options() {
+        let text = "[[watch]]\nname = \"w\"\npath = \"/x\"\noutput = \"s3://lake/bam/{watch}/{stem}\"\n[watch.output_options]\nendpoint = \"http://minio:9000\"\nregion = \"eu-1\"\n";
+        let raw = RawConfig::parse(Path::new("x.toml"), text).unwrap();
+        let config = raw.resolve_daemon(Path::new("x.toml")).unwrap();
+        assert_eq!(config.watches[0].output, "s3://lake/bam/{watch}/{stem}");
+        assert_eq!(
+            config.watches[0].output_options,
+            vec![
+                ("endpoint".to_owned(), "http://minio:9000".to_owned()),
+                ("region".to_owned(), "eu-1".to_owned())
+            ]
+        );
     }
 
     #[test]

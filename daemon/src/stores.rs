@@ -14,12 +14,18 @@ use bamflow_store::{Bucket, ObjectUrl, RemoteTarget, StoreError};
 
 use crate::metrics::UploadMetrics;
 
+/// A bucket and the settings it was connected with.
+type BucketKey = (String, Vec<(String, String)>);
+
+/// Checks a dataset built in the spool before it is uploaded; the error is the difference.
+pub type Verify<'a> = &'a dyn Fn(&Path) -> Result<(), String>;
+
 /// The buckets outputs go to, and the local spool datasets are built in before upload.
 #[derive(Debug)]
 pub struct Stores {
     spool: PathBuf,
     metrics: UploadMetrics,
-    buckets: Mutex<HashMap<(String, Vec<(String, String)>), Arc<Bucket>>>,
+    buckets: Mutex<HashMap<BucketKey, Arc<Bucket>>>,
 }
 
 impl Stores {
@@ -58,7 +64,11 @@ impl Stores {
         if let Some(bucket) = buckets.get(&key) {
             return Ok(Arc::clone(bucket));
         }
-        let bucket = Arc::new(Bucket::connect(name, options, Arc::new(self.metrics.clone()))?);
+        let bucket = Arc::new(Bucket::connect(
+            name,
+            options,
+            Arc::new(self.metrics.clone()),
+        )?);
         buckets.insert(key, Arc::clone(&bucket));
         Ok(bucket)
     }
@@ -87,14 +97,18 @@ pub fn convert(
     source: SourceInfo,
     options: &ConvertOptions,
     observer: &dyn Observer,
-    verify: Option<&dyn Fn(&Path) -> Result<(), String>>,
+    verify: Option<Verify<'_>>,
 ) -> Result<ConvertSummary, ConvertError> {
     let staged = target
         .convert(engine, input, source, options, observer)
         .map_err(|e| as_convert_error(input, e))?;
     if let Some(verify) = verify {
         verify(staged.local()).map_err(|message| {
-            ConvertError::new(input, Stage::Verify, StageError::Io(io::Error::other(message)))
+            ConvertError::new(
+                input,
+                Stage::Verify,
+                StageError::Io(io::Error::other(message)),
+            )
         })?;
     }
     let published = staged.publish().map_err(|e| as_convert_error(input, e))?;

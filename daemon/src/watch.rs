@@ -728,6 +728,7 @@ mod tests {
             sentinel: None,
             incomplete_timeout: None,
             output: "/out/{stem}".into(),
+            output_options: Vec::new(),
             on_success: Disposition::Keep,
             on_failure: Disposition::Keep,
             follow_symlinks: false,

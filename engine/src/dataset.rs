@@ -244,10 +244,9 @@ pub fn staging_path_for(target: &Path, epoch: Option<u64>) -> Result<PathBuf, Da
     let staging = staging_path(target)?;
     match epoch {
         None => Ok(staging),
-        Some(_) => Ok(staging.with_file_name(staging_name(
-            target.file_name().unwrap_or_default(),
-            epoch,
-        ))),
+        Some(_) => {
+            Ok(staging.with_file_name(staging_name(target.file_name().unwrap_or_default(), epoch)))
+        }
     }
 }
 

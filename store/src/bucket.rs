@@ -195,7 +195,7 @@ impl Bucket {
         StoreError::Remote {
             op,
             url: format!("s3://{}/{key}", self.name),
-            source,
+            error: source,
         }
     }
 
@@ -304,7 +304,12 @@ impl Bucket {
     /// # Errors
     ///
     /// Returns a local read error or the store's error; a failed multipart upload is aborted.
-    pub fn upload_file(&self, local: &Path, key: &str, journal: &Journal) -> Result<u64, StoreError> {
+    pub fn upload_file(
+        &self,
+        local: &Path,
+        key: &str,
+        journal: &Journal,
+    ) -> Result<u64, StoreError> {
         let read_error = |source| StoreError::Read {
             path: local.to_owned(),
             source,
@@ -331,7 +336,9 @@ impl Bucket {
                 .map(|_| ())
                 .map_err(|source| self.remote_error("complete multipart upload", key, source)),
             Err(error) => {
-                let _ = self.runtime.block_on(self.store.abort_multipart(&path, &id));
+                let _ = self
+                    .runtime
+                    .block_on(self.store.abort_multipart(&path, &id));
                 Err(error)
             }
         };
@@ -343,13 +350,13 @@ impl Bucket {
         &self,
         file: &mut File,
         path: &ObjectPath,
-        id: &String,
+        id: &str,
         key: &str,
     ) -> Result<Vec<PartId>, StoreError> {
         let mut running = VecDeque::new();
         let mut parts = Vec::new();
         let await_oldest = |running: &mut VecDeque<tokio::task::JoinHandle<_>>,
-                                parts: &mut Vec<PartId>|
+                            parts: &mut Vec<PartId>|
          -> Result<(), StoreError> {
             if let Some(handle) = running.pop_front() {
                 let (part, len): (object_store::Result<PartId>, u64) = self
@@ -358,6 +365,7 @@ impl Bucket {
                     .map_err(|e| StoreError::Task(e.to_string()))?;
                 parts.push(part.map_err(|source| self.remote_error("upload part", key, source))?);
                 self.observer.uploaded(len);
+                let _ = bamflow_engine::faults::point("chunk-uploaded");
             }
             Ok(())
         };
@@ -371,7 +379,7 @@ impl Bucket {
             }
             let len = chunk.len() as u64;
             let store = Arc::clone(&self.store);
-            let (path, id) = (path.clone(), id.clone());
+            let (path, id) = (path.clone(), id.to_owned());
             running.push_back(self.runtime.spawn(async move {
                 let part = store
                     .put_part(&path, &id, index, PutPayload::from(Bytes::from(chunk)))
@@ -397,7 +405,10 @@ impl Bucket {
     pub fn abort_pending(&self, journal: &Journal) -> Result<(), StoreError> {
         for (key, id) in journal.pending_multiparts() {
             let path = ObjectPath::from(key.as_str());
-            match self.runtime.block_on(self.store.abort_multipart(&path, &id)) {
+            match self
+                .runtime
+                .block_on(self.store.abort_multipart(&path, &id))
+            {
                 Ok(()) => tracing::info!(key = %key, "Aborted an interrupted multipart upload."),
                 Err(error) => {
                     tracing::warn!(key = %key, %error, "Cannot abort an interrupted multipart upload.");

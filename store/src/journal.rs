@@ -103,7 +103,9 @@ impl Journal {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn save(&self, state: &State) -> Result<(), StoreError> {
@@ -130,7 +132,9 @@ mod tests {
             crc32: 7,
         };
         journal.record_upload("part-00000.parquet", part).unwrap();
-        journal.begin_multipart("p/x/part-00001.parquet", "id-1").unwrap();
+        journal
+            .begin_multipart("p/x/part-00001.parquet", "id-1")
+            .unwrap();
         let reopened = Journal::open(&path);
         assert_eq!(reopened.uploaded("part-00000.parquet"), Some(part));
         assert_eq!(

@@ -44,16 +44,16 @@ pub enum StoreError {
     /// The async runtime's threads could not start.
     #[error("cannot start the object store's threads")]
     Runtime(#[source] std::io::Error),
-    /// A request failed (after object_store's retries, for those it retries).
-    #[error("cannot {op} {url}")]
+    /// A request failed (after object_store's retries, for those it retries). The store's
+    /// error is in the message, not a source: its text already carries its own causes.
+    #[error("cannot {op} {url}: {error}")]
     Remote {
         /// The operation.
         op: &'static str,
         /// The object.
         url: String,
         /// The store's error.
-        #[source]
-        source: object_store::Error,
+        error: object_store::Error,
     },
     /// The dataset is published already: datasets are never overwritten.
     #[error("{url} already exists")]

@@ -76,13 +76,13 @@ impl RemoteTarget {
         if self.bucket.size_of(&self.url.key(SUCCESS))?.is_none() {
             return Ok(None);
         }
-        let bytes = self
-            .bucket
-            .get(&self.url.key(MANIFEST))?
-            .ok_or_else(|| StoreError::Manifest {
-                url: self.url.to_string(),
-                reason: "_SUCCESS is there but _manifest.json is not".to_owned(),
-            })?;
+        let bytes =
+            self.bucket
+                .get(&self.url.key(MANIFEST))?
+                .ok_or_else(|| StoreError::Manifest {
+                    url: self.url.to_string(),
+                    reason: "_SUCCESS is there but _manifest.json is not".to_owned(),
+                })?;
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError::Manifest {
@@ -149,7 +149,8 @@ impl RemoteTarget {
         let converted = std::thread::scope(|scope| {
             let (staging, journal) = (&staging, &journal);
             let uploader = scope.spawn(move || self.upload_queued(parts, staging, journal));
-            let converted = engine.convert_identified(input, source, &self.local, options, &uploading);
+            let converted =
+                engine.convert_identified(input, source, &self.local, options, &uploading);
             drop(uploading);
             drop(queue);
             let _ = uploader.join();
@@ -192,7 +193,8 @@ impl RemoteTarget {
         for queued in queue {
             match queued {
                 Queued::Part(part) => {
-                    if let Err(error) = self.upload_part(&staging.join(&part.file), &part, journal) {
+                    if let Err(error) = self.upload_part(&staging.join(&part.file), &part, journal)
+                    {
                         tracing::warn!(url = %self.url, part = %part.file, error = %crate::chain(&error), "Cannot upload part yet; trying again before publishing.");
                     }
                 }
@@ -204,7 +206,12 @@ impl RemoteTarget {
     }
 
     /// Uploads one part unless the journal says the store has these bytes under its name.
-    fn upload_part(&self, file: &Path, part: &PartInfo, journal: &Journal) -> Result<(), StoreError> {
+    fn upload_part(
+        &self,
+        file: &Path,
+        part: &PartInfo,
+        journal: &Journal,
+    ) -> Result<(), StoreError> {
         let wanted = Uploaded {
             bytes: part.bytes,
             crc32: part.crc32,
@@ -257,7 +264,12 @@ impl Staged<'_> {
         for part in &self.manifest.parts {
             target.upload_part(&target.local.join(&part.file), part, &self.journal)?;
         }
-        let mut keep: Vec<&str> = self.manifest.parts.iter().map(|p| p.file.as_str()).collect();
+        let mut keep: Vec<&str> = self
+            .manifest
+            .parts
+            .iter()
+            .map(|p| p.file.as_str())
+            .collect();
         keep.push(MANIFEST);
         for name in bucket.list(&url.prefix)? {
             if name == SUCCESS {

@@ -1,0 +1,306 @@
+//! `s3://` outputs (DESIGN §13) against a real S3-compatible server (moto): what lands in the
+//! bucket equals samtools, pyarrow reads it from s3://, a killed upload resumes with every
+//! record once and no stray objects or open multipart uploads, a dataset is published once,
+//! throttling is retried and a 403 fails the file.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+
+use bamflow_tests::generator::DataKind;
+use bamflow_tests::sam_text::read_dataset;
+use bamflow_tests::{bamflow, samtools_view};
+
+use crate::harness::Daemon;
+use crate::moto::{Moto, ThrottlingProxy};
+use crate::support::{assert_dataset_matches_samtools, http_get, sample, TestDir};
+
+fn bamflow_s3(moto: &Moto, args: &[&str]) -> std::process::Output {
+    bamflow(args)
+        .envs(moto.env())
+        .output()
+        .expect("bamflow runs")
+}
+
+/// The records samtools prints (no header lines).
+fn records(bam: &Path) -> Vec<String> {
+    let mut lines = samtools_view(bam, &[]).unwrap();
+    lines.retain(|line| !line.starts_with('@'));
+    lines
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The objects a published dataset of `parts` parts consists of, and nothing else.
+fn dataset_keys(prefix: &str, parts: usize) -> Vec<String> {
+    let mut keys: Vec<String> = (0..parts)
+        .map(|n| format!("{prefix}/part-{n:05}.parquet"))
+        .chain([
+            format!("{prefix}/_SUCCESS"),
+            format!("{prefix}/_manifest.json"),
+        ])
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Downloads the dataset and checks every field of every record against samtools.
+fn assert_bucket_matches_samtools(
+    moto: &Moto,
+    dir: &TestDir,
+    prefix: &str,
+    bam: &Path,
+) -> serde_json::Value {
+    let local = dir.path(&format!("downloaded-{}", prefix.replace('/', "-")));
+    moto.download("lake", prefix, &local);
+    let dataset = read_dataset(&local).expect("the downloaded dataset reads");
+    assert_dataset_matches_samtools(&dataset, bam);
+    serde_json::from_slice(&std::fs::read(local.join("_manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn convert_to_s3_publishes_what_samtools_prints_and_pyarrow_reads_it_from_s3() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 20_000, 61);
+    let spool = dir.path("spool");
+    let output = bamflow_s3(
+        &moto,
+        &[
+            "convert",
+            bam.to_str().unwrap(),
+            "s3://lake/bam/run1/short",
+            "--part-records",
+            "6000",
+            "--spool",
+            spool.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("s3://lake/bam/run1/short"));
+    assert_eq!(moto.keys("lake", "bam/"), dataset_keys("bam/run1/short", 4));
+    let manifest = assert_bucket_matches_samtools(&moto, &dir, "bam/run1/short", &bam);
+    assert_eq!(manifest["counts"]["read"], records(&bam).len());
+    // The spool keeps nothing of a published dataset.
+    assert!(!spool.join("lake/bam/run1/short").exists());
+    assert_eq!(moto.open_multipart_uploads("lake"), 0);
+
+    // An independent reader, straight from s3://: per-reference counts equal samtools'.
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for line in records(&bam) {
+        *expected
+            .entry(line.split('\t').nth(2).unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let script = r#"
+import sys, json, pyarrow.dataset as ds, pyarrow.fs as fs
+s3 = fs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                     endpoint_override=sys.argv[1], scheme="http")
+t = ds.dataset("lake/bam/run1/short", filesystem=s3, format="parquet").to_table(columns=["rname"])
+counts = {}
+for value in t.column("rname").to_pylist():
+    key = "*" if value is None else value
+    counts[key] = counts.get(key, 0) + 1
+print(json.dumps(counts, sort_keys=True))
+"#;
+    let read = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(moto.endpoint())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        read.status.success(),
+        "pyarrow from s3://: {}",
+        stderr(&read)
+    );
+    let theirs: std::collections::BTreeMap<String, u64> =
+        serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(theirs, expected);
+
+    // Published once: a second conversion to the same address fails and changes nothing.
+    let again = bamflow_s3(
+        &moto,
+        &[
+            "convert",
+            bam.to_str().unwrap(),
+            "s3://lake/bam/run1/short",
+            "--spool",
+            spool.to_str().unwrap(),
+        ],
+    );
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("s3://lake/bam/run1/short already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(moto.keys("lake", "bam/"), dataset_keys("bam/run1/short", 4));
+}
+
+#[test]
+fn a_create_only_put_never_replaces_an_object() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let bucket = moto.bucket("lake");
+    bucket.put("x/_SUCCESS", "first".into(), true).unwrap();
+    let second = bucket.put("x/_SUCCESS", "second".into(), true);
+    assert!(
+        matches!(second, Err(bamflow_store::StoreError::AlreadyExists { .. })),
+        "{second:?}"
+    );
+    assert_eq!(&bucket.get("x/_SUCCESS").unwrap().unwrap()[..], b"first");
+}
+
+#[test]
+fn a_killed_upload_resumes_with_every_record_once_and_nothing_left_over() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    // Long reads: parts of ~10 MB, uploaded in two multipart chunks each.
+    let bam = dir.generated(DataKind::Long, 1_200, 62);
+    let spool = dir.path("spool");
+    let args = [
+        "convert",
+        bam.to_str().unwrap(),
+        "s3://lake/long/reads",
+        "--part-records",
+        "600",
+        "--spool",
+        spool.to_str().unwrap(),
+        "--resume",
+    ];
+    // Killed after the first chunk of the first part's multipart upload: an upload is open.
+    let killed = bamflow(&args)
+        .envs(moto.env())
+        .env("BAMFLOW_FAULTS", "chunk-uploaded=kill@1")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    assert_eq!(moto.open_multipart_uploads("lake"), 1);
+    assert!(!moto
+        .keys("lake", "long/")
+        .iter()
+        .any(|k| k.ends_with("_SUCCESS")));
+
+    // Killed again after a part is uploaded whole.
+    let killed = bamflow(&args)
+        .envs(moto.env())
+        .env("BAMFLOW_FAULTS", "part-uploaded=kill@1")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    assert_eq!(
+        moto.open_multipart_uploads("lake"),
+        0,
+        "the first run's upload was aborted"
+    );
+    // An object no part of the dataset names (an earlier, different attempt's) goes too.
+    moto.bucket("lake")
+        .put("long/reads/part-00099.parquet", "stale".into(), false)
+        .unwrap();
+
+    let finished = bamflow_s3(&moto, &args);
+    assert!(finished.status.success(), "{}", stderr(&finished));
+    assert_eq!(moto.keys("lake", "long/"), dataset_keys("long/reads", 2));
+    assert_eq!(moto.open_multipart_uploads("lake"), 0);
+    let manifest = assert_bucket_matches_samtools(&moto, &dir, "long/reads", &bam);
+    assert!(manifest["resumes"].as_u64().unwrap() >= 1, "{manifest}");
+    assert_eq!(manifest["counts"]["read"], records(&bam).len());
+    assert!(!spool.join("lake/long/reads").exists());
+}
+
+#[test]
+fn a_403_fails_the_conversion_at_once_naming_the_object() {
+    // moto checks credentials when told to: unknown keys get 403 InvalidAccessKeyId.
+    let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let dir = TestDir::new();
+    let bam = dir.bam_from_data("cigars.sam");
+    let output = bamflow_s3(
+        &moto,
+        &[
+            "convert",
+            bam.to_str().unwrap(),
+            "s3://lake/denied/x",
+            "--spool",
+            dir.path("spool").to_str().unwrap(),
+        ],
+    );
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("s3://lake/denied/x"), "{text}");
+    assert!(text.contains("403"), "{text}");
+}
+
+#[test]
+fn the_daemon_uploads_through_throttling_and_counts_it() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    // The first four PUTs (parts, manifest, marker) are answered 503 SlowDown.
+    let proxy = ThrottlingProxy::start(moto.address(), 4);
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let config = dir.path("bamflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{state}\"\nscan_interval_seconds = 1\nmetrics_listen = \"127.0.0.1:0\"\n\n[[watch]]\nname = \"runs\"\npath = \"{inbox}\"\nsettle_seconds = 1\noutput = \"s3://lake/datasets/{{watch}}/{{stem}}\"\nverify = true\n[watch.convert]\npart_records = 5000\n[watch.output_options]\nendpoint = \"{endpoint}\"\n",
+            state = dir.path("state").display(),
+            inbox = inbox.display(),
+            endpoint = proxy.endpoint(),
+        ),
+    )
+    .unwrap();
+    let env: Vec<(String, String)> = moto
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+        .collect();
+    let env: Vec<(&str, &OsStr)> = env
+        .iter()
+        .map(|(k, v)| (k.as_str(), OsStr::new(v)))
+        .collect();
+    let daemon = Daemon::start_with(dir.root(), Some(&config), &env);
+    let metrics = daemon.metrics_address();
+    let bam = dir.generated(DataKind::Short, 12_000, 63);
+    std::fs::copy(&bam, inbox.join("sample1.bam")).unwrap();
+    daemon.wait_for("the dataset's _SUCCESS", || {
+        moto.keys("lake", "datasets/")
+            .contains(&"datasets/runs/sample1/_SUCCESS".to_owned())
+    });
+    daemon.wait_for("the input filed away", || {
+        inbox.join("done/sample1.bam").exists()
+    });
+    assert_eq!(
+        moto.keys("lake", "datasets/"),
+        dataset_keys("datasets/runs/sample1", 3)
+    );
+    assert_bucket_matches_samtools(&moto, &dir, "datasets/runs/sample1", &bam);
+    assert_eq!(proxy.throttled.load(std::sync::atomic::Ordering::SeqCst), 4);
+    let (_, text) = http_get(&metrics, "/metrics");
+    assert!(
+        sample(&text, "bamflow_upload_retries_total{reason=\"throttled\"}") >= 4.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "bamflow_upload_errors_total{kind=\"denied\"}"),
+        0.0
+    );
+    assert!(sample(&text, "bamflow_upload_bytes_total") > 0.0);
+    assert!(
+        sample(
+            &text,
+            "bamflow_files_processed_total{outcome=\"success\",watch=\"runs\"}"
+        ) == 1.0,
+        "{text}"
+    );
+    let log = daemon.stop();
+    assert!(
+        log.contains("output=s3://lake/datasets/runs/sample1"),
+        "{log}"
+    );
+    assert!(!dir.path("state/spool/lake/datasets/runs/sample1").exists());
+}
