@@ -322,78 +322,57 @@ impl Bucket {
             self.put(key, Bytes::from(bytes), false)?;
             return Ok(size);
         }
+        let mut upload = self.start_multipart(key, journal)?;
+        loop {
+            let chunk = match read_chunk(&mut file) {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    upload.abort(journal);
+                    return Err(read_error(error));
+                }
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            if let Err(error) = upload.put(chunk) {
+                upload.abort(journal);
+                return Err(error);
+            }
+        }
+        upload.finish(journal)?;
+        Ok(size)
+    }
+
+    /// Starts a multipart upload to `key`, recorded in `journal` until it is finished or
+    /// aborted. Chunks are then given in order with [`Multipart::put`].
+    ///
+    /// # Errors
+    ///
+    /// Returns the store's or the journal's error.
+    pub fn start_multipart(
+        &self,
+        key: &str,
+        journal: &Journal,
+    ) -> Result<Multipart<'_>, StoreError> {
         let path = ObjectPath::from(key);
         let id = self
             .runtime
             .block_on(self.store.create_multipart(&path))
             .map_err(|source| self.remote_error("create multipart upload", key, source))?;
-        journal.begin_multipart(key, &id)?;
-        let uploaded = self.upload_chunks(&mut file, &path, &id, key);
-        let finished = match uploaded {
-            Ok(parts) => self
-                .runtime
-                .block_on(self.store.complete_multipart(&path, &id, parts))
-                .map(|_| ())
-                .map_err(|source| self.remote_error("complete multipart upload", key, source)),
-            Err(error) => {
-                let _ = self
-                    .runtime
-                    .block_on(self.store.abort_multipart(&path, &id));
-                Err(error)
-            }
+        let upload = Multipart {
+            bucket: self,
+            path,
+            key: key.to_owned(),
+            id,
+            running: VecDeque::new(),
+            parts: Vec::new(),
+            next: 0,
         };
-        journal.end_multipart(key)?;
-        finished.map(|()| size)
-    }
-
-    fn upload_chunks(
-        &self,
-        file: &mut File,
-        path: &ObjectPath,
-        id: &str,
-        key: &str,
-    ) -> Result<Vec<PartId>, StoreError> {
-        let mut running = VecDeque::new();
-        let mut parts = Vec::new();
-        let await_oldest = |running: &mut VecDeque<tokio::task::JoinHandle<_>>,
-                            parts: &mut Vec<PartId>|
-         -> Result<(), StoreError> {
-            if let Some(handle) = running.pop_front() {
-                let (part, len): (object_store::Result<PartId>, u64) = self
-                    .runtime
-                    .block_on(handle)
-                    .map_err(|e| StoreError::Task(e.to_string()))?;
-                parts.push(part.map_err(|source| self.remote_error("upload part", key, source))?);
-                self.observer.uploaded(len);
-                let _ = bamflow_engine::faults::point("chunk-uploaded");
-            }
-            Ok(())
-        };
-        for index in 0.. {
-            let chunk = read_chunk(file).map_err(|source| StoreError::Read {
-                path: path.as_ref().into(),
-                source,
-            })?;
-            if chunk.is_empty() {
-                break;
-            }
-            let len = chunk.len() as u64;
-            let store = Arc::clone(&self.store);
-            let (path, id) = (path.clone(), id.to_owned());
-            running.push_back(self.runtime.spawn(async move {
-                let part = store
-                    .put_part(&path, &id, index, PutPayload::from(Bytes::from(chunk)))
-                    .await;
-                (part, len)
-            }));
-            if running.len() >= IN_FLIGHT {
-                await_oldest(&mut running, &mut parts)?;
-            }
+        if let Err(error) = journal.begin_multipart(key, &upload.id) {
+            upload.abort(journal);
+            return Err(error);
         }
-        while !running.is_empty() {
-            await_oldest(&mut running, &mut parts)?;
-        }
-        Ok(parts)
+        Ok(upload)
     }
 
     /// Aborts the multipart uploads `journal` says were running when a process died.
@@ -417,6 +396,111 @@ impl Bucket {
             journal.end_multipart(&key)?;
         }
         Ok(())
+    }
+}
+
+/// A multipart upload in progress: chunks upload on the runtime, at most `IN_FLIGHT` at once.
+#[derive(Debug)]
+pub struct Multipart<'a> {
+    bucket: &'a Bucket,
+    path: ObjectPath,
+    key: String,
+    id: String,
+    running: VecDeque<tokio::task::JoinHandle<(object_store::Result<PartId>, u64)>>,
+    parts: Vec<PartId>,
+    next: usize,
+}
+
+impl Multipart<'_> {
+    /// Uploads the next chunk (at least 5 MiB, but for the last); returns once fewer than
+    /// `IN_FLIGHT` chunks are uploading.
+    ///
+    /// # Errors
+    ///
+    /// Returns the store's error for an earlier chunk.
+    pub fn put(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
+        let len = chunk.len() as u64;
+        let store = Arc::clone(&self.bucket.store);
+        let (path, id, index) = (self.path.clone(), self.id.clone(), self.next);
+        self.next += 1;
+        self.running
+            .push_back(self.bucket.runtime.spawn(async move {
+                let part = store
+                    .put_part(&path, &id, index, PutPayload::from(Bytes::from(chunk)))
+                    .await;
+                (part, len)
+            }));
+        while self.running.len() >= IN_FLIGHT {
+            self.await_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn await_oldest(&mut self) -> Result<(), StoreError> {
+        let Some(handle) = self.running.pop_front() else {
+            return Ok(());
+        };
+        let (part, len) = self
+            .bucket
+            .runtime
+            .block_on(handle)
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let part =
+            part.map_err(|source| self.bucket.remote_error("upload part", &self.key, source))?;
+        self.parts.push(part);
+        self.bucket.observer.uploaded(len);
+        let _ = bamflow_engine::faults::point("chunk-uploaded");
+        Ok(())
+    }
+
+    /// Waits for the chunks and completes the upload: the object appears whole.
+    ///
+    /// # Errors
+    ///
+    /// Returns the store's error; the upload is then aborted.
+    pub fn finish(mut self, journal: &Journal) -> Result<(), StoreError> {
+        while !self.running.is_empty() {
+            if let Err(error) = self.await_oldest() {
+                self.abort(journal);
+                return Err(error);
+            }
+        }
+        let parts = std::mem::take(&mut self.parts);
+        let completed = self.bucket.runtime.block_on(
+            self.bucket
+                .store
+                .complete_multipart(&self.path, &self.id, parts),
+        );
+        match completed {
+            Ok(_) => journal.end_multipart(&self.key),
+            Err(source) => {
+                let error =
+                    self.bucket
+                        .remote_error("complete multipart upload", &self.key, source);
+                self.abort(journal);
+                Err(error)
+            }
+        }
+    }
+
+    /// Abandons the upload: the store drops its chunks. Best effort; the journal keeps the id
+    /// for a later run when the store cannot be told.
+    pub fn abort(self, journal: &Journal) {
+        for handle in &self.running {
+            handle.abort();
+        }
+        let aborted = self
+            .bucket
+            .runtime
+            .block_on(self.bucket.store.abort_multipart(&self.path, &self.id));
+        match aborted {
+            Ok(()) => {
+                let _ = journal.end_multipart(&self.key);
+            }
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "Cannot abort a multipart upload; the next run will.");
+            }
+        }
     }
 }
 

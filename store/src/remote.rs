@@ -20,7 +20,11 @@ use bamflow_engine::dataset::{self, Manifest, SourceInfo, MANIFEST, SUCCESS};
 use bamflow_engine::pipeline::write::PartInfo;
 use bamflow_engine::pipeline::{Commit, ConvertOptions, Engine, Observer, Progress};
 
-use crate::bucket::Bucket;
+use std::io::Read;
+
+use bamflow_engine::pipeline::write::{part_file_name, PARTIAL_SUFFIX};
+
+use crate::bucket::{Bucket, Multipart, CHUNK_BYTES};
 use crate::journal::{Journal, Uploaded};
 use crate::location::ObjectUrl;
 use crate::StoreError;
@@ -186,22 +190,90 @@ impl RemoteTarget {
         }
     }
 
-    /// The uploader thread: uploads each committed part from the staging folder while the
-    /// conversion goes on. A failure here is only logged: [`Staged::publish`] uploads
-    /// whatever is missing, and fails the file if it still cannot.
+    /// The uploader thread. It follows the part being written (`part-N.parquet.partial`,
+    /// append-only until its footer) and uploads each full chunk as soon as the file holds
+    /// it, so a part's upload ends shortly after its commit rather than starting there; the
+    /// committed part's size and CRC32 decide whether the streamed bytes are the part (else
+    /// it is uploaded again from the committed file). A failure here is only logged:
+    /// [`Staged::publish`] uploads whatever is missing, and fails the file if it still cannot.
     fn upload_queued(&self, queue: mpsc::Receiver<Queued>, staging: &Path, journal: &Journal) {
-        for queued in queue {
-            match queued {
-                Queued::Part(part) => {
-                    if let Err(error) = self.upload_part(&staging.join(&part.file), &part, journal)
-                    {
+        let mut tail: Option<Tail<'_>> = None;
+        // The next part to follow, once a commit tells; before that, the lowest partial file.
+        let mut next: Option<usize> = None;
+        loop {
+            match queue.recv_timeout(TAIL_POLL) {
+                Ok(Queued::Part(part)) => {
+                    let streamed = match tail.take() {
+                        Some(t) if t.name == part.file => Some(t),
+                        other => {
+                            if let Some(stale) = other {
+                                stale.abort(journal);
+                            }
+                            None
+                        }
+                    };
+                    if let Err(error) = self.finish_part(staging, &part, streamed, journal) {
                         tracing::warn!(url = %self.url, part = %part.file, error = %crate::chain(&error), "Cannot upload part yet; trying again before publishing.");
                     }
+                    next = part_index(&part.file).map(|index| index + 1);
                 }
-                Queued::Flush(done) => {
+                Ok(Queued::Flush(done)) => {
                     let _ = done.send(());
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            if tail.is_none() {
+                tail = Tail::open(staging, next);
+            }
+            if let Some(following) = tail.as_mut() {
+                if let Err(error) = following.advance(self, journal) {
+                    tracing::debug!(part = %following.name, error = %crate::chain(&error), "Stopped following a part; it is uploaded once committed.");
+                    if let Some(t) = tail.take() {
+                        // Not followed again: the commit uploads it whole.
+                        next = part_index(&t.name).map(|index| index + 1);
+                        t.abort(journal);
+                    }
+                }
+            }
+        }
+        if let Some(t) = tail {
+            t.abort(journal);
+        }
+    }
+
+    /// Finishes the upload of a committed part: the rest of a followed part, or all of it.
+    fn finish_part(
+        &self,
+        staging: &Path,
+        part: &PartInfo,
+        streamed: Option<Tail<'_>>,
+        journal: &Journal,
+    ) -> Result<(), StoreError> {
+        let file = staging.join(&part.file);
+        let Some(tail) = streamed else {
+            return self.upload_part(&file, part, journal);
+        };
+        if tail.upload.is_none() {
+            // Smaller than a chunk so far: one plain put of the committed file.
+            return self.upload_part(&file, part, journal);
+        }
+        match tail.complete(part, journal) {
+            Ok(true) => {
+                let wanted = Uploaded {
+                    bytes: part.bytes,
+                    crc32: part.crc32,
+                };
+                journal.record_upload(&part.file, wanted)?;
+                tracing::debug!(url = %self.url, part = %part.file, "Part uploaded while it was written.");
+                let _ = bamflow_engine::faults::point("part-uploaded");
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::warn!(part = %part.file, "Streamed bytes differ from the committed part; uploading it again.");
+                self.upload_part(&file, part, journal)
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -299,6 +371,123 @@ impl Staged<'_> {
             url: url.clone(),
             manifest: self.manifest,
         })
+    }
+}
+
+/// How often the uploader looks at the part being written when nothing else happens.
+const TAIL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The index of `part-NNNNN.parquet`.
+fn part_index(name: &str) -> Option<usize> {
+    name.strip_prefix("part-")?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
+}
+
+/// A part being written, followed by the uploader.
+struct Tail<'a> {
+    /// Its final name.
+    name: String,
+    file: File,
+    /// Bytes read (and uploaded or uploading).
+    read: u64,
+    crc: libdeflater::Crc,
+    /// Started with the first full chunk: small parts need none.
+    upload: Option<Multipart<'a>>,
+}
+
+impl<'a> Tail<'a> {
+    /// Opens the partial file of part `next`, or with `None` the lowest-numbered one there.
+    fn open(staging: &Path, next: Option<usize>) -> Option<Self> {
+        let index = match next {
+            Some(index) => index,
+            None => fs::read_dir(staging)
+                .ok()?
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name();
+                    let name = name.to_str()?.strip_suffix(PARTIAL_SUFFIX)?.to_owned();
+                    part_index(&name)
+                })
+                .min()?,
+        };
+        let name = part_file_name(index);
+        let file = File::open(staging.join(format!("{name}{PARTIAL_SUFFIX}"))).ok()?;
+        Some(Self {
+            name,
+            file,
+            read: 0,
+            crc: libdeflater::Crc::new(),
+            upload: None,
+        })
+    }
+
+    /// Uploads every full chunk the file holds now.
+    fn advance(&mut self, target: &'a RemoteTarget, journal: &Journal) -> Result<(), StoreError> {
+        let written = self
+            .file
+            .metadata()
+            .map_err(|source| StoreError::Read {
+                path: PathBuf::from(&self.name),
+                source,
+            })?
+            .len();
+        // A file truncated under us (a restarted part) reads short: the CRC check catches it.
+        while written.saturating_sub(self.read) >= CHUNK_BYTES as u64 {
+            let chunk = self.read_chunk()?;
+            if self.upload.is_none() {
+                let key = target.url.key(&self.name);
+                self.upload = Some(target.bucket.start_multipart(&key, journal)?);
+            }
+            if let Some(upload) = self.upload.as_mut() {
+                upload.put(chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_chunk(&mut self) -> Result<Vec<u8>, StoreError> {
+        let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+        (&mut self.file)
+            .take(CHUNK_BYTES as u64)
+            .read_to_end(&mut chunk)
+            .map_err(|source| StoreError::Read {
+                path: PathBuf::from(&self.name),
+                source,
+            })?;
+        self.crc.update(&chunk);
+        self.read += chunk.len() as u64;
+        Ok(chunk)
+    }
+
+    /// Uploads the rest of the committed part and completes the upload, when the bytes are
+    /// the part's (`Ok(false)`, upload aborted, when they are not).
+    fn complete(mut self, part: &PartInfo, journal: &Journal) -> Result<bool, StoreError> {
+        loop {
+            let chunk = self.read_chunk()?;
+            if chunk.is_empty() {
+                break;
+            }
+            if let Some(upload) = self.upload.as_mut() {
+                upload.put(chunk)?;
+            }
+        }
+        let Some(upload) = self.upload.take() else {
+            return Ok(false);
+        };
+        if self.read != part.bytes || self.crc.sum() != part.crc32 {
+            upload.abort(journal);
+            return Ok(false);
+        }
+        upload.finish(journal)?;
+        Ok(true)
+    }
+
+    fn abort(mut self, journal: &Journal) {
+        if let Some(upload) = self.upload.take() {
+            upload.abort(journal);
+        }
     }
 }
 

@@ -163,10 +163,15 @@ fn a_killed_upload_resumes_with_every_record_once_and_nothing_left_over() {
     // Long reads: parts of ~10 MB, uploaded in two multipart chunks each.
     let bam = dir.generated(DataKind::Long, 1_200, 62);
     let spool = dir.path("spool");
+    // Row groups of 2 MB: a part's file grows while it is written, so it can be followed.
+    let config = dir.path("convert.toml");
+    std::fs::write(&config, "[convert]\nrow_group_mb = 2\n").unwrap();
     let args = [
         "convert",
         bam.to_str().unwrap(),
         "s3://lake/long/reads",
+        "--config",
+        config.to_str().unwrap(),
         "--part-records",
         "600",
         "--spool",
@@ -211,6 +216,43 @@ fn a_killed_upload_resumes_with_every_record_once_and_nothing_left_over() {
     assert!(manifest["resumes"].as_u64().unwrap() >= 1, "{manifest}");
     assert_eq!(manifest["counts"]["read"], records(&bam).len());
     assert!(!spool.join("lake/long/reads").exists());
+}
+
+#[test]
+fn a_part_is_uploaded_while_it_is_written() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    // One part of ~20 MB in row groups of 2 MB: its file passes a chunk (8 MiB) long before
+    // its commit, so chunks go up while the rest is encoded.
+    let bam = dir.generated(DataKind::Long, 1_200, 64);
+    let config = dir.path("convert.toml");
+    std::fs::write(&config, "[convert]\nrow_group_mb = 2\n").unwrap();
+    let output = bamflow(&[
+        "convert",
+        bam.to_str().unwrap(),
+        "s3://lake/streamed/one",
+        "--config",
+        config.to_str().unwrap(),
+        "--spool",
+        dir.path("spool").to_str().unwrap(),
+    ])
+    .envs(moto.env())
+    .env("BAMFLOW_LOG", "bamflow_store=debug")
+    .output()
+    .unwrap();
+    let text = stderr(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("Part uploaded while it was written. url=s3://lake/streamed/one part=part-00000.parquet"),
+        "{text}"
+    );
+    assert_eq!(
+        moto.keys("lake", "streamed/"),
+        dataset_keys("streamed/one", 1)
+    );
+    assert_bucket_matches_samtools(&moto, &dir, "streamed/one", &bam);
+    assert_eq!(moto.open_multipart_uploads("lake"), 0);
 }
 
 #[test]
