@@ -428,7 +428,7 @@ fn convert_to_store(
     let source =
         SourceInfo::of(input).with_context(|| format!("cannot read {}", input.display()))?;
     let staged = target.convert(&engine, input, source, options, observer)?;
-    Ok(staged.publish()?)
+    Ok(staged.publish(observer)?)
 }
 
 /// `$XDG_CACHE_HOME/bamflow/spool`, else `~/.cache/bamflow/spool`: on disk, where a dataset

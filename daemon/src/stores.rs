@@ -111,7 +111,9 @@ pub fn convert(
             )
         })?;
     }
-    let published = staged.publish().map_err(|e| as_convert_error(input, e))?;
+    let published = staged
+        .publish(observer)
+        .map_err(|e| as_convert_error(input, e))?;
     Ok(ConvertSummary {
         output: PathBuf::from(published.url.to_string()),
         manifest: published.manifest,
@@ -121,6 +123,16 @@ pub fn convert(
 fn as_convert_error(input: &Path, error: StoreError) -> ConvertError {
     let stage = match error {
         StoreError::Convert(error) => return *error,
+        StoreError::Cancelled => {
+            return ConvertError::new(input, Stage::Publish, StageError::Cancelled)
+        }
+        StoreError::Fenced(reason) => {
+            let refused = StageError::Fenced {
+                step: bamflow_engine::pipeline::Commit::Publish,
+                reason,
+            };
+            return ConvertError::new(input, Stage::Publish, refused);
+        }
         StoreError::Url { .. }
         | StoreError::Config { .. }
         | StoreError::AlreadyExists { .. }

@@ -103,6 +103,12 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The observer cancelled the upload (a shutdown); the spool keeps the dataset.
+    #[error("cancelled")]
+    Cancelled,
+    /// The observer refused the publish: this process no longer holds the file.
+    #[error("not publishing: {0}")]
+    Fenced(String),
     /// An upload task panicked or was cancelled.
     #[error("an upload task failed: {0}")]
     Task(String),

@@ -324,16 +324,21 @@ impl Staged<'_> {
 
     /// Uploads the parts the store lacks, deletes objects under the prefix that are not this
     /// dataset's, writes `_manifest.json` and then `_SUCCESS` (create-only), and removes the
-    /// spool copy.
+    /// spool copy. `observer` may cancel between parts and is asked to confirm
+    /// ([`Commit::Publish`]) right before `_SUCCESS`, as for a local dataset's rename.
     ///
     /// # Errors
     ///
-    /// [`StoreError::AlreadyExists`] when another publisher wrote `_SUCCESS` first; the
-    /// store's or the spool's error otherwise (the spool copy then stays, for a retry).
-    pub fn publish(self) -> Result<Published, StoreError> {
+    /// [`StoreError::AlreadyExists`] when another publisher wrote `_SUCCESS` first,
+    /// [`StoreError::Cancelled`] or [`StoreError::Fenced`] from the observer; the store's or
+    /// the spool's error otherwise (the spool copy then stays, for a retry).
+    pub fn publish(self, observer: &dyn Observer) -> Result<Published, StoreError> {
         let target = self.target;
         let (bucket, url) = (&target.bucket, &target.url);
         for part in &self.manifest.parts {
+            if observer.cancelled() {
+                return Err(StoreError::Cancelled);
+            }
             target.upload_part(&target.local.join(&part.file), part, &self.journal)?;
         }
         let mut keep: Vec<&str> = self
@@ -360,6 +365,9 @@ impl Staged<'_> {
         };
         bucket.put(&url.key(MANIFEST), read(MANIFEST)?.into(), false)?;
         let _ = bamflow_engine::faults::point("manifest-uploaded");
+        observer
+            .confirm(Commit::Publish)
+            .map_err(StoreError::Fenced)?;
         bucket.put(&url.key(SUCCESS), read(SUCCESS)?.into(), true)?;
         tracing::debug!(url = %url, "Published; removing the spool copy.");
         if let Err(error) = fs::remove_dir_all(&target.local) {
