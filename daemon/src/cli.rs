@@ -108,7 +108,7 @@ pub enum PluginCommand {
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// The BAM file to convert.
+    /// The BAM file to convert: a path, or s3://BUCKET/KEY (read with ranged requests).
     pub input: PathBuf,
     /// The dataset folder to create; it must not exist yet.
     pub output: PathBuf,
@@ -130,6 +130,9 @@ pub struct ConvertArgs {
     /// endpoint=http://minio:9000), over the AWS environment and profile files (repeatable).
     #[arg(long = "output-option", value_parser = parse_key_value)]
     pub output_options: Vec<(String, String)>,
+    /// A setting of an s3:// input's store as KEY=VALUE, as --output-option (repeatable).
+    #[arg(long = "input-option", value_parser = parse_key_value)]
+    pub input_options: Vec<(String, String)>,
     /// Local folder an s3:// dataset is built in (and resumed from) before it is uploaded
     /// (default: $XDG_CACHE_HOME/bamflow/spool, else ~/.cache/bamflow/spool).
     #[arg(long)]

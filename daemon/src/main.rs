@@ -15,10 +15,11 @@ use bamflow::config::{self, ConfigError, ConvertOverrides, DaemonConfig, RawConf
 use bamflow::ledger;
 use bamflow::service::Notifier;
 use bamflow_engine::dataset::{Manifest, SourceInfo};
+use bamflow_engine::input::Input;
 use bamflow_engine::options::{ConvertConfig, FilterConfig};
 use bamflow_engine::pipeline::split::{self, SplitPlan};
 use bamflow_engine::pipeline::{self, Engine, Observer, Progress};
-use bamflow_store::{Bucket, ObjectUrl, Published, RemoteTarget, Unobserved};
+use bamflow_store::{Bucket, ObjectUrl, Published, RemoteTarget, S3Opener, Unobserved};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -377,7 +378,10 @@ fn settings(args: SettingsArgs, resume: bool) -> anyhow::Result<pipeline::Conver
 
 fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     let options = settings(args.settings, args.resume)?;
-    let size = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
+    S3Opener::register(args.input_options.clone(), Arc::new(Unobserved));
+    let size = Input::open(&args.input)
+        .and_then(|input| input.len())
+        .unwrap_or(0);
     let bar = ProgressBarObserver::new(size);
     if let Some(url) = args.output.to_str().filter(|o| ObjectUrl::is_remote(o)) {
         anyhow::ensure!(
@@ -445,6 +449,7 @@ fn default_spool() -> PathBuf {
 /// Splits a BAM into tasks and writes (or prints) the plan.
 fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let options = settings(args.settings, false)?;
+    S3Opener::register(Vec::new(), Arc::new(Unobserved));
     let engine = Engine::new(options.threads).context("cannot start the worker pool")?;
     let started = std::time::Instant::now();
     let plan = engine.plan(&args.input, args.tasks, &options)?;

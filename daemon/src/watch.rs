@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::{RecursiveMode, Watcher};
 
 use crate::config::WatchConfig;
+use bamflow_engine::input::Input;
 use bamflow_engine::pipeline::bgzf;
 
 /// What identifies one version of a file: a changed one is a new file.
@@ -344,7 +345,7 @@ fn judge(watch: &WatchConfig, path: &Path, seen: &mut Seen, now: Instant) -> Res
         Some(ends) => ends,
         None => {
             let ends = File::open(path)
-                .and_then(|file| bgzf::ends(&file))
+                .and_then(|file| bgzf::ends(&Input::Local(file)))
                 .map_err(|e| Waiting::Unreadable {
                     error: e.to_string(),
                 })?;

@@ -106,11 +106,18 @@ impl SourceInfo {
     ///
     /// Returns the I/O error of `stat`.
     pub fn stat(path: &Path) -> io::Result<Self> {
-        let metadata = fs::metadata(path)?;
+        // An object's HEAD; `stat` for a file, which must not open it (a FIFO would block).
+        let (size, modified) = if crate::input::is_url(path) {
+            let input = crate::input::Input::open(path)?;
+            (input.len()?, input.modified())
+        } else {
+            let metadata = fs::metadata(path)?;
+            (metadata.len(), metadata.modified())
+        };
         Ok(Self {
             path: fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
-            size: metadata.len(),
-            mtime: metadata.modified().map(timestamp).unwrap_or_default(),
+            size,
+            mtime: modified.map(timestamp).unwrap_or_default(),
             content_sha256: String::new(),
             sha256: None,
             filed_as: None,

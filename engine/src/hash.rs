@@ -1,12 +1,13 @@
 //! What a source file holds, as one short hash: how the daemon tells the same content dropped
 //! twice, and a checkpoint tells an input that changed under it.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
+
+use crate::input::{Input, SMALL_READ_AHEAD};
 
 /// Bytes hashed from each end of a file, and from each of the samples between.
 const EDGE_BYTES: u64 = 1 << 20;
@@ -22,16 +23,16 @@ const SAMPLES: u64 = 16;
 ///
 /// Returns the I/O error of reading the file.
 pub fn content_hash(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let size = file.metadata()?.len();
+    let mut file = Input::open(path)?;
+    let size = file.len()?;
     let mut hasher = Sha256::new();
     hasher.update(size.to_le_bytes());
     let mut buf = Vec::new();
-    let mut take = |file: &mut File, offset: u64, len: u64| -> io::Result<()> {
+    // One positioned read per sample: on an object store, one ranged request each.
+    let mut take = |file: &mut Input, offset: u64, len: u64| -> io::Result<()> {
         let len = len.min(size.saturating_sub(offset));
-        file.seek(SeekFrom::Start(offset))?;
-        buf.clear();
-        Read::by_ref(file).take(len).read_to_end(&mut buf)?;
+        buf.resize(usize::try_from(len).map_err(io::Error::other)?, 0);
+        file.read_exact_at(&mut buf, offset)?;
         hasher.update(&buf);
         Ok(())
     };
@@ -54,7 +55,7 @@ pub fn content_hash(path: &Path) -> io::Result<String> {
 ///
 /// Returns the I/O error of reading the file.
 pub fn file_sha256(path: &Path) -> io::Result<(String, u64)> {
-    let mut file = File::open(path)?;
+    let mut file = Input::open(path)?.reader_from(0, SMALL_READ_AHEAD)?;
     let mut hasher = Sha256::new();
     let bytes = feed(&mut file, &mut hasher)?;
     Ok((hex(&hasher.finalize()), bytes))
@@ -100,7 +101,8 @@ impl FullHash {
     /// A hash that has read the file up to `start`, where the reader begins.
     pub(crate) fn starting_at(path: &Path, start: u64) -> io::Result<Arc<Self>> {
         let mut hasher = Sha256::new();
-        let read = feed(&mut File::open(path)?.take(start), &mut hasher)?;
+        let head = Input::open(path)?.reader_from(0, SMALL_READ_AHEAD)?;
+        let read = feed(&mut head.take(start), &mut hasher)?;
         Ok(Arc::new(Self {
             state: Mutex::new(HashState {
                 hasher,
@@ -127,17 +129,15 @@ impl FullHash {
         let Some(position) = state.position else {
             return Ok(None);
         };
-        let mut file = File::open(path)?;
-        file.seek(SeekFrom::Start(position))?;
-        feed(&mut file, &mut state.hasher)?;
+        let mut rest = Input::open(path)?.reader_from(position, SMALL_READ_AHEAD)?;
+        feed(&mut rest, &mut state.hasher)?;
         Ok(Some(hex(&state.hasher.clone().finalize())))
     }
 }
 
-/// The input file, feeding a [`FullHash`] with every byte read through it.
-#[derive(Debug)]
+/// The input, feeding a [`FullHash`] with every byte read through it.
 pub(crate) struct HashedFile {
-    file: File,
+    file: Box<dyn Read + Send>,
     /// Offset of the next byte read.
     offset: u64,
     hash: Option<Arc<FullHash>>,
@@ -145,7 +145,11 @@ pub(crate) struct HashedFile {
 
 impl HashedFile {
     /// `file`, positioned at `offset`; `hash` (if any) has read the file up to there.
-    pub(crate) fn new(file: File, offset: u64, hash: Option<Arc<FullHash>>) -> Self {
+    pub(crate) fn new(
+        file: Box<dyn Read + Send>,
+        offset: u64,
+        hash: Option<Arc<FullHash>>,
+    ) -> Self {
         Self { file, offset, hash }
     }
 }
@@ -163,7 +167,8 @@ impl Read for HashedFile {
 
 #[cfg(test)]
 mod tests {
-    use std::fs;
+    use std::fs::{self, File};
+    use std::io::{Seek, SeekFrom};
 
     use super::*;
 
@@ -201,7 +206,7 @@ mod tests {
         let hash = FullHash::starting_at(&path, 1000).unwrap();
         let mut file = File::open(&path).unwrap();
         file.seek(SeekFrom::Start(1000)).unwrap();
-        let mut reader = HashedFile::new(file, 1000, Some(Arc::clone(&hash)));
+        let mut reader = HashedFile::new(Box::new(file), 1000, Some(Arc::clone(&hash)));
         let mut buf = vec![0; 2_000_000];
         reader.read_exact(&mut buf).unwrap();
         assert_eq!(hash.finish(&path).unwrap().unwrap(), whole);

@@ -55,6 +55,7 @@ pub mod faults;
 pub mod hash;
 #[doc(hidden)]
 pub mod heap;
+pub mod input;
 pub mod options;
 pub mod pipeline;
 pub mod plugin;

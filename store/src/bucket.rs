@@ -190,6 +190,29 @@ impl Bucket {
         &self.name
     }
 
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store) as Arc<dyn ObjectStore>
+    }
+
+    /// A failed request as an I/O error for the engine: "not found" keeps its kind, so the
+    /// engine says the input does not exist.
+    pub(crate) fn io_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        source: object_store::Error,
+    ) -> std::io::Error {
+        let kind = match source {
+            object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, self.remote_error(op, key, source))
+    }
+
     fn remote_error(&self, op: &'static str, key: &str, source: object_store::Error) -> StoreError {
         self.observer.failed(Failure::of(&source));
         StoreError::Remote {

@@ -9,6 +9,7 @@
 //! users (the Python wheel, Spark and Slurm tasks writing shared folders) need not compile.
 
 pub mod bucket;
+pub mod input;
 pub mod journal;
 pub mod location;
 mod profile_files;
@@ -17,6 +18,7 @@ pub mod remote;
 use std::path::PathBuf;
 
 pub use bucket::{Bucket, Failure, Retry, StoreObserver, Unobserved};
+pub use input::S3Opener;
 pub use location::ObjectUrl;
 pub use remote::{Published, RemoteTarget, Staged};
 

@@ -6,7 +6,6 @@
 //! the virtual positions that checkpoints resume from), and precise reasons for bad input.
 //! The resume cursor itself is noodles' [`VirtualPosition`].
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +15,7 @@ use noodles_bgzf::VirtualPosition;
 use rayon::ThreadPool;
 
 use super::busy::{BusyStage, BusyTimes};
+use crate::input::Input;
 
 /// The 28-byte empty block that ends every complete BGZF file (SAMv1 §4.1.2).
 pub const EOF_BLOCK: [u8; 28] = [
@@ -90,10 +90,8 @@ impl BgzfError {
 /// # Errors
 ///
 /// Returns an I/O error when the file cannot be read.
-pub fn has_eof_block(file: &File) -> io::Result<bool> {
-    use std::os::unix::fs::FileExt;
-
-    let len = file.metadata()?.len();
+pub fn has_eof_block(file: &Input) -> io::Result<bool> {
+    let len = file.len()?;
     if len < EOF_BLOCK.len() as u64 {
         return Ok(false);
     }
@@ -118,10 +116,8 @@ pub struct Ends {
 /// # Errors
 ///
 /// Returns an I/O error when the file cannot be read.
-pub fn ends(file: &File) -> io::Result<Ends> {
-    use std::os::unix::fs::FileExt;
-
-    let len = file.metadata()?.len();
+pub fn ends(file: &Input) -> io::Result<Ends> {
+    let len = file.len()?;
     let mut head = [0; 4];
     let starts_as_bgzf = if len >= head.len() as u64 {
         file.read_exact_at(&mut head, 0)?;
@@ -143,9 +139,16 @@ pub fn ends(file: &File) -> io::Result<Ends> {
 /// # Errors
 ///
 /// The [`BgzfError`] the reader would meet at byte 0.
-pub fn check_first_frame(file: &File) -> Result<(), BgzfError> {
+pub fn check_first_frame(file: &Input) -> Result<(), BgzfError> {
+    // A frame is at most 64 KiB: one positioned read holds it (one request on a store).
+    let len = file
+        .len()
+        .map_err(|source| BgzfError::Io { offset: 0, source })?;
+    let mut head = vec![0; len.min(1 << 16) as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|source| BgzfError::Io { offset: 0, source })?;
     let mut frames = FrameReader {
-        inner: io::BufReader::new(file),
+        inner: head.as_slice(),
         offset: 0,
     };
     match frames.read_frame(&mut Frame::default())? {
@@ -865,7 +868,7 @@ mod tests {
         let check = |input: &[u8]| {
             let path = dir.path().join("input");
             std::fs::write(&path, input).unwrap();
-            check_first_frame(&File::open(&path).unwrap()).map_err(|e| e.to_string())
+            check_first_frame(&Input::open(&path).unwrap()).map_err(|e| e.to_string())
         };
         let fails = |input: &[u8], expected: &str| {
             let err = check(input).unwrap_err();

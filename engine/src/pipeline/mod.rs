@@ -70,6 +70,7 @@ use self::source::SourceError;
 use self::write::{Chunk, Committed, ParquetSink, PartInfo, WriteError, WriteOptions};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Settings, Start};
 use crate::dataset::{self, DatasetError, Manifest, SourceInfo, Staging};
+use crate::input::{Input, SMALL_READ_AHEAD};
 
 /// Attempts at a conversion whose output writes fail before it gives up; each redoes only the
 /// part that failed.
@@ -1151,7 +1152,9 @@ impl Build<'_> {
 ///
 /// Returns a [`ConvertError`] when the header cannot be read.
 pub fn read_header_text(input: &Path, options: &ConvertOptions) -> Result<String, ConvertError> {
-    let file = File::open(input).map_err(|e| ConvertError::new(input, Stage::Open, e.into()))?;
+    let file = Input::open(input)
+        .and_then(|input| input.reader_from(0, SMALL_READ_AHEAD))
+        .map_err(|e| ConvertError::new(input, Stage::Open, e.into()))?;
     let reader = BlockReader::new(BufReader::new(file), 0, single_thread_pool(input)?);
     let mut stream = BgzfStream::new(reader);
     let header = header::read_header(&mut stream, options.header_limits())
@@ -1210,13 +1213,8 @@ fn dataset_header(dir: &Path) -> Result<String, ConvertError> {
 /// Refuses a file that does not end with the BGZF EOF block, unless allowed.
 fn check_complete(input: &Path, allow_missing_eof: bool) -> Result<(), ConvertError> {
     let fail = |stage, source: StageError| ConvertError::new(input, stage, source);
-    let file = File::open(input).map_err(|e| fail(Stage::Open, e.into()))?;
-    if file
-        .metadata()
-        .map_err(|e| fail(Stage::Open, e.into()))?
-        .len()
-        == 0
-    {
+    let file = Input::open(input).map_err(|e| fail(Stage::Open, e.into()))?;
+    if file.is_empty().map_err(|e| fail(Stage::Open, e.into()))? {
         return Err(fail(Stage::Read, BgzfError::Empty.into()));
     }
     if !allow_missing_eof && !bgzf::has_eof_block(&file).map_err(|e| fail(Stage::Read, e.into()))? {

@@ -1,7 +1,6 @@
 //! Profile: the header and a sample of records → what the file looks like and how to batch it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use super::header::{self, BamHeader, HeaderLimits};
 use super::schema::OutputSchema;
 use super::source::{BatchLimits, RecordSource};
 use super::{ConvertError, RawBatch, Stage};
+use crate::input::{Input, SMALL_READ_AHEAD};
 
 /// Records read for the profile; enough for stable percentiles, cheap on any file.
 const SAMPLE_RECORDS: usize = 10_000;
@@ -194,11 +194,11 @@ pub fn profile(
     pool: &Arc<ThreadPool>,
 ) -> Result<(Profile, BamHeader), ConvertError> {
     let fail = |stage, source| ConvertError::new(path, stage, source);
-    let file = File::open(path).map_err(|e| fail(Stage::Open, e.into()))?;
-    let file_bytes = file
-        .metadata()
-        .map_err(|e| fail(Stage::Open, e.into()))?
-        .len();
+    let file = Input::open(path).map_err(|e| fail(Stage::Open, e.into()))?;
+    let file_bytes = file.len().map_err(|e| fail(Stage::Open, e.into()))?;
+    let file = file
+        .reader_from(0, SMALL_READ_AHEAD)
+        .map_err(|e| fail(Stage::Open, e.into()))?;
 
     let mut stream = BgzfStream::new(BlockReader::new(BufReader::new(file), 0, Arc::clone(pool)));
     let header = header::read_header(&mut stream, options.header_limits)

@@ -4,8 +4,7 @@
 //! ([`super::Build`]) and the streaming reader ([`super::scan`]) both stand on it.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::BufReader;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +26,7 @@ use super::write::Chunk;
 use super::{ConvertError, ConvertOptions, Observer, Progress, RawBatch, Stage, StageError};
 use crate::checkpoint::{self, CheckpointError};
 use crate::hash::{FullHash, HashedFile};
+use crate::input::Input;
 
 /// Everything reading needs: the input, how to batch, filter and decode it, and where to.
 pub(super) struct Reading<'a> {
@@ -147,8 +147,9 @@ impl Reading<'_> {
         hash: Option<&Arc<FullHash>>,
     ) -> Result<BgzfStream<BufReader<HashedFile>>, ConvertError> {
         let fail = |stage, source: StageError| ConvertError::new(self.input, stage, source);
-        let mut file = File::open(self.input).map_err(|e| fail(Stage::Open, e.into()))?;
-        file.seek(SeekFrom::Start(start))
+        let file = Input::open(self.input)
+            .map_err(|e| fail(Stage::Open, e.into()))?
+            .reader_from(start, self.read_ahead())
             .map_err(|e| fail(Stage::Read, e.into()))?;
         let file = HashedFile::new(file, start, hash.cloned());
         let reader = BlockReader::new(
@@ -158,6 +159,13 @@ impl Reading<'_> {
         )
         .with_busy(Arc::clone(self.busy));
         Ok(BgzfStream::new(reader))
+    }
+
+    /// How far a remote input is read ahead of the reader: a quarter of the batch memory, so
+    /// that requests in flight stay within what the conversion may hold (a local file's page
+    /// cache reads ahead by itself).
+    fn read_ahead(&self) -> usize {
+        (self.options.batch_memory_mb << 20) / 4
     }
 
     /// The input's full SHA-256, primed with the bytes before where reading starts (the

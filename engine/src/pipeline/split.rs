@@ -36,6 +36,7 @@ use super::{ConvertError, ConvertOptions, ConvertSummary, Stage, StageError};
 use crate::checkpoint::{self, Settings};
 use crate::dataset::{self, Manifest, SourceInfo, Staging};
 use crate::durable;
+use crate::input::{Input, SMALL_READ_AHEAD};
 
 /// Why a plan cannot be made, used or committed.
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +315,9 @@ pub(super) fn plan(
     }
     super::check_complete(input, options.allow_missing_eof)?;
     let source = SourceInfo::of(input).map_err(|e| fail(Stage::Open, e.into()))?;
-    let file = fs::File::open(input).map_err(|e| fail(Stage::Open, e.into()))?;
+    let file = Input::open(input)
+        .and_then(|file| file.reader_from(0, SMALL_READ_AHEAD))
+        .map_err(|e| fail(Stage::Open, e.into()))?;
     let reader = BlockReader::new(
         io::BufReader::with_capacity(1 << 20, file),
         0,

@@ -1,7 +1,9 @@
 //! `s3://` outputs (DESIGN §13) against a real S3-compatible server (moto): what lands in the
 //! bucket equals samtools, pyarrow reads it from s3://, a killed upload resumes with every
 //! record once and no stray objects or open multipart uploads, a dataset is published once,
-//! throttling is retried and a 403 fails the file.
+//! throttling is retried and a 403 fails the file; an `s3://` input converts with ranged
+//! reads, resumes from its checkpoint, and a missing, truncated or foreign object fails naming
+//! it.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -345,4 +347,132 @@ fn the_daemon_uploads_through_throttling_and_counts_it() {
         "{log}"
     );
     assert!(!dir.path("state/spool/lake/datasets/runs/sample1").exists());
+}
+
+/// Puts a BAM's bytes into the bucket as `key`.
+fn put_bam(moto: &Moto, key: &str, bytes: Vec<u8>) {
+    moto.bucket("lake").put(key, bytes.into(), false).unwrap();
+}
+
+#[test]
+fn an_s3_input_converts_without_a_local_copy_equal_to_samtools() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    // Long reads: a BAM of several read-ahead chunks (8 MiB each).
+    let bam = dir.generated(DataKind::Long, 2_000, 65);
+    let size = std::fs::metadata(&bam).unwrap().len();
+    assert!(
+        size > 3 * (8 << 20),
+        "{size} bytes: want several ranged reads"
+    );
+    put_bam(&moto, "incoming/long.bam", std::fs::read(&bam).unwrap());
+
+    // Into a local folder: every field of every record as samtools prints the local copy.
+    let local = dir.path("local");
+    let output = bamflow_s3(
+        &moto,
+        &[
+            "convert",
+            "s3://lake/incoming/long.bam",
+            local.to_str().unwrap(),
+            "--part-records",
+            "700",
+            "--batch-memory-mb",
+            "16",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let dataset = read_dataset(&local).expect("the dataset reads");
+    assert_dataset_matches_samtools(&dataset, &bam);
+    let manifest = crate::support::manifest(&local);
+    assert_eq!(manifest["source"]["path"], "s3://lake/incoming/long.bam");
+    assert_eq!(manifest["source"]["size"], size);
+    // The same sampled content hash as the local file's: the same input, wherever it lies.
+    let local_source = bamflow_engine::dataset::SourceInfo::of(&bam).unwrap();
+    assert_eq!(
+        manifest["source"]["content_sha256"],
+        local_source.content_sha256
+    );
+
+    // From the lake into the lake.
+    let output = bamflow_s3(
+        &moto,
+        &[
+            "convert",
+            "s3://lake/incoming/long.bam",
+            "s3://lake/tables/long",
+            "--part-records",
+            "700",
+            "--spool",
+            dir.path("spool").to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(moto.keys("lake", "tables/"), dataset_keys("tables/long", 3));
+    assert_bucket_matches_samtools(&moto, &dir, "tables/long", &bam);
+}
+
+#[test]
+fn an_interrupted_conversion_of_an_s3_input_resumes_from_its_checkpoint() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 30_000, 66);
+    put_bam(&moto, "in/short.bam", std::fs::read(&bam).unwrap());
+    let out = dir.path("out");
+    let args = [
+        "convert",
+        "s3://lake/in/short.bam",
+        out.to_str().unwrap(),
+        "--part-records",
+        "8000",
+        "--resume",
+    ];
+    let killed = bamflow(&args)
+        .envs(moto.env())
+        .env("BAMFLOW_FAULTS", "part-renamed=kill@2")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let finished = bamflow_s3(&moto, &args);
+    assert!(finished.status.success(), "{}", stderr(&finished));
+    let manifest = crate::support::manifest(&out);
+    assert_eq!(manifest["resumes"], 1, "{manifest}");
+    assert_eq!(manifest["counts"]["read"], records(&bam).len());
+    assert_dataset_matches_samtools(&read_dataset(&out).unwrap(), &bam);
+}
+
+#[test]
+fn a_missing_truncated_or_foreign_s3_input_fails_naming_the_object_and_stage() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 5_000, 67);
+    let bytes = std::fs::read(&bam).unwrap();
+    put_bam(&moto, "in/cut.bam", bytes[..bytes.len() / 2].to_vec());
+    put_bam(
+        &moto,
+        "in/notes.bam",
+        b"@HD\tVN:1.6\nnot a BAM at all\n".to_vec(),
+    );
+
+    let fails = |key: &str, expected: &[&str]| {
+        let url = format!("s3://lake/{key}");
+        let out = dir.path(&key.replace('/', "-"));
+        let output = bamflow_s3(&moto, &["convert", &url, out.to_str().unwrap()]);
+        assert!(!output.status.success(), "{url} converted");
+        let text = stderr(&output);
+        assert!(text.contains(&url), "{text}");
+        for part in expected {
+            assert!(text.contains(part), "{url}: want {part:?} in {text}");
+        }
+        assert!(!out.exists(), "{url} left {}", out.display());
+    };
+    fails("in/missing.bam", &["open failed", "not found"]);
+    fails(
+        "in/cut.bam",
+        &["read", "does not end with the BGZF EOF block"],
+    );
+    fails("in/notes.bam", &["read", "not a BGZF file"]);
 }
