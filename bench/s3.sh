@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A conversion to a local S3-compatible server (moto) beside the same conversion to a local
 # folder, alternating, in one run: wall-time ratio (goal ≤ 1.15), peak RSS of each, and the
-# bytes in the bucket against the local dataset's. Ratios, not seconds.
+# bytes in the bucket against the local dataset's; then the same BAM read from the bucket
+# (s3:// input, ranged reads) into a local folder against the local read. Ratios, not seconds.
 #
 #   bench/s3.sh                                   # shared corpus short2m.bam, 2 rounds
 #   INPUT=/tmp/peers/data/short.bam ROUNDS=1 bench/s3.sh
@@ -32,8 +33,8 @@ curl -s -X PUT -o /dev/null "http://127.0.0.1:$port/bench"
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$port
 
-run() { # output → "wall rss_kb"
-  /usr/bin/time -f '%e %M' -o "$scratch/time" taskset -c "$ours" "$bin" convert "$INPUT" "$1" --threads "$THREADS" \
+run() { # output [input] → "wall rss_kb"
+  /usr/bin/time -f '%e %M' -o "$scratch/time" taskset -c "$ours" "$bin" convert "${2:-$INPUT}" "$1" --threads "$THREADS" \
     --spool "$scratch/spool" >/dev/null 2>"$scratch/err" || { cat "$scratch/err" >&2; exit 1; }
   cat "$scratch/time"
 }
@@ -58,4 +59,20 @@ for round in $(seq 1 "$ROUNDS"); do
     "$(echo "$swall / $lwall" | bc -l)" "$(echo "$lrss / 1024" | bc -l)" "$(echo "$srss / 1024" | bc -l)" "$server" \
     "$(echo "$s3_bytes / $local_bytes" | bc -l)"
   rm -rf "$scratch/local-$round"
+done
+
+# The input from the bucket: one PUT of the whole BAM, then ranged reads into a local folder.
+curl -s -f -X PUT -T "$INPUT" -o /dev/null "http://127.0.0.1:$port/bench/input.bam"
+printf '\n%6s %10s %10s %8s %12s %12s %14s\n' round "local s" "s3 in s" "s3÷local" "local RSS MB" "s3 RSS MB" "moto CPU s"
+for round in $(seq 1 "$ROUNDS"); do
+  read -r lwall lrss < <(run "$scratch/local-$round")
+  before=$(server_cpu)
+  read -r swall srss < <(run "$scratch/from-s3-$round" s3://bench/input.bam)
+  server=$(echo "$(server_cpu) - $before" | bc)
+  counts() { grep -o '"counts":{[^}]*}' "$1/_manifest.json"; }
+  [ "$(counts "$scratch/local-$round")" = "$(counts "$scratch/from-s3-$round")" ] ||
+    { echo "the s3:// input's counts differ from the local input's" >&2; exit 1; }
+  printf '%6d %10.2f %10.2f %8.3f %12.0f %12.0f %14.2f\n' "$round" "$lwall" "$swall" \
+    "$(echo "$swall / $lwall" | bc -l)" "$(echo "$lrss / 1024" | bc -l)" "$(echo "$srss / 1024" | bc -l)" "$server"
+  rm -rf "$scratch/local-$round" "$scratch/from-s3-$round"
 done

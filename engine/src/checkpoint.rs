@@ -187,10 +187,20 @@ impl Checkpoint {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CheckpointError::Read { path, source }),
         };
-        match serde_json::from_slice(&bytes) {
-            Ok(Versioned::V1(checkpoint)) => Ok(Some(checkpoint)),
+        Self::parse(&bytes, &path).map(Some)
+    }
+
+    /// Parses a checkpoint's file content (`path` names it in the error): a copy kept
+    /// elsewhere, e.g. beside an object-store dataset, reads as the file does.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`CheckpointError::Corrupt`] when it does not parse as a known version.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
+        match serde_json::from_slice(bytes) {
+            Ok(Versioned::V1(checkpoint)) => Ok(checkpoint),
             Err(e) => Err(CheckpointError::Corrupt {
-                path,
+                path: path.to_owned(),
                 reason: e.to_string(),
             }),
         }

@@ -105,6 +105,9 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The engine's checkpoint, here or in the store, is unusable.
+    #[error(transparent)]
+    Checkpoint(#[from] bamflow_engine::checkpoint::CheckpointError),
     /// The observer cancelled the upload (a shutdown); the spool keeps the dataset.
     #[error("cancelled")]
     Cancelled,

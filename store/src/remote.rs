@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use bamflow_engine::checkpoint::{self, Checkpoint};
 use bamflow_engine::dataset::{self, Manifest, SourceInfo, MANIFEST, SUCCESS};
+use bamflow_engine::input::RemoteObject;
 use bamflow_engine::pipeline::write::PartInfo;
 use bamflow_engine::pipeline::{Commit, ConvertOptions, Engine, Observer, Progress};
 
@@ -25,6 +27,7 @@ use std::io::Read;
 use bamflow_engine::pipeline::write::{part_file_name, PARTIAL_SUFFIX};
 
 use crate::bucket::{Bucket, Multipart, CHUNK_BYTES};
+use crate::input::S3Object;
 use crate::journal::{Journal, Uploaded};
 use crate::location::ObjectUrl;
 use crate::StoreError;
@@ -145,6 +148,9 @@ impl RemoteTarget {
                 source: std::io::Error::other(e.to_string()),
             }
         })?;
+        if options.resume && !staging.exists() {
+            self.restore_checkpoint(&staging, &journal)?;
+        }
         let (queue, parts) = mpsc::channel();
         let uploading = Uploading {
             inner: observer,
@@ -190,6 +196,91 @@ impl RemoteTarget {
         }
     }
 
+    /// Copies the engine's checkpoint beside the dataset's objects (`PREFIX/_checkpoint.json`)
+    /// once the store holds every part it lists: a restart on another host, or after the
+    /// spool is lost, resumes from it ([`Self::restore_checkpoint`]). A checkpoint naming a
+    /// part still uploading is skipped; the next part's upload copies a later one.
+    fn share_checkpoint(&self, staging: &Path, journal: &Journal) -> Result<(), StoreError> {
+        let path = staging.join(checkpoint::FILE_NAME);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        let checkpoint = Checkpoint::parse(&bytes, &path)?;
+        let uploaded = |part: &PartInfo| {
+            journal.uploaded(&part.file)
+                == Some(Uploaded {
+                    bytes: part.bytes,
+                    crc32: part.crc32,
+                })
+        };
+        if !checkpoint.parts.iter().all(uploaded) {
+            return Ok(());
+        }
+        self.bucket
+            .put(&self.url.key(checkpoint::FILE_NAME), bytes.into(), false)?;
+        tracing::debug!(url = %self.url, parts = checkpoint.parts.len(), "Checkpoint copied to the store.");
+        let _ = bamflow_engine::faults::point("checkpoint-shared");
+        Ok(())
+    }
+
+    /// Rebuilds the staging folder from the checkpoint in the store, when there is one and
+    /// none here: its parts are downloaded (they are in the store already, so the journal
+    /// says so) and the engine then resumes as from a local checkpoint, verifying each part's
+    /// size and CRC32 and the input's identity first.
+    fn restore_checkpoint(&self, staging: &Path, journal: &Journal) -> Result<(), StoreError> {
+        let key = self.url.key(checkpoint::FILE_NAME);
+        let Some(bytes) = self.bucket.get(&key)? else {
+            return Ok(());
+        };
+        let remote = PathBuf::from(format!("s3://{}/{key}", self.url.bucket));
+        let checkpoint = match Checkpoint::parse(&bytes, &remote) {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
+                tracing::warn!(url = %self.url, error = %crate::chain(&error), "Ignoring the checkpoint in the store.");
+                return Ok(());
+            }
+        };
+        let spool_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Spool { path, source }
+        };
+        fs::create_dir_all(staging).map_err(spool_error(staging))?;
+        for part in &checkpoint.parts {
+            let into = staging.join(&part.file);
+            self.download(&self.url.key(&part.file), &into)?;
+            journal.record_upload(
+                &part.file,
+                Uploaded {
+                    bytes: part.bytes,
+                    crc32: part.crc32,
+                },
+            )?;
+        }
+        let into = staging.join(checkpoint::FILE_NAME);
+        fs::write(&into, &bytes).map_err(spool_error(&into))?;
+        tracing::info!(url = %self.url, parts = checkpoint.parts.len(), record = checkpoint.next_record, "Resuming from the checkpoint in the store.");
+        Ok(())
+    }
+
+    /// Copies object `key` into the file `into`, streaming (never a whole part in memory).
+    fn download(&self, key: &str, into: &Path) -> Result<(), StoreError> {
+        let url = PathBuf::from(format!("s3://{}/{key}", self.url.bucket));
+        let read = |source| StoreError::Read {
+            path: url.clone(),
+            source,
+        };
+        let object = S3Object::open(Arc::clone(&self.bucket), key).map_err(read)?;
+        let mut reader = object.reader_from(0, 2 * CHUNK_BYTES).map_err(read)?;
+        let spool = |source| StoreError::Spool {
+            path: into.to_owned(),
+            source,
+        };
+        let mut file = File::create(into).map_err(spool)?;
+        std::io::copy(&mut reader, &mut file).map_err(read)?;
+        file.sync_all().map_err(spool)
+    }
+
     /// The uploader thread. It follows the part being written (`part-N.parquet.partial`,
     /// append-only until its footer) and uploads each full chunk as soon as the file holds
     /// it, so a part's upload ends shortly after its commit rather than starting there; the
@@ -212,8 +303,15 @@ impl RemoteTarget {
                             None
                         }
                     };
-                    if let Err(error) = self.finish_part(staging, &part, streamed, journal) {
-                        tracing::warn!(url = %self.url, part = %part.file, error = %crate::chain(&error), "Cannot upload part yet; trying again before publishing.");
+                    match self.finish_part(staging, &part, streamed, journal) {
+                        Ok(()) => {
+                            if let Err(error) = self.share_checkpoint(staging, journal) {
+                                tracing::warn!(url = %self.url, error = %crate::chain(&error), "Cannot copy the checkpoint to the store; a restart elsewhere starts over.");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(url = %self.url, part = %part.file, error = %crate::chain(&error), "Cannot upload part yet; trying again before publishing.");
+                        }
                     }
                     next = part_index(&part.file).map(|index| index + 1);
                 }

@@ -476,3 +476,62 @@ fn a_missing_truncated_or_foreign_s3_input_fails_naming_the_object_and_stage() {
     );
     fails("in/notes.bam", &["read", "not a BGZF file"]);
 }
+
+#[test]
+fn another_host_resumes_an_s3_output_from_the_checkpoint_in_the_store() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 30_000, 68);
+    let (first_spool, second_spool) = (dir.path("host-a-spool"), dir.path("host-b-spool"));
+    let args = |spool: &Path| {
+        [
+            "convert",
+            bam.to_str().unwrap(),
+            "s3://lake/handover/x",
+            "--part-records",
+            "8000",
+            "--resume",
+            "--spool",
+            spool.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+    };
+
+    // Host A: killed once the store holds a checkpoint and the parts it lists.
+    let killed = bamflow(&[])
+        .args(args(&first_spool))
+        .envs(moto.env())
+        .env("BAMFLOW_FAULTS", "checkpoint-shared=kill@2")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let keys = moto.keys("lake", "handover/");
+    assert!(
+        keys.contains(&"handover/x/_checkpoint.json".to_owned()),
+        "{keys:?}"
+    );
+
+    // Host B: its own, empty spool; it resumes from the store's checkpoint.
+    let finished = bamflow(&[])
+        .args(args(&second_spool))
+        .envs(moto.env())
+        .env("BAMFLOW_LOG", "bamflow_store=info")
+        .output()
+        .unwrap();
+    let text = stderr(&finished);
+    assert!(finished.status.success(), "{text}");
+    assert!(
+        text.contains("Resuming from the checkpoint in the store."),
+        "{text}"
+    );
+    // The checkpoint does not outlive the publish; every record is there once.
+    assert_eq!(
+        moto.keys("lake", "handover/"),
+        dataset_keys("handover/x", 4)
+    );
+    let manifest = assert_bucket_matches_samtools(&moto, &dir, "handover/x", &bam);
+    assert_eq!(manifest["resumes"], 1, "{manifest}");
+    assert_eq!(manifest["counts"]["read"], records(&bam).len());
+    assert!(!second_spool.join("lake/handover/x").exists());
+}
