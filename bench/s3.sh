@@ -69,7 +69,7 @@ for round in $(seq 1 "$ROUNDS"); do
   before=$(server_cpu)
   read -r swall srss < <(run "$scratch/from-s3-$round" s3://bench/input.bam)
   server=$(echo "$(server_cpu) - $before" | bc)
-  counts() { grep -o '"counts":{[^}]*}' "$1/_manifest.json"; }
+  counts() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["counts"])' "$1/_manifest.json"; }
   [ "$(counts "$scratch/local-$round")" = "$(counts "$scratch/from-s3-$round")" ] ||
     { echo "the s3:// input's counts differ from the local input's" >&2; exit 1; }
   printf '%6d %10.2f %10.2f %8.3f %12.0f %12.0f %14.2f\n' "$round" "$lwall" "$swall" \

@@ -535,3 +535,46 @@ fn another_host_resumes_an_s3_output_from_the_checkpoint_in_the_store() {
     assert_eq!(manifest["counts"]["read"], records(&bam).len());
     assert!(!second_spool.join("lake/handover/x").exists());
 }
+
+#[test]
+fn an_s3_input_splits_into_tasks_whose_dataset_equals_samtools() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 40_000, 69);
+    put_bam(&moto, "in/split.bam", std::fs::read(&bam).unwrap());
+    let (plan, out) = (dir.path("plan.json"), dir.path("out"));
+    let run = |args: &[&str]| {
+        let output = bamflow_s3(&moto, args);
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+    };
+    run(&[
+        "plan",
+        "--tasks",
+        "3",
+        "-o",
+        plan.to_str().unwrap(),
+        "s3://lake/in/split.bam",
+    ]);
+    for task in ["0", "1", "2"] {
+        run(&[
+            "convert",
+            "s3://lake/in/split.bam",
+            out.to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+            "--task",
+            task,
+        ]);
+    }
+    let commit = bamflow(&[
+        "commit",
+        out.to_str().unwrap(),
+        "--plan",
+        plan.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(commit.status.success(), "{}", stderr(&commit));
+    assert_dataset_matches_samtools(&read_dataset(&out).unwrap(), &bam);
+}
