@@ -149,7 +149,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// The BAM file to split.
+    /// The BAM file to split: a path, or s3://BUCKET/KEY.
     pub input: PathBuf,
     /// How many tasks.
     #[arg(long)]
@@ -238,7 +238,7 @@ fn parse_flags(text: &str) -> Result<u16, String> {
 
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
-    /// The BAM file to profile.
+    /// The BAM file to profile: a path, or s3://BUCKET/KEY.
     pub input: PathBuf,
     /// Read batch settings from this config file.
     #[arg(long)]

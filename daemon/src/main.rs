@@ -498,6 +498,7 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         ..ConvertOverrides::default()
     };
     let options = config::convert_options(args.config.as_deref(), &flags)?;
+    S3Opener::register(Vec::new(), Arc::new(Unobserved));
     let engine = Engine::new(options.threads).context("cannot start the worker pool")?;
     let profile = engine.profile(&args.input, &options)?;
     println!(

@@ -547,7 +547,19 @@ fn an_s3_input_splits_into_tasks_whose_dataset_equals_samtools() {
     let run = |args: &[&str]| {
         let output = bamflow_s3(&moto, args);
         assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        String::from_utf8(output.stdout).unwrap()
     };
+    // The profile the plan starts from is the local file's, but for the path.
+    let profile = |input: &str| {
+        let mut profile: serde_json::Value =
+            serde_json::from_str(&run(&["profile", input])).unwrap();
+        profile.as_object_mut().unwrap().remove("path");
+        profile
+    };
+    assert_eq!(
+        profile("s3://lake/in/split.bam"),
+        profile(bam.to_str().unwrap())
+    );
     run(&[
         "plan",
         "--tasks",
