@@ -53,6 +53,11 @@ impl Journal {
         self.lock().uploaded.get(name).copied()
     }
 
+    /// The names of every part the store holds.
+    pub fn uploaded_parts(&self) -> Vec<String> {
+        self.lock().uploaded.keys().cloned().collect()
+    }
+
     /// Records that `name` is in the store.
     ///
     /// # Errors

@@ -166,7 +166,17 @@ impl RemoteTarget {
             let _ = uploader.join();
             converted
         });
-        let summary = converted.map_err(|e| StoreError::Convert(Box::new(e)))?;
+        let summary = match converted {
+            Ok(summary) => summary,
+            Err(error) => {
+                if !staging.exists() {
+                    // The engine discarded its staging (bad input, not an interruption):
+                    // nothing will resume, so neither does the upload.
+                    self.abandon(&journal);
+                }
+                return Err(StoreError::Convert(Box::new(error)));
+            }
+        };
         Ok(Staged {
             target: self,
             manifest: summary.manifest,
@@ -194,6 +204,29 @@ impl RemoteTarget {
             }),
             Err(e) => Err(spool_error(e.into())),
         }
+    }
+
+    /// Removes what an upload that will not resume left in the store: the parts it uploaded,
+    /// the checkpoint copy and its open multipart uploads, then the journal. Only what this
+    /// dataset's journal names: never a listing of the prefix, which another attempt may own.
+    /// Failures are logged; the next conversion into the same address deletes leftovers
+    /// before publishing.
+    fn abandon(&self, journal: &Journal) {
+        let delete = |key: String| {
+            if let Err(error) = self.bucket.delete(&key) {
+                tracing::warn!(url = %self.url, object = %key, error = %crate::chain(&error), "Cannot delete an abandoned upload's object.");
+            }
+        };
+        if let Err(error) = self.bucket.abort_pending(journal) {
+            tracing::warn!(url = %self.url, error = %crate::chain(&error), "Cannot abort an abandoned multipart upload.");
+        }
+        let parts = journal.uploaded_parts();
+        for part in &parts {
+            delete(self.url.key(part));
+        }
+        delete(self.url.key(checkpoint::FILE_NAME));
+        let _ = journal.remove();
+        tracing::info!(url = %self.url, parts = parts.len(), "Conversion failed for good; its uploaded parts are deleted.");
     }
 
     /// Copies the engine's checkpoint beside the dataset's objects (`PREFIX/_checkpoint.json`)

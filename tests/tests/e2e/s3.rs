@@ -590,3 +590,43 @@ fn an_s3_input_splits_into_tasks_whose_dataset_equals_samtools() {
     assert!(commit.status.success(), "{}", stderr(&commit));
     assert_dataset_matches_samtools(&read_dataset(&out).unwrap(), &bam);
 }
+
+#[test]
+fn a_conversion_that_fails_for_good_leaves_nothing_in_the_bucket() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 30_000, 70);
+    // Cut at two thirds: several parts are committed (and uploaded) before the cut is met.
+    let bytes = std::fs::read(&bam).unwrap();
+    let cut = dir.path("cut.bam");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let spool = dir.path("spool");
+    let output = bamflow(&[
+        "convert",
+        cut.to_str().unwrap(),
+        "s3://lake/failed/x",
+        "--allow-missing-eof",
+        "--part-records",
+        "3000",
+        "--resume",
+        "--spool",
+        spool.to_str().unwrap(),
+    ])
+    .envs(moto.env())
+    .env("BAMFLOW_LOG", "bamflow_store=info")
+    .output()
+    .unwrap();
+    let text = stderr(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("truncated"), "{text}");
+    // Parts went up before the cut was met; the failure took them (and the checkpoint) away.
+    assert!(
+        text.contains("Conversion failed for good; its uploaded parts are deleted."),
+        "{text}"
+    );
+    assert!(!text.contains("parts=0"), "{text}");
+    assert_eq!(moto.keys("lake", "failed/"), Vec::<String>::new());
+    assert_eq!(moto.open_multipart_uploads("lake"), 0);
+    assert!(!spool.join("lake/failed/.x.upload.json").exists());
+}
