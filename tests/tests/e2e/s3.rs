@@ -279,6 +279,22 @@ fn a_403_fails_the_conversion_at_once_naming_the_object() {
     assert!(text.contains("403"), "{text}");
 }
 
+/// A daemon's config: one watch of `dir`'s inbox into `s3://lake/datasets/{watch}/{stem}`,
+/// parts of 5,000 records, `extra_watch` (keys, then tables) added to the watch.
+fn daemon_config(dir: &TestDir, extra_watch: &str) -> std::path::PathBuf {
+    let config = dir.path("bamflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{state}\"\nscan_interval_seconds = 1\nmetrics_listen = \"127.0.0.1:0\"\n\n[[watch]]\nname = \"runs\"\npath = \"{inbox}\"\nsettle_seconds = 1\noutput = \"s3://lake/datasets/{{watch}}/{{stem}}\"\n{extra_watch}\n[watch.convert]\npart_records = 5000\n",
+            state = dir.path("state").display(),
+            inbox = dir.path("inbox").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 #[test]
 fn the_daemon_uploads_through_throttling_and_counts_it() {
     let moto = Moto::start();
@@ -287,17 +303,13 @@ fn the_daemon_uploads_through_throttling_and_counts_it() {
     let proxy = ThrottlingProxy::start(moto.address(), 4);
     let dir = TestDir::new();
     let inbox = dir.inbox();
-    let config = dir.path("bamflow.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = \"{state}\"\nscan_interval_seconds = 1\nmetrics_listen = \"127.0.0.1:0\"\n\n[[watch]]\nname = \"runs\"\npath = \"{inbox}\"\nsettle_seconds = 1\noutput = \"s3://lake/datasets/{{watch}}/{{stem}}\"\nverify = true\n[watch.convert]\npart_records = 5000\n[watch.output_options]\nendpoint = \"{endpoint}\"\n",
-            state = dir.path("state").display(),
-            inbox = inbox.display(),
-            endpoint = proxy.endpoint(),
+    let config = daemon_config(
+        &dir,
+        &format!(
+            "verify = true\n[watch.output_options]\nendpoint = \"{}\"\n",
+            proxy.endpoint()
         ),
-    )
-    .unwrap();
+    );
     let env: Vec<(String, String)> = moto
         .env()
         .into_iter()
@@ -629,4 +641,47 @@ fn a_conversion_that_fails_for_good_leaves_nothing_in_the_bucket() {
     assert_eq!(moto.keys("lake", "failed/"), Vec::<String>::new());
     assert_eq!(moto.open_multipart_uploads("lake"), 0);
     assert!(!spool.join("lake/failed/.x.upload.json").exists());
+}
+
+#[test]
+fn a_daemon_killed_during_an_upload_completes_the_dataset_when_restarted() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = TestDir::new();
+    let inbox = dir.inbox();
+    let config = daemon_config(&dir, "");
+    let env: Vec<(String, String)> = moto.env();
+    let with_faults: Vec<(&str, &OsStr)> = env
+        .iter()
+        .map(|(k, v)| (k.as_str(), OsStr::new(v)))
+        .chain([("BAMFLOW_FAULTS", OsStr::new("part-renamed=stall@2"))])
+        .collect();
+    // The conversion stalls (5 s) once its second part is committed; the first is uploaded by
+    // then: killed there, mid-conversion and mid-upload.
+    let daemon = Daemon::start_with(dir.root(), Some(&config), &with_faults);
+    let bam = dir.generated(DataKind::Short, 14_000, 71);
+    std::fs::copy(&bam, inbox.join("sample2.bam")).unwrap();
+    daemon.wait_for("the first part in the store", || {
+        moto.keys("lake", "datasets/")
+            .contains(&"datasets/runs/sample2/part-00000.parquet".to_owned())
+    });
+    daemon.kill_9();
+    assert!(!moto
+        .keys("lake", "datasets/")
+        .contains(&"datasets/runs/sample2/_SUCCESS".to_owned()));
+
+    let env: Vec<(&str, &OsStr)> = with_faults[..with_faults.len() - 1].to_vec();
+    let daemon = Daemon::start_with(dir.root(), Some(&config), &env);
+    daemon.wait_for("the input filed away", || {
+        inbox.join("done/sample2.bam").exists()
+    });
+    assert_eq!(
+        moto.keys("lake", "datasets/"),
+        dataset_keys("datasets/runs/sample2", 3)
+    );
+    assert_eq!(moto.open_multipart_uploads("lake"), 0);
+    let manifest = assert_bucket_matches_samtools(&moto, &dir, "datasets/runs/sample2", &bam);
+    assert_eq!(manifest["counts"]["read"], records(&bam).len());
+    assert!(manifest["resumes"].as_u64().unwrap() >= 1, "{manifest}");
+    daemon.stop();
 }
