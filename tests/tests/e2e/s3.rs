@@ -685,3 +685,40 @@ fn a_daemon_killed_during_an_upload_completes_the_dataset_when_restarted() {
     assert!(manifest["resumes"].as_u64().unwrap() >= 1, "{manifest}");
     daemon.stop();
 }
+
+#[test]
+fn an_s3_input_replaced_while_it_is_read_fails_instead_of_mixing_two_files() {
+    use bamflow_engine::input::RemoteObject;
+    use std::io::Read;
+
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let bucket = std::sync::Arc::new(moto.bucket("lake"));
+    bucket
+        .put("in/x.bam", vec![1u8; 1000].into(), false)
+        .unwrap();
+    let object = bamflow_store::input::S3Object::open(bucket.clone(), "in/x.bam").unwrap();
+    assert_eq!(object.size(), 1000);
+    let mut head = [0; 10];
+    object.read_exact_at(&mut head, 990).unwrap();
+    assert_eq!(head, [1; 10]);
+
+    // Another writer replaces it: every later read of the version opened fails.
+    bucket
+        .put("in/x.bam", vec![2u8; 1000].into(), false)
+        .unwrap();
+    let error = object.read_exact_at(&mut head, 0).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("s3://lake/in/x.bam"), "{text}");
+    assert!(text.to_lowercase().contains("precondition"), "{text}");
+    let mut rest = Vec::new();
+    let streamed = object
+        .reader_from(0, 0)
+        .unwrap()
+        .read_to_end(&mut rest)
+        .unwrap_err();
+    assert!(
+        streamed.to_string().to_lowercase().contains("precondition"),
+        "{streamed}"
+    );
+}
