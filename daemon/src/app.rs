@@ -259,6 +259,10 @@ pub fn run(
     Ok(())
 }
 
+/// How long the loop waits for a free worker to take a file; a worker reaches its `recv`
+/// microseconds after reporting, so this bounds only a worker that died.
+const HANDOVER_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// One file handed to a worker, with the settings of its watch at that moment.
 struct Job {
     watch: WatchConfig,
@@ -344,6 +348,8 @@ struct Dispatcher<'a> {
     metrics: &'a Metrics,
     trackers: Vec<Tracker>,
     events: Events,
+    /// File workers started (`max_concurrent_files` at start; a reload does not change it).
+    workers: usize,
     /// Files handed to a worker, with their watch and when they were handed over.
     in_flight: HashMap<PathBuf, (String, SystemTime)>,
     /// What was last written for `bamflow status`.
@@ -363,6 +369,7 @@ impl<'a> Dispatcher<'a> {
     ) -> Self {
         let trackers = config.watches.iter().map(|_| Tracker::default()).collect();
         Self {
+            workers: config.max_concurrent_files,
             config,
             load,
             control,
@@ -475,17 +482,24 @@ impl<'a> Dispatcher<'a> {
                 {
                     continue;
                 }
+                // Every worker is busy: the file waits for the next round.
+                if self.in_flight.len() >= self.workers {
+                    return;
+                }
                 let path = file.path.clone();
                 let job = Job {
                     watch: watch.clone(),
                     file,
                 };
-                match jobs.try_send(job) {
+                // A worker without a job has reported its last one and is on its way to take
+                // the next: wait for it rather than `try_send`, which fails while it is still
+                // between its report and its `recv` — and then left it idle until the next
+                // rescan or event (one worker of two busy for most of a burst of small files).
+                match jobs.send_timeout(job, HANDOVER_TIMEOUT) {
                     Ok(()) => {
                         self.in_flight
                             .insert(path, (watch.name.clone(), SystemTime::now()));
                     }
-                    // Every worker is busy: the file waits for the next round.
                     Err(_) => return,
                 }
             }
