@@ -8,7 +8,7 @@
 #
 #   bench/small_files.sh
 #   FILES=400 RECORDS=5000 bench/small_files.sh
-#   PERF=1 bench/small_files.sh        # also perf-records the daemon (perf.data in the cwd)
+#   PERF=1 bench/small_files.sh        # also perf-records the daemon: target/small_files.perf.data
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-170}
@@ -33,7 +33,7 @@ EOF
 start_daemon "$dir/bamflow.toml" "$dir/daemon.log"
 sleep 1
 if [ -n "${PERF:-}" ]; then
-  perf record -g -o perf.data -p "$pid" 2>/dev/null &
+  perf record -g -o target/small_files.perf.data -p "$pid" 2>/dev/null &
   perf_pid=$!
 fi
 t0=$(date +%s.%N)

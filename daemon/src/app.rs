@@ -790,6 +790,21 @@ fn process(
             warn!(path = %file.path.display(), error = format!("{error:#}"), "Cannot file away converted input.");
         }
     };
+    // Records a failure in the ledger and sets the input aside.
+    let failed = |error: &ConvertError, what: &str| {
+        warn!(watch = %watch.name, path = %file.path.display(), error = chain(error), outcome = "failure", "{what}");
+        observer.metrics.error(error.stage, error.kind());
+        books.record(
+            &Entry {
+                attempts,
+                error: Some(chain(error)),
+                ..entry(FileState::Failure)
+            },
+            epoch,
+        );
+        quarantine(watch, &file.path, &Failed::from(error));
+        Outcome::Failure
+    };
     let remote = match stores.target(&output, &watch.output_options).transpose() {
         Ok(remote) => remote,
         Err(error) => {
@@ -798,18 +813,7 @@ fn process(
                 Stage::Output,
                 StageError::Io(std::io::Error::other(bamflow_store::chain(&error))),
             );
-            warn!(watch = %watch.name, path = %file.path.display(), error = chain(&error), outcome = "failure", "Output cannot be written.");
-            observer.metrics.error(error.stage, error.kind());
-            books.record(
-                &Entry {
-                    attempts,
-                    error: Some(chain(&error)),
-                    ..entry(FileState::Failure)
-                },
-                epoch,
-            );
-            quarantine(watch, &file.path, &Failed::from(&error));
-            return Outcome::Failure;
+            return failed(&error, "Output cannot be written.");
         }
     };
     let published = match &remote {
@@ -917,20 +921,7 @@ fn process(
             info!(path = %file.path.display(), "Conversion stopped by shutdown; the input stays.");
             Outcome::Cancelled
         }
-        Err(error) => {
-            warn!(watch = %watch.name, path = %file.path.display(), error = chain(&error), outcome = "failure", "Conversion failed.");
-            observer.metrics.error(error.stage, error.kind());
-            books.record(
-                &Entry {
-                    attempts,
-                    error: Some(chain(&error)),
-                    ..entry(FileState::Failure)
-                },
-                epoch,
-            );
-            quarantine(watch, &file.path, &Failed::from(&error));
-            Outcome::Failure
-        }
+        Err(error) => failed(&error, "Conversion failed."),
     };
     drop(held);
     outcome

@@ -1,21 +1,17 @@
 //! `s3://` outputs of the daemon: one connection per bucket and settings, made on first use
 //! and kept, and the conversion of one file into an object-store dataset.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bamflow_engine::dataset::{Manifest, SourceInfo};
 use bamflow_engine::pipeline::{
     ConvertError, ConvertOptions, ConvertSummary, Engine, Observer, Stage, StageError,
 };
-use bamflow_store::{Bucket, ObjectUrl, RemoteTarget, StoreError};
+use bamflow_store::{Buckets, ObjectUrl, RemoteTarget, StoreError};
 
 use crate::metrics::UploadMetrics;
-
-/// A bucket and the settings it was connected with.
-type BucketKey = (String, Vec<(String, String)>);
 
 /// Checks a dataset built in the spool before it is uploaded; the error is the difference.
 pub type Verify<'a> = &'a dyn Fn(&Path) -> Result<(), String>;
@@ -24,8 +20,7 @@ pub type Verify<'a> = &'a dyn Fn(&Path) -> Result<(), String>;
 #[derive(Debug)]
 pub struct Stores {
     spool: PathBuf,
-    metrics: UploadMetrics,
-    buckets: Mutex<HashMap<BucketKey, Arc<Bucket>>>,
+    buckets: Buckets,
 }
 
 impl Stores {
@@ -33,8 +28,7 @@ impl Stores {
     pub fn new(spool: PathBuf, metrics: UploadMetrics) -> Self {
         Self {
             spool,
-            metrics,
-            buckets: Mutex::default(),
+            buckets: Buckets::new(Arc::new(metrics)),
         }
     }
 
@@ -50,27 +44,9 @@ impl Stores {
     ) -> Option<Result<RemoteTarget, StoreError>> {
         let text = output.to_str().filter(|o| ObjectUrl::is_remote(o))?;
         Some(ObjectUrl::parse(text).and_then(|url| {
-            let bucket = self.bucket(&url.bucket, options)?;
+            let bucket = self.buckets.get(&url.bucket, options)?;
             Ok(RemoteTarget::new(bucket, url, &self.spool))
         }))
-    }
-
-    fn bucket(&self, name: &str, options: &[(String, String)]) -> Result<Arc<Bucket>, StoreError> {
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let key = (name.to_owned(), options.to_vec());
-        if let Some(bucket) = buckets.get(&key) {
-            return Ok(Arc::clone(bucket));
-        }
-        let bucket = Arc::new(Bucket::connect(
-            name,
-            options,
-            Arc::new(self.metrics.clone()),
-        )?);
-        buckets.insert(key, Arc::clone(&bucket));
-        Ok(bucket)
     }
 }
 

@@ -93,10 +93,11 @@ impl SourceInfo {
     ///
     /// Returns the I/O error of `stat` or of reading.
     pub fn of(path: &Path) -> io::Result<Self> {
-        let content_sha256 = crate::hash::content_hash(path)?;
+        // Opened once for the size, the time and the samples (one HEAD for an object).
+        let input = crate::input::Input::open(path)?;
         Ok(Self {
-            content_sha256,
-            ..Self::stat(path)?
+            content_sha256: crate::hash::sampled_hash(&input)?,
+            ..Self::described(path, input.len()?, input.modified())
         })
     }
 
@@ -107,21 +108,24 @@ impl SourceInfo {
     /// Returns the I/O error of `stat`.
     pub fn stat(path: &Path) -> io::Result<Self> {
         // An object's HEAD; `stat` for a file, which must not open it (a FIFO would block).
-        let (size, modified) = if crate::input::is_url(path) {
+        Ok(if crate::input::is_url(path) {
             let input = crate::input::Input::open(path)?;
-            (input.len()?, input.modified())
+            Self::described(path, input.len()?, input.modified())
         } else {
             let metadata = fs::metadata(path)?;
-            (metadata.len(), metadata.modified())
-        };
-        Ok(Self {
+            Self::described(path, metadata.len(), metadata.modified())
+        })
+    }
+
+    fn described(path: &Path, size: u64, modified: io::Result<SystemTime>) -> Self {
+        Self {
             path: fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
             size,
             mtime: modified.map(timestamp).unwrap_or_default(),
             content_sha256: String::new(),
             sha256: None,
             filed_as: None,
-        })
+        }
     }
 
     /// Whether `other` describes the same input file content (the path may differ).

@@ -23,13 +23,21 @@ const SAMPLES: u64 = 16;
 ///
 /// Returns the I/O error of reading the file.
 pub fn content_hash(path: &Path) -> io::Result<String> {
-    let mut file = Input::open(path)?;
+    sampled_hash(&Input::open(path)?)
+}
+
+/// [`content_hash`] of an opened input.
+///
+/// # Errors
+///
+/// Returns the I/O error of reading the input.
+pub fn sampled_hash(file: &Input) -> io::Result<String> {
     let size = file.len()?;
     let mut hasher = Sha256::new();
     hasher.update(size.to_le_bytes());
     let mut buf = Vec::new();
     // One positioned read per sample: on an object store, one ranged request each.
-    let mut take = |file: &mut Input, offset: u64, len: u64| -> io::Result<()> {
+    let mut take = |offset: u64, len: u64| -> io::Result<()> {
         let len = len.min(size.saturating_sub(offset));
         buf.resize(usize::try_from(len).map_err(io::Error::other)?, 0);
         file.read_exact_at(&mut buf, offset)?;
@@ -37,14 +45,14 @@ pub fn content_hash(path: &Path) -> io::Result<String> {
         Ok(())
     };
     if size <= 2 * EDGE_BYTES + SAMPLES * SAMPLE_BYTES {
-        take(&mut file, 0, size)?;
+        take(0, size)?;
     } else {
-        take(&mut file, 0, EDGE_BYTES)?;
+        take(0, EDGE_BYTES)?;
         let stride = (size - 2 * EDGE_BYTES) / (SAMPLES + 1);
         for i in 1..=SAMPLES {
-            take(&mut file, EDGE_BYTES + i * stride, SAMPLE_BYTES)?;
+            take(EDGE_BYTES + i * stride, SAMPLE_BYTES)?;
         }
-        take(&mut file, size - EDGE_BYTES, EDGE_BYTES)?;
+        take(size - EDGE_BYTES, EDGE_BYTES)?;
     }
     Ok(hex(&hasher.finalize()))
 }

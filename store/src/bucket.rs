@@ -3,12 +3,12 @@
 //! The engine and the daemon are threads, not tasks: each [`Bucket`] owns a small tokio
 //! runtime for object_store's futures and blocks the calling thread on them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
@@ -21,6 +21,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::journal::Journal;
+use crate::location::S3_SCHEME;
 use crate::{profile_files, StoreError};
 
 /// Bytes per multipart chunk: above S3's 5 MiB minimum, and the unit of upload memory.
@@ -103,6 +104,47 @@ pub trait StoreObserver: Send + Sync + fmt::Debug {
 pub struct Unobserved;
 
 impl StoreObserver for Unobserved {}
+
+/// Connections made on first use and kept: one per bucket and settings, so a process that
+/// reads and writes many objects resolves credentials and starts a runtime once per bucket.
+#[derive(Debug)]
+pub struct Buckets {
+    observer: Arc<dyn StoreObserver>,
+    connected: Mutex<HashMap<BucketKey, Arc<Bucket>>>,
+}
+
+/// A bucket's name and the settings it was connected with.
+type BucketKey = (String, Vec<(String, String)>);
+
+impl Buckets {
+    /// Connections whose requests report to `observer`.
+    pub fn new(observer: Arc<dyn StoreObserver>) -> Self {
+        Self {
+            observer,
+            connected: Mutex::default(),
+        }
+    }
+
+    /// `name` connected with `options` ([`Bucket::connect`]), the kept connection if there is
+    /// one.
+    ///
+    /// # Errors
+    ///
+    /// [`Bucket::connect`]'s.
+    pub fn get(&self, name: &str, options: &[(String, String)]) -> Result<Arc<Bucket>, StoreError> {
+        let mut connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (name.to_owned(), options.to_vec());
+        if let Some(bucket) = connected.get(&key) {
+            return Ok(Arc::clone(bucket));
+        }
+        let bucket = Arc::new(Bucket::connect(name, options, Arc::clone(&self.observer))?);
+        connected.insert(key, Arc::clone(&bucket));
+        Ok(bucket)
+    }
+}
 
 /// A bucket of an S3-compatible store, with credentials and endpoint resolved.
 #[derive(Debug)]
@@ -190,6 +232,11 @@ impl Bucket {
         &self.name
     }
 
+    /// The `s3://` address of object `key`, as errors and logs name it.
+    pub fn url_of(&self, key: &str) -> String {
+        format!("{S3_SCHEME}{}/{key}", self.name)
+    }
+
     pub(crate) fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.runtime
     }
@@ -217,7 +264,7 @@ impl Bucket {
         self.observer.failed(Failure::of(&source));
         StoreError::Remote {
             op,
-            url: format!("s3://{}/{key}", self.name),
+            url: self.url_of(key),
             error: source,
         }
     }
@@ -282,7 +329,7 @@ impl Bucket {
             Err(object_store::Error::AlreadyExists { .. }) if create_only => {
                 self.observer.failed(Failure::Conflict);
                 Err(StoreError::AlreadyExists {
-                    url: format!("s3://{}/{key}", self.name),
+                    url: self.url_of(key),
                 })
             }
             Err(source) => Err(self.remote_error("put", key, source)),

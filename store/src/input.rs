@@ -6,10 +6,10 @@
 //! instead of mixing two files. The sequential reader keeps requests in flight ahead of the
 //! engine's reader thread, as many as its read-ahead (sized by the batch memory) allows.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bamflow_engine::input::{Opener, RemoteObject};
@@ -18,15 +18,13 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::sync::mpsc;
 
-use crate::bucket::{Bucket, StoreObserver, CHUNK_BYTES};
+use crate::bucket::{Bucket, Buckets, StoreObserver, CHUNK_BYTES};
 use crate::location::S3_SCHEME;
-use crate::StoreError;
 
 /// Opens `s3://` inputs, one connection per bucket, with the same settings as outputs.
 pub struct S3Opener {
     options: Vec<(String, String)>,
-    observer: Arc<dyn StoreObserver>,
-    buckets: Mutex<HashMap<String, Arc<Bucket>>>,
+    buckets: Buckets,
 }
 
 impl S3Opener {
@@ -35,8 +33,7 @@ impl S3Opener {
     pub fn new(options: Vec<(String, String)>, observer: Arc<dyn StoreObserver>) -> Self {
         Self {
             options,
-            observer,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Buckets::new(observer),
         }
     }
 
@@ -44,20 +41,6 @@ impl S3Opener {
     /// process can then read `s3://` inputs.
     pub fn register(options: Vec<(String, String)>, observer: Arc<dyn StoreObserver>) {
         bamflow_engine::input::register(Arc::new(Self::new(options, observer)));
-    }
-
-    fn bucket(&self, name: &str) -> Result<Arc<Bucket>, StoreError> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(bucket) = buckets.get(name) {
-            return Ok(Arc::clone(bucket));
-        }
-        let bucket = Arc::new(Bucket::connect(
-            name,
-            &self.options,
-            Arc::clone(&self.observer),
-        )?);
-        buckets.insert(name.to_owned(), Arc::clone(&bucket));
-        Ok(bucket)
     }
 }
 
@@ -77,7 +60,10 @@ impl Opener for S3Opener {
                     format!("{url} is not an s3://BUCKET/KEY object address"),
                 )
             })?;
-        let bucket = self.bucket(bucket).map_err(into_io)?;
+        let bucket = self
+            .buckets
+            .get(bucket, &self.options)
+            .map_err(io::Error::other)?;
         Ok(Arc::new(S3Object::open(bucket, key)?))
     }
 }
@@ -115,11 +101,16 @@ impl S3Object {
     }
 
     fn options(&self, range: Range<u64>) -> GetOptions {
-        GetOptions {
-            if_match: self.e_tag.clone(),
-            range: Some(GetRange::Bounded(range)),
-            ..GetOptions::default()
-        }
+        get_options(self.e_tag.clone(), range)
+    }
+}
+
+/// A ranged GET of the version whose ETag is `e_tag`.
+fn get_options(e_tag: Option<String>, range: Range<u64>) -> GetOptions {
+    GetOptions {
+        if_match: e_tag,
+        range: Some(GetRange::Bounded(range)),
+        ..GetOptions::default()
     }
 }
 
@@ -161,24 +152,23 @@ impl RemoteObject for S3Object {
         let in_flight = (read_ahead / CHUNK_BYTES).max(2);
         // One finished chunk waits in the channel; `in_flight` more are being fetched.
         let (sender, receiver) = mpsc::channel(1);
-        let ranges = (start..self.size)
-            .step_by(CHUNK_BYTES)
-            .map(|from| from..(from + CHUNK_BYTES as u64).min(self.size))
-            .map(|range| self.options(range))
-            .collect::<VecDeque<_>>();
         let store = self.bucket.store();
         let path = ObjectPath::from(self.key.as_str());
-        let bucket = Arc::clone(&self.bucket);
-        let key = self.key.clone();
+        let (bucket, key, size) = (Arc::clone(&self.bucket), self.key.clone(), self.size);
+        let e_tag = self.e_tag.clone();
+        // The next chunk's request, from `from` on, and where the one after starts.
+        let options = move |from: u64| {
+            let range = from..(from + CHUNK_BYTES as u64).min(size);
+            (range.end, get_options(e_tag.clone(), range))
+        };
         let task = self.bucket.runtime().spawn(async move {
-            let mut ranges = ranges;
+            let mut next = start;
             let mut pending: VecDeque<AbortOnDrop<object_store::Result<Bytes>>> = VecDeque::new();
             loop {
-                while pending.len() < in_flight {
-                    let Some(options) = ranges.pop_front() else {
-                        break;
-                    };
-                    let fetching = fetch(Arc::clone(&store), path.clone(), options);
+                while pending.len() < in_flight && next < size {
+                    let (end, get) = options(next);
+                    next = end;
+                    let fetching = fetch(Arc::clone(&store), path.clone(), get);
                     pending.push_back(AbortOnDrop(tokio::spawn(fetching)));
                 }
                 let Some(mut oldest) = pending.pop_front() else {
@@ -239,8 +229,4 @@ impl Read for Prefetched {
         self.current.advance(n);
         Ok(n)
     }
-}
-
-fn into_io(error: StoreError) -> io::Error {
-    io::Error::other(error)
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use bamflow_engine::pipeline::write::PartInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -17,6 +18,16 @@ pub struct Uploaded {
     pub bytes: u64,
     /// The CRC32 of the local file that was uploaded.
     pub crc32: u32,
+}
+
+impl Uploaded {
+    /// What the store holds once `part` is uploaded.
+    pub fn of(part: &PartInfo) -> Self {
+        Self {
+            bytes: part.bytes,
+            crc32: part.crc32,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

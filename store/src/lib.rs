@@ -17,7 +17,7 @@ pub mod remote;
 
 use std::path::PathBuf;
 
-pub use bucket::{Bucket, Failure, Retry, StoreObserver, Unobserved};
+pub use bucket::{Bucket, Buckets, Failure, Retry, StoreObserver, Unobserved};
 pub use input::S3Opener;
 pub use location::ObjectUrl;
 pub use remote::{Published, RemoteTarget, Staged};
@@ -122,14 +122,5 @@ pub enum StoreError {
     Convert(Box<ConvertError>),
 }
 
-/// `error` and its sources, joined by `: `.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// `error` and its sources, joined by `: ` (the engine's, so both crates word errors alike).
+pub use bamflow_engine::pipeline::chain;

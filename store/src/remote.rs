@@ -16,15 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use std::io::Read;
+
 use bamflow_engine::checkpoint::{self, Checkpoint};
 use bamflow_engine::dataset::{self, Manifest, SourceInfo, MANIFEST, SUCCESS};
 use bamflow_engine::input::RemoteObject;
-use bamflow_engine::pipeline::write::PartInfo;
+use bamflow_engine::pipeline::write::{part_file_name, PartInfo, PARTIAL_SUFFIX};
 use bamflow_engine::pipeline::{Commit, ConvertOptions, Engine, Observer, Progress};
-
-use std::io::Read;
-
-use bamflow_engine::pipeline::write::{part_file_name, PARTIAL_SUFFIX};
 
 use crate::bucket::{Bucket, Multipart, CHUNK_BYTES};
 use crate::input::S3Object;
@@ -240,13 +238,7 @@ impl RemoteTarget {
             Err(source) => return Err(StoreError::Read { path, source }),
         };
         let checkpoint = Checkpoint::parse(&bytes, &path)?;
-        let uploaded = |part: &PartInfo| {
-            journal.uploaded(&part.file)
-                == Some(Uploaded {
-                    bytes: part.bytes,
-                    crc32: part.crc32,
-                })
-        };
+        let uploaded = |part: &PartInfo| journal.uploaded(&part.file) == Some(Uploaded::of(part));
         if !checkpoint.parts.iter().all(uploaded) {
             return Ok(());
         }
@@ -266,7 +258,7 @@ impl RemoteTarget {
         let Some(bytes) = self.bucket.get(&key)? else {
             return Ok(());
         };
-        let remote = PathBuf::from(format!("s3://{}/{key}", self.url.bucket));
+        let remote = PathBuf::from(self.bucket.url_of(&key));
         let checkpoint = match Checkpoint::parse(&bytes, &remote) {
             Ok(checkpoint) => checkpoint,
             Err(error) => {
@@ -282,13 +274,7 @@ impl RemoteTarget {
         for part in &checkpoint.parts {
             let into = staging.join(&part.file);
             self.download(&self.url.key(&part.file), &into)?;
-            journal.record_upload(
-                &part.file,
-                Uploaded {
-                    bytes: part.bytes,
-                    crc32: part.crc32,
-                },
-            )?;
+            journal.record_upload(&part.file, Uploaded::of(part))?;
         }
         let into = staging.join(checkpoint::FILE_NAME);
         fs::write(&into, &bytes).map_err(spool_error(&into))?;
@@ -298,7 +284,7 @@ impl RemoteTarget {
 
     /// Copies object `key` into the file `into`, streaming (never a whole part in memory).
     fn download(&self, key: &str, into: &Path) -> Result<(), StoreError> {
-        let url = PathBuf::from(format!("s3://{}/{key}", self.url.bucket));
+        let url = PathBuf::from(self.bucket.url_of(key));
         let read = |source| StoreError::Read {
             path: url.clone(),
             source,
@@ -391,11 +377,7 @@ impl RemoteTarget {
         }
         match tail.complete(part, journal) {
             Ok(true) => {
-                let wanted = Uploaded {
-                    bytes: part.bytes,
-                    crc32: part.crc32,
-                };
-                journal.record_upload(&part.file, wanted)?;
+                journal.record_upload(&part.file, Uploaded::of(part))?;
                 tracing::debug!(url = %self.url, part = %part.file, "Part uploaded while it was written.");
                 let _ = bamflow_engine::faults::point("part-uploaded");
                 Ok(())
@@ -415,10 +397,7 @@ impl RemoteTarget {
         part: &PartInfo,
         journal: &Journal,
     ) -> Result<(), StoreError> {
-        let wanted = Uploaded {
-            bytes: part.bytes,
-            crc32: part.crc32,
-        };
+        let wanted = Uploaded::of(part);
         let key = self.url.key(&part.file);
         if journal.uploaded(&part.file) == Some(wanted)
             && self.bucket.size_of(&key)? == Some(part.bytes)

@@ -24,6 +24,13 @@ fn bamflow_s3(moto: &Moto, args: &[&str]) -> std::process::Output {
         .expect("bamflow runs")
 }
 
+/// [`bamflow_s3`], which must succeed.
+fn bamflow_s3_ok(moto: &Moto, args: &[&str]) -> std::process::Output {
+    let output = bamflow_s3(moto, args);
+    assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+    output
+}
+
 /// The records samtools prints (no header lines).
 fn records(bam: &Path) -> Vec<String> {
     let mut lines = samtools_view(bam, &[]).unwrap();
@@ -69,7 +76,7 @@ fn convert_to_s3_publishes_what_samtools_prints_and_pyarrow_reads_it_from_s3() {
     let dir = TestDir::new();
     let bam = dir.generated(DataKind::Short, 20_000, 61);
     let spool = dir.path("spool");
-    let output = bamflow_s3(
+    let output = bamflow_s3_ok(
         &moto,
         &[
             "convert",
@@ -81,7 +88,6 @@ fn convert_to_s3_publishes_what_samtools_prints_and_pyarrow_reads_it_from_s3() {
             spool.to_str().unwrap(),
         ],
     );
-    assert!(output.status.success(), "{}", stderr(&output));
     assert!(stderr(&output).contains("s3://lake/bam/run1/short"));
     assert_eq!(moto.keys("lake", "bam/"), dataset_keys("bam/run1/short", 4));
     let manifest = assert_bucket_matches_samtools(&moto, &dir, "bam/run1/short", &bam);
@@ -210,8 +216,7 @@ fn a_killed_upload_resumes_with_every_record_once_and_nothing_left_over() {
         .put("long/reads/part-00099.parquet", "stale".into(), false)
         .unwrap();
 
-    let finished = bamflow_s3(&moto, &args);
-    assert!(finished.status.success(), "{}", stderr(&finished));
+    bamflow_s3_ok(&moto, &args);
     assert_eq!(moto.keys("lake", "long/"), dataset_keys("long/reads", 2));
     assert_eq!(moto.open_multipart_uploads("lake"), 0);
     let manifest = assert_bucket_matches_samtools(&moto, &dir, "long/reads", &bam);
@@ -382,7 +387,7 @@ fn an_s3_input_converts_without_a_local_copy_equal_to_samtools() {
 
     // Into a local folder: every field of every record as samtools prints the local copy.
     let local = dir.path("local");
-    let output = bamflow_s3(
+    bamflow_s3_ok(
         &moto,
         &[
             "convert",
@@ -394,7 +399,6 @@ fn an_s3_input_converts_without_a_local_copy_equal_to_samtools() {
             "16",
         ],
     );
-    assert!(output.status.success(), "{}", stderr(&output));
     let dataset = read_dataset(&local).expect("the dataset reads");
     assert_dataset_matches_samtools(&dataset, &bam);
     let manifest = crate::support::manifest(&local);
@@ -408,7 +412,7 @@ fn an_s3_input_converts_without_a_local_copy_equal_to_samtools() {
     );
 
     // From the lake into the lake.
-    let output = bamflow_s3(
+    bamflow_s3_ok(
         &moto,
         &[
             "convert",
@@ -420,7 +424,6 @@ fn an_s3_input_converts_without_a_local_copy_equal_to_samtools() {
             dir.path("spool").to_str().unwrap(),
         ],
     );
-    assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(moto.keys("lake", "tables/"), dataset_keys("tables/long", 3));
     assert_bucket_matches_samtools(&moto, &dir, "tables/long", &bam);
 }
@@ -447,8 +450,7 @@ fn an_interrupted_conversion_of_an_s3_input_resumes_from_its_checkpoint() {
         .output()
         .unwrap();
     assert!(!killed.status.success());
-    let finished = bamflow_s3(&moto, &args);
-    assert!(finished.status.success(), "{}", stderr(&finished));
+    bamflow_s3_ok(&moto, &args);
     let manifest = crate::support::manifest(&out);
     assert_eq!(manifest["resumes"], 1, "{manifest}");
     assert_eq!(manifest["counts"]["read"], records(&bam).len());
@@ -556,11 +558,7 @@ fn an_s3_input_splits_into_tasks_whose_dataset_equals_samtools() {
     let bam = dir.generated(DataKind::Short, 40_000, 69);
     put_bam(&moto, "in/split.bam", std::fs::read(&bam).unwrap());
     let (plan, out) = (dir.path("plan.json"), dir.path("out"));
-    let run = |args: &[&str]| {
-        let output = bamflow_s3(&moto, args);
-        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let run = |args: &[&str]| String::from_utf8(bamflow_s3_ok(&moto, args).stdout).unwrap();
     // The profile the plan starts from is the local file's, but for the path.
     let profile = |input: &str| {
         let mut profile: serde_json::Value =
