@@ -74,7 +74,8 @@ pub struct ConvertConfig {
     pub max_header_bytes: Option<usize>,
     /// Rows after which a row group closes; default 500,000.
     pub row_group_rows: Option<usize>,
-    /// Encoded MiB after which a row group closes; default 64.
+    /// MiB of Arrow data (the rows' values as a reader holds them) after which a row group
+    /// closes; default 128.
     pub row_group_mb: Option<usize>,
 }
 
@@ -228,7 +229,7 @@ impl ConvertConfig {
             &invalid,
         )?;
         let row_group_mb = positive(
-            self.row_group_mb.unwrap_or(64),
+            self.row_group_mb.unwrap_or(128),
             "convert.row_group_mb",
             &invalid,
         )?;

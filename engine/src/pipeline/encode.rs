@@ -27,11 +27,11 @@ const MAX_QUEUED: usize = 4;
 struct ColumnState {
     /// `None` while a worker is writing with it.
     writer: Option<ArrowColumnWriter>,
-    queue: VecDeque<ArrowLeafColumn>,
+    /// Leaves of each submitted batch, written one by one (a cell each, [`super::cells`]).
+    queue: VecDeque<Vec<ArrowLeafColumn>>,
     /// The closed column, once the row group is sealed and the queue drained.
     chunk: Option<ArrowColumnChunk>,
     running: bool,
-    estimated_bytes: usize,
 }
 
 struct State {
@@ -82,7 +82,6 @@ impl ColumnEncoders {
                 queue: VecDeque::new(),
                 chunk: None,
                 running: false,
-                estimated_bytes: 0,
             })
             .collect();
         let state = Mutex::new(State {
@@ -100,12 +99,13 @@ impl ColumnEncoders {
         }
     }
 
-    /// Queues one batch's leaves (one per column, in schema order) for encoding.
+    /// Queues one batch's leaves for encoding: for each column, in schema order, the leaves
+    /// to write in order.
     ///
     /// # Errors
     ///
     /// Returns the first encoding error of an earlier batch.
-    pub fn submit(&self, leaves: Vec<ArrowLeafColumn>) -> Result<(), ParquetError> {
+    pub fn submit(&self, leaves: Vec<Vec<ArrowLeafColumn>>) -> Result<(), ParquetError> {
         let mut state = self.shared.lock();
         while state.error.is_none() && state.columns.iter().any(|c| c.queue.len() >= MAX_QUEUED) {
             state = self.shared.wait(state);
@@ -151,16 +151,6 @@ impl ColumnEncoders {
         state.sealed && state.columns.iter().all(|c| !c.running)
     }
 
-    /// Estimated encoded size of the row group so far (as of the last finished writes).
-    pub fn estimated_bytes(&self) -> usize {
-        self.shared
-            .lock()
-            .columns
-            .iter()
-            .map(|c| c.estimated_bytes)
-            .sum()
-    }
-
     /// Seals the row group, waits until every column is closed and returns the closed
     /// columns, in schema order.
     ///
@@ -201,7 +191,7 @@ fn drain(shared: &Shared, index: usize) {
             shared.changed.notify_all();
             return;
         };
-        let Some(leaf) = column.queue.pop_front() else {
+        let Some(leaves) = column.queue.pop_front() else {
             if !sealed {
                 column.writer = Some(writer);
                 column.running = false;
@@ -225,13 +215,13 @@ fn drain(shared: &Shared, index: usize) {
         shared.changed.notify_all();
         drop(state);
 
-        let result = shared.busy.time(BusyStage::Encode, || writer.write(&leaf));
-        let bytes = writer.get_estimated_total_bytes();
+        let result = shared.busy.time(BusyStage::Encode, || {
+            leaves.iter().try_for_each(|leaf| writer.write(leaf))
+        });
 
         state = shared.lock();
         let column = &mut state.columns[index];
         column.writer = Some(writer);
-        column.estimated_bytes = bytes;
         if let Err(error) = result {
             column.queue.clear();
             state.error.get_or_insert(error);
@@ -284,6 +274,7 @@ mod tests {
                     .iter()
                     .zip(batch.columns())
                     .flat_map(|(field, array)| compute_leaves(field, array).unwrap())
+                    .map(|leaf| vec![leaf])
                     .collect();
                 encoders.submit(leaves).unwrap();
             }

@@ -23,6 +23,7 @@
 pub mod bgzf;
 #[doc(hidden)]
 pub mod busy;
+mod cells;
 mod columns;
 pub mod compression;
 #[doc(hidden)]
@@ -160,7 +161,7 @@ pub struct ConvertOptions {
     pub max_header_bytes: usize,
     /// Rows after which a row group closes.
     pub row_group_rows: usize,
-    /// Encoded bytes after which a row group closes.
+    /// Arrow bytes of the rows' values after which a row group closes (`cells::range_bytes`).
     pub row_group_bytes: usize,
     /// Convert a file without the BGZF EOF block (it may be truncated).
     pub allow_missing_eof: bool,

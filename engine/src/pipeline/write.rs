@@ -5,8 +5,9 @@
 //!
 //! zstd dominates the CPU time of a conversion, so columns are encoded and compressed in
 //! parallel on the shared pool: each column of the open row group has its own
-//! `ArrowColumnWriter`, and every accepted chunk is split into per-column leaves that are
-//! written concurrently. Finished column chunks are appended to the file in schema order.
+//! `ArrowColumnWriter`, and every accepted chunk is cut into cells ([`super::cells`]) whose
+//! per-column leaves are written concurrently. Finished column chunks are appended to the file
+//! in schema order.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,6 +30,7 @@ use rayon::ThreadPool;
 use serde::{Deserialize, Serialize};
 
 use super::busy::{BusyStage, BusyTimes};
+use super::cells::{Cutter, RowGroupLimits, CELL_ROWS};
 use super::encode::ColumnEncoders;
 use crate::durable::{self, DurableError};
 use crate::faults;
@@ -133,7 +135,8 @@ pub struct WriteOptions {
     pub column_zstd_levels: BTreeMap<String, i32>,
     /// Input records per part (the checkpoint unit).
     pub part_records: u64,
-    /// Row groups close at whichever limit comes first.
+    /// Row groups close at whichever limit comes first: rows, or Arrow bytes of the rows'
+    /// values ([`super::cells`]).
     pub row_group_rows: usize,
     pub row_group_bytes: usize,
     /// Full row groups whose columns may still be encoding while the next one starts: more
@@ -196,14 +199,6 @@ impl Write for PartFile {
     }
 }
 
-/// Row groups close at whichever limit comes first; `in_flight` may still be encoding.
-#[derive(Clone, Copy, Debug)]
-struct RowGroupLimits {
-    rows: usize,
-    bytes: usize,
-    in_flight: usize,
-}
-
 struct OpenPart {
     busy: Arc<BusyTimes>,
     path: PathBuf,
@@ -211,14 +206,15 @@ struct OpenPart {
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
     pool: Arc<ThreadPool>,
-    limits: RowGroupLimits,
+    cutter: Cutter,
+    /// Full row groups that may still be encoding while the next one fills.
+    in_flight: usize,
     /// Encoders of the open row group, one per leaf column, in schema order.
     row_group: Option<ColumnEncoders>,
     /// Full row groups still encoding, oldest first; appended to the file in this order.
     closing: std::collections::VecDeque<ColumnEncoders>,
     /// Row groups started in this part (the index of the next one).
     row_groups_started: usize,
-    row_group_rows: usize,
     rows: u64,
     records: u64,
     filtered: Vec<u64>,
@@ -264,6 +260,8 @@ impl ParquetSink {
             .set_dictionary_enabled(false)
             // Page statistics feed both the column index (page index) and row-group pruning.
             .set_statistics_enabled(EnabledStatistics::Page)
+            // One write per cell, each a single mini-batch: pages end where the rows say.
+            .set_write_batch_size(CELL_ROWS)
             .set_key_value_metadata(Some(metadata))
             .set_created_by(format!("bamflow {}", env!("CARGO_PKG_VERSION")));
         for (column, encoding) in COLUMN_ENCODINGS {
@@ -354,7 +352,6 @@ impl ParquetSink {
         let limits = RowGroupLimits {
             rows: self.row_group_rows,
             bytes: self.row_group_bytes,
-            in_flight: self.row_groups_in_flight,
         };
         let part = match self.current.take() {
             Some(part) => part,
@@ -388,11 +385,11 @@ impl ParquetSink {
                     factory,
                     schema: Arc::clone(&self.schema),
                     pool: Arc::clone(&self.pool),
-                    limits,
+                    cutter: Cutter::new(limits),
+                    in_flight: self.row_groups_in_flight,
                     row_group: None,
                     closing: std::collections::VecDeque::new(),
                     row_groups_started: 0,
-                    row_group_rows: 0,
                     rows: 0,
                     records: 0,
                     filtered: Vec::new(),
@@ -409,7 +406,7 @@ impl ParquetSink {
         };
         let started = Instant::now();
         // Times its own encoding and writing.
-        part.close_row_group();
+        part.end_row_group()?;
         part.flush_closing(0)?;
         let busy = Arc::clone(&self.busy);
         let closing = Instant::now();
@@ -471,65 +468,79 @@ impl ParquetSink {
 }
 
 impl OpenPart {
-    /// Encodes rows into the open row group, column by column in parallel, closing row groups
+    /// Encodes rows into the open row group, column by column in parallel, ending row groups
     /// at their limits (so a batch may end one row group and start the next).
     fn write_rows(&mut self, rows: &RecordBatch) -> Result<(), WriteError> {
-        let mut offset = 0;
-        while offset < rows.num_rows() {
-            // Never zero: a row group that reaches its row limit is closed below.
-            let room = self.limits.rows - self.row_group_rows;
-            let taken = room.min(rows.num_rows() - offset);
-            let slice = rows.slice(offset, taken);
-            offset += taken;
-
-            let parquet = |source| WriteError::Parquet {
-                path: self.path.clone(),
-                source,
-            };
-            let leaves = self
-                .busy
-                .time(BusyStage::Encode, || leaves_by_column(&self.schema, &slice))
-                .map_err(parquet)?;
-            let encoders = match &mut self.row_group {
-                Some(encoders) => encoders,
-                None => {
-                    let index = self.row_groups_started;
-                    self.row_groups_started += 1;
-                    let writers = self.factory.create_column_writers(index).map_err(parquet)?;
-                    self.row_group.insert(ColumnEncoders::new(
-                        writers,
-                        Arc::clone(&self.pool),
-                        Arc::clone(&self.busy),
-                    ))
-                }
-            };
-            encoders
-                .submit(leaves)
-                .map_err(|source| WriteError::Parquet {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            self.row_group_rows += taken;
-            self.rows += taken as u64;
-
-            let bytes = encoders.estimated_bytes();
-            if self.row_group_rows >= self.limits.rows || bytes >= self.limits.bytes {
+        let cells = self
+            .busy
+            .time(BusyStage::Encode, || self.cutter.cut(rows))
+            .map_err(|source| self.parquet_error(source.into()))?;
+        let mut group = Vec::with_capacity(cells.len());
+        for cell in cells {
+            group.push(cell.rows);
+            if cell.ends_row_group {
+                self.submit(&group)?;
+                group.clear();
                 self.close_row_group();
                 // Waits for the oldest only when too many are in flight; appends any done.
-                self.flush_closing(self.limits.in_flight - 1)?;
+                self.flush_closing(self.in_flight - 1)?;
             }
         }
+        self.submit(&group)
+    }
+
+    /// Queues cells of the open row group (starting it if need be) for encoding.
+    fn submit(&mut self, cells: &[RecordBatch]) -> Result<(), WriteError> {
+        if cells.is_empty() {
+            return Ok(());
+        }
+        let leaves = self
+            .busy
+            .time(BusyStage::Encode, || leaves_by_column(&self.schema, cells))
+            .map_err(|source| self.parquet_error(source))?;
+        if self.row_group.is_none() {
+            let index = self.row_groups_started;
+            self.row_groups_started += 1;
+            let writers = self
+                .factory
+                .create_column_writers(index)
+                .map_err(|source| self.parquet_error(source))?;
+            let encoders =
+                ColumnEncoders::new(writers, Arc::clone(&self.pool), Arc::clone(&self.busy));
+            self.row_group = Some(encoders);
+        }
+        if let Some(encoders) = &self.row_group {
+            encoders
+                .submit(leaves)
+                .map_err(|source| self.parquet_error(source))?;
+        }
+        self.rows += cells.iter().map(|cell| cell.num_rows() as u64).sum::<u64>();
         Ok(())
     }
 
-    /// Ends the open row group: it goes on encoding and closing in the background until
-    /// flushed.
+    /// Ends the open row group where it stands, with the rows carried for its next cell.
+    fn end_row_group(&mut self) -> Result<(), WriteError> {
+        if let Some(rest) = self.cutter.finish_row_group() {
+            self.submit(&[rest])?;
+        }
+        self.close_row_group();
+        Ok(())
+    }
+
+    fn parquet_error(&self, source: ParquetError) -> WriteError {
+        WriteError::Parquet {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Ends the open row group's encoders: they go on encoding and closing in the background
+    /// until flushed.
     fn close_row_group(&mut self) {
         if let Some(encoders) = self.row_group.take() {
             encoders.seal();
             self.closing.push_back(encoders);
         }
-        self.row_group_rows = 0;
     }
 
     /// Appends closing row groups, oldest first, until at most `keep` remain: waits for those
@@ -569,16 +580,26 @@ impl OpenPart {
     }
 }
 
-/// Splits a batch into leaf columns, one per column writer, in schema order.
+/// Splits cells into leaf columns: for each column writer, in schema order, its leaf of each
+/// cell in order.
 fn leaves_by_column(
     schema: &SchemaRef,
-    batch: &RecordBatch,
-) -> Result<Vec<ArrowLeafColumn>, ParquetError> {
-    let mut leaves = Vec::with_capacity(schema.fields().len());
-    for (field, array) in schema.fields().iter().zip(batch.columns()) {
-        leaves.extend(compute_leaves(field, array)?);
+    cells: &[RecordBatch],
+) -> Result<Vec<Vec<ArrowLeafColumn>>, ParquetError> {
+    let mut columns: Vec<Vec<ArrowLeafColumn>> = Vec::new();
+    for cell in cells {
+        let mut index = 0;
+        for (field, array) in schema.fields().iter().zip(cell.columns()) {
+            for leaf in compute_leaves(field, array)? {
+                if index == columns.len() {
+                    columns.push(Vec::with_capacity(cells.len()));
+                }
+                columns[index].push(leaf);
+                index += 1;
+            }
+        }
     }
-    Ok(leaves)
+    Ok(columns)
 }
 
 /// Adds per-filter counts element by element.
