@@ -267,6 +267,13 @@ meta = pq.ParquetFile(f"{path}/part-00000.parquet").metadata
 pos = meta.row_group(0).column(3)
 assert pos.path_in_schema == "pos" and pos.has_column_index and pos.has_offset_index, "page index"
 assert pos.statistics.has_min_max and pos.statistics.min >= 1
+group = meta.row_group(0)
+chunks = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+# DESIGN §3's pruning columns keep statistics and a column index; every column an offset index.
+for name in ["flag", "rname", "pos", "mapq", "tlen"]:
+    chunk = chunks[name]
+    assert chunk.is_stats_set and chunk.statistics.has_min_max and chunk.has_column_index, name
+assert all(chunk.has_offset_index for chunk in chunks.values())
 assert meta.row_group(0).column(0).compression == "ZSTD"
 con = duckdb.connect()
 n, mapped = con.execute(f"select count(*), count(rname) from read_parquet('{path}/*.parquet')").fetchone()
