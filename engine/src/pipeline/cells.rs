@@ -31,7 +31,7 @@ pub const CELL_BYTES: usize = 1 << 20;
 #[derive(Clone, Copy, Debug)]
 pub struct RowGroupLimits {
     pub rows: usize,
-    /// Arrow bytes of the row group's values ([`value_bytes`]).
+    /// Arrow bytes of the row group's values ([`range_bytes`]).
     pub bytes: usize,
 }
 

@@ -5,7 +5,7 @@
 //!
 //! zstd dominates the CPU time of a conversion, so columns are encoded and compressed in
 //! parallel on the shared pool: each column of the open row group has its own
-//! `ArrowColumnWriter`, and every accepted chunk is cut into cells ([`super::cells`]) whose
+//! `ArrowColumnWriter`, and every accepted chunk is cut into cells (`pipeline::cells`) whose
 //! per-column leaves are written concurrently. Finished column chunks are appended to the file
 //! in schema order.
 
@@ -145,7 +145,7 @@ pub struct WriteOptions {
     /// Input records per part (the checkpoint unit).
     pub part_records: u64,
     /// Row groups close at whichever limit comes first: rows, or Arrow bytes of the rows'
-    /// values ([`super::cells`]).
+    /// values (`pipeline::cells`).
     pub row_group_rows: usize,
     pub row_group_bytes: usize,
     /// Full row groups whose columns may still be encoding while the next one starts: more
