@@ -367,8 +367,8 @@ impl Staging {
     pub fn seal(&mut self, manifest: &Manifest) -> Result<(), DatasetError> {
         let json = serde_json::to_vec_pretty(manifest).map_err(DatasetError::Manifest)?;
         durable::write_file(&self.dir.join(MANIFEST), &json)?;
-        durable::write_file(&self.dir.join(SUCCESS), b"")?;
-        durable::sync_dir(&self.dir).map_err(DatasetError::from)
+        // The manifest is durable before `_SUCCESS` names it complete.
+        durable::create_empty(&self.dir.join(SUCCESS)).map_err(DatasetError::from)
     }
 
     /// The manifest of a sealed staging folder (`_SUCCESS` written), if this one is.

@@ -129,6 +129,22 @@ fn write_file_with(
     after(Step::DirSynced).map_err(sync(path))
 }
 
+/// Creates the empty file `path` and fsyncs its directory.
+///
+/// An empty file has no contents to tear, so unlike [`write_file`] it needs neither a
+/// temporary name nor a sync of its own: two fsyncs fewer for a marker such as `_SUCCESS`.
+///
+/// # Errors
+///
+/// Returns a [`DurableError`] when the file cannot be created or the directory synced.
+pub fn create_empty(path: &Path) -> Result<(), DurableError> {
+    File::create(path).map_err(|source| DurableError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    sync_parent(path)
+}
+
 /// Renames `from` to `to` and fsyncs the directory of `to`, so the rename itself survives.
 ///
 /// # Errors
