@@ -64,7 +64,7 @@ use self::compression::ColumnLevel;
 use self::decode::{DecodeError, Decoder};
 use self::filter::{FilterChain, FilterError, FilterOptions, PluginFilter};
 use self::header::{HeaderError, HeaderLimits};
-use self::profile::{Profile, ProfileOptions, TrialPlan};
+use self::profile::{Profile, ProfileOptions, SampleSize, TrialPlan};
 use self::read::{Position, Reading};
 use self::schema::OutputSchema;
 use self::source::SourceError;
@@ -186,6 +186,7 @@ impl ConvertOptions {
             batch_records: self.batch_records,
             threads: self.threads,
             level_trial: self.level_trial(),
+            sample: SampleSize::Describe,
         }
     }
 
@@ -996,7 +997,10 @@ fn prepare(
 ) -> Result<Prepared, ConvertError> {
     let fail = |source: StageError| ConvertError::new(input, Stage::Filter, source);
     check_complete(input, options.allow_missing_eof)?;
-    let mut profile_options = options.profile_options();
+    let mut profile_options = ProfileOptions {
+        sample: SampleSize::Plan,
+        ..options.profile_options()
+    };
     if purpose == Purpose::Scan {
         profile_options.level_trial = None;
     }

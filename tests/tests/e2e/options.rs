@@ -477,6 +477,32 @@ fn check_config_accepts_the_sample_config_once_its_folders_exist() {
     stdout_of(&mut bamflow(&["check-config", copy.to_str().unwrap()]));
 }
 
+/// A conversion reads only the sample it plans with: a file too small for the zstd level trial
+/// gets a thousand records (the batch plan uses their mean size), not the ten thousand
+/// `bamflow profile` describes it with, which were most of a small file read a second time.
+#[test]
+fn a_file_too_small_for_the_level_trial_is_sampled_for_its_batch_plan_only() {
+    let dir = TestDir::new();
+    let bam = dir.generated(DataKind::Short, 4_000, 21);
+    let described: Value = serde_json::from_slice(
+        &bamflow(&["profile", bam.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(described["sampled_whole_file"], true);
+
+    let out = dir.path("out");
+    convert_ok(&bam, &out, &[]);
+    let profile = &manifest(&out)["profile"];
+    assert_eq!(profile["records_sampled"], 1_000);
+    assert_eq!(profile["sampled_whole_file"], false);
+    assert_eq!(profile["level_trials"], Value::Null);
+    let mean = |p: &Value| p["record_bytes"]["mean"].as_f64().unwrap();
+    assert!((mean(profile) / mean(&described) - 1.0).abs() < 0.05);
+}
+
 #[test]
 fn profile_prints_sizes_tags_sort_order_and_batch_plan() {
     let dir = TestDir::new();
