@@ -37,8 +37,9 @@ if [ -n "${PERF:-}" ]; then
   perf_pid=$!
 fi
 t0=$(date +%s.%N)
-# Hard links made in one go: the whole backlog appears at once, as a copy tool's renames would.
-for f in "$dir"/src/*.bam; do ln "$f" "$dir/inbox/$(basename "$f")"; done
+# Hard links made in one go (one `ln`, about 3 ms): the whole backlog appears at once, as a
+# copy tool's renames would. A loop of one `ln` per file took 0.34 s to drop 170 files.
+ln "$dir"/src/*.bam "$dir/inbox/"
 until [ "$(ls "$dir/inbox/done" 2>/dev/null | wc -l)" -ge "$FILES" ]; do sleep 0.05; done
 t1=$(date +%s.%N)
 [ -n "${PERF:-}" ] && kill -INT "$perf_pid" && wait "$perf_pid" || true
