@@ -38,6 +38,9 @@ use bamflow_engine::pipeline::{
 /// long the loop waits for filesystem events).
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long after a file's settle window closes the loop re-checks it.
+const SETTLE_MARGIN: Duration = Duration::from_millis(5);
+
 /// Requests from signals (or tests): stop, and reload the configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Control {
@@ -427,9 +430,7 @@ impl<'a> Dispatcher<'a> {
                 pending.saturating_sub(self.in_flight.len())
             ));
             let stop = || self.control.shutdown_requested() || self.control.reload_pending();
-            let wake = self
-                .events
-                .wait(RECHECK_INTERVAL.min(self.config.scan_interval), stop);
+            let wake = self.events.wait(self.recheck_in(), stop);
             if wake == Wake::Changed {
                 next_rescan = Instant::now();
                 reason = RescanReason::Event;
@@ -437,6 +438,24 @@ impl<'a> Dispatcher<'a> {
         }
         status::remove(&self.config.state_dir);
         Ok(())
+    }
+
+    /// How long the loop may wait for an event before it re-checks the files it has seen: at
+    /// most [`RECHECK_INTERVAL`] (and the scan interval), less when a file settles sooner.
+    fn recheck_in(&self) -> Duration {
+        let now = Instant::now();
+        let next_settled = self
+            .config
+            .watches
+            .iter()
+            .zip(&self.trackers)
+            .filter_map(|(watch, tracker)| tracker.next_settled(watch, now))
+            .min();
+        let interval = RECHECK_INTERVAL.min(self.config.scan_interval);
+        next_settled.map_or(interval, |settled| {
+            // A moment past the deadline, so the re-check finds the window closed.
+            interval.min(settled.duration_since(now) + SETTLE_MARGIN)
+        })
     }
 
     /// Says where each watch looks and where its output goes, with absolute paths: the

@@ -291,6 +291,18 @@ impl Tracker {
         }
     }
 
+    /// When the next file still settling will have settled, if that is after `now`: the loop
+    /// wakes then rather than at its next once-a-second re-check, which left a burst of files
+    /// dropped at once idle for up to a second after their settle window.
+    pub fn next_settled(&self, watch: &WatchConfig, now: Instant) -> Option<Instant> {
+        self.seen
+            .values()
+            .filter(|seen| matches!(seen.waiting, Some(Waiting::Settling { .. })))
+            .map(|seen| seen.stable_since + watch.settle)
+            .filter(|settled| *settled > now)
+            .min()
+    }
+
     /// Files seen but not yet filed away (waiting, settling, or being converted).
     pub fn pending(&self) -> usize {
         self.seen.len()
@@ -750,6 +762,32 @@ mod tests {
             .collect();
         reasons.sort();
         reasons
+    }
+
+    #[test]
+    fn the_loop_is_told_when_the_first_settling_file_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.bam"), bgzf::EOF_BLOCK).unwrap();
+        let settle = Duration::from_secs(3600);
+        let slow = watch(dir.path(), settle);
+        let mut tracker = Tracker::default();
+        let now = Instant::now();
+        assert_eq!(tracker.next_settled(&slow, now), None);
+
+        tracker.scan(&slow, now).unwrap();
+        // A file seen a second later settles a second later; the first one is named.
+        fs::write(dir.path().join("b.bam"), bgzf::EOF_BLOCK).unwrap();
+        tracker.scan(&slow, now + Duration::from_secs(1)).unwrap();
+        assert_eq!(tracker.next_settled(&slow, now), Some(now + settle));
+        // Past the first deadline, the second one; past both, none (they are ready, not
+        // settling, once re-checked).
+        let later = now + settle + Duration::from_millis(500);
+        assert_eq!(
+            tracker.next_settled(&slow, later),
+            Some(now + settle + Duration::from_secs(1))
+        );
+        assert_eq!(tracker.recheck(&slow, later + settle).len(), 2);
+        assert_eq!(tracker.next_settled(&slow, now), None);
     }
 
     #[test]
