@@ -28,7 +28,7 @@ printf '%-10s %-26s %8s %8s %6s %12s %9s %10s\n' input tool wall_s cpu_s cpu/w r
 for spec in "${inputs[@]}"; do
   read -r name kind records extra <<<"$spec"
   bam="$BENCH_DIR/$name-$records.bam"
-  [ -s "$bam" ] || "$BIN/bamgen" "$bam" --kind "$kind" --records "$records" ${extra:-}
+  [ -s "$bam" ] || "$BIN/bamgen" "$bam" --kind "$kind" --records "$records" ${extra:-} >&2
   n=$(samtools view -c -@"$THREADS" "$bam")
   size=$(stat -c %s "$bam")
 
