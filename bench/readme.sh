@@ -7,7 +7,8 @@
 #   bench/readme.sh                    # bench/run.sh and bench/small_files.sh (2 threads)
 #   PEERS=/tmp/peers bench/readme.sh   # and the shared harness on that copy of ../shared/bench
 #                                      # (setup.sh and make-corpus.sh run there first): bamflow
-#                                      # beside polars-bio, oxbow and samtools, REPS passes
+#                                      # beside polars-bio, oxbow and samtools, REPS passes;
+#                                      # then bench/python.sh there (bamflow.scan beside them)
 #   DRY=1 bench/readme.sh              # print the block instead of writing README.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,14 @@ for (name, rep), tools in sorted(runs.items()):
           f"{ratio('oxbow')} | {cpu:.2f} | {rss('bamflow')} ({rss('polars_bio')}) | {out:.3f} |")
 EOF
     rm -f "$log"
+    echo
+    echo "\`bench/python.sh\` (BAM → Arrow from Python: \`bamflow.scan\` streamed, and collected into one"
+    echo "table, beside polars-bio's \`scan_bam().collect()\` and oxbow's batches; whole processes):"
+    echo
+    echo '```'
+    # maturin's progress lines start with an emoji; only the bench's own lines are kept.
+    PEERS=$PEERS bench/python.sh | LC_ALL=C grep -v $'^\xf0'
+    echo '```'
   fi
   echo
   echo "\`bench/run.sh\` (generated inputs; bamflow beside samtools on the same file):"
