@@ -96,7 +96,7 @@ impl SourceInfo {
         // Opened once for the size, the time and the samples (one HEAD for an object).
         let input = crate::input::Input::open(path)?;
         Ok(Self {
-            content_sha256: crate::hash::sampled_hash(&input)?,
+            content_sha256: crate::hash::content_hash(&input)?,
             ..Self::described(path, input.len()?, input.modified())
         })
     }

@@ -81,7 +81,8 @@ impl Cutter {
             let available = room.min(batch.num_rows() - offset);
             let budget = CELL_BYTES.saturating_sub(carried_bytes);
             let taken = rows_to_bytes(batch, offset, available, budget);
-            let complete = taken == room || batch_bytes(batch, offset, taken) >= budget;
+            let bytes = carried_bytes + batch_bytes(batch, offset, taken);
+            let complete = taken == room || bytes >= CELL_BYTES;
             let slice = batch.slice(offset, taken);
             offset += taken;
             let rows = match self.carry.take() {
@@ -93,7 +94,7 @@ impl Cutter {
                 self.carry = Some(rows);
                 break;
             }
-            cells.push(self.complete(rows));
+            cells.push(self.complete(rows, bytes));
         }
         Ok(cells)
     }
@@ -112,9 +113,10 @@ impl Cutter {
         CELL_ROWS.min(self.limits.rows - self.rows).max(1)
     }
 
-    fn complete(&mut self, rows: RecordBatch) -> Cell {
+    /// Counts a complete cell of `bytes` (its rows' [`batch_bytes`]) into the row group.
+    fn complete(&mut self, rows: RecordBatch, bytes: usize) -> Cell {
         self.rows += rows.num_rows();
-        self.bytes += batch_bytes(&rows, 0, rows.num_rows());
+        self.bytes += bytes;
         let ends_row_group = self.rows >= self.limits.rows || self.bytes >= self.limits.bytes;
         if ends_row_group {
             self.rows = 0;

@@ -151,27 +151,32 @@ fn promoted_tag_not_selected_stays_in_tags() {
     assert!(tags.contains("Xc:i:-128"), "{tags}");
 }
 
-/// The bytes of every part of a dataset, by file name.
-fn part_bytes(dataset: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+/// The part files of a dataset, in name order.
+fn part_files(dataset: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut parts: Vec<_> = std::fs::read_dir(dataset)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
         .collect();
     parts.sort();
     parts
 }
 
+/// The bytes of every part of a dataset, by file name.
+fn part_bytes(dataset: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    part_files(dataset)
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect()
+}
+
 fn row_group_count(dataset: &std::path::Path) -> usize {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    std::fs::read_dir(dataset)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
+    part_files(dataset)
+        .into_iter()
         .map(|path| {
             let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
             reader.metadata().num_row_groups()
