@@ -518,7 +518,8 @@ impl Coordinator {
         }
     }
 
-    /// Starts the heartbeat thread, which renews every held lease each third of the lease.
+    /// Starts the heartbeat thread, which renews every held lease each third of the lease and,
+    /// holding none while the database is known down, looks whether it is back.
     ///
     /// # Errors
     ///
@@ -545,6 +546,13 @@ impl Coordinator {
                 .cloned()
                 .collect();
             if leases.is_empty() {
+                // An idle daemon has nothing else to ask the database: without this look,
+                // `/healthz` and `bamflow_coordination_up` said "down" until work arrived.
+                if !self.up.load(Ordering::Relaxed) {
+                    let _ = self.run_on(&mut connection, Op::Connect, |client| {
+                        client.simple_query("SELECT 1").map(drop)
+                    });
+                }
                 continue;
             }
             let paths: Vec<&str> = leases.iter().map(|l| l.path.as_str()).collect();
