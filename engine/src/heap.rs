@@ -103,7 +103,7 @@ const TRIM_EVERY_ROW_GROUPS: usize = 4;
 pub fn row_group_written() {
     static WRITTEN: AtomicUsize = AtomicUsize::new(0);
     let written = WRITTEN.fetch_add(1, Ordering::Relaxed) + 1;
-    if written % TRIM_EVERY_ROW_GROUPS == 0 {
+    if written.is_multiple_of(TRIM_EVERY_ROW_GROUPS) {
         return_free_memory();
     }
 }

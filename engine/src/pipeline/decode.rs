@@ -12,7 +12,7 @@ use bamflow_plugin_api::{RecordError, RecordView, TagArray, TagError, TagValue};
 
 use super::columns::{ListColumn, PrimitiveColumn, ReferenceColumn, TextColumn, TextOverflow};
 use super::sam_text;
-use super::schema::{Column, OutputSchema, PromotedType, StandardColumn};
+use super::schema::{Column, OutputSchema, PromotedTag, PromotedType, StandardColumn};
 use super::RawBatch;
 
 /// Why a record could not be decoded. Record numbers count from 1 in file order.
@@ -253,13 +253,14 @@ impl Decoder {
             }
             check_tag_utf8(&tag.value, tag.name, record)?;
 
-            let slot = (0..promoted.len()).find(|&i| {
-                let p = &promoted[i];
-                p.name == tag.name
-                    && self.promoted_written[i]
-                    && !b.promoted_set[i]
-                    && fits(p.ty, &tag.value)
-            });
+            let slot = b
+                .slots
+                .get(index as usize, tag.name, promoted)
+                .filter(|&i| {
+                    self.promoted_written[i]
+                        && !b.promoted_set[i]
+                        && fits(promoted[i].ty, &tag.value)
+                });
             if let Some(i) = slot {
                 b.promoted_set[i] = true;
                 b.places[i] = Place::of(index, &tag.value);
@@ -585,7 +586,39 @@ struct Builders {
     promoted_set: Vec<bool>,
     /// Where each promoted value of the current record stood.
     places: Vec<Place>,
+    slots: SlotCache,
     tag_layout: TextColumn,
+}
+
+/// The promoted column of each optional field, remembered by the field's place in the record.
+///
+/// Records from one aligner carry their tags in one order, so the field at a place is nearly
+/// always the one the record before had there: one comparison instead of a search through the
+/// promoted tags for every field (2% of a `scan` of short reads with twelve tags promoted).
+#[derive(Default)]
+struct SlotCache {
+    /// The tag last seen at each place, and its promoted column.
+    by_place: Vec<([u8; 2], Option<usize>)>,
+}
+
+impl SlotCache {
+    /// The promoted column named `name` (names are unique), for the field at `place`.
+    fn get(&mut self, place: usize, name: [u8; 2], promoted: &[PromotedTag]) -> Option<usize> {
+        if promoted.is_empty() {
+            return None;
+        }
+        if let Some(&(seen, slot)) = self.by_place.get(place) {
+            if seen == name {
+                return slot;
+            }
+        }
+        let slot = promoted.iter().position(|p| p.name == name);
+        if place >= self.by_place.len() {
+            self.by_place.resize(place + 1, ([0, 0], None));
+        }
+        self.by_place[place] = (name, slot);
+        slot
+    }
 }
 
 impl Builders {
@@ -633,6 +666,7 @@ impl Builders {
                 .collect(),
             promoted_set: Vec::with_capacity(schema.promoted.len()),
             places: Vec::with_capacity(schema.promoted.len()),
+            slots: SlotCache::default(),
             // Mostly null: promoted tags usually follow the others.
             tag_layout: TextColumn::with_capacity(
                 if schema.has_tag_layout() { rows } else { 0 },
@@ -827,6 +861,49 @@ mod tests {
         assert_eq!(
             batch.schema().fields().last().map(|f| f.name().as_str()),
             Some("tag_layout")
+        );
+    }
+
+    #[test]
+    fn promoted_tags_are_found_whatever_order_records_carry_them_in() {
+        let record = |name: &[u8], tags: &[([u8; 2], i32)]| {
+            tags.iter()
+                .fold(RecordBuilder::new(name), |r, &(tag, v)| r.tag_int(tag, v))
+                .build()
+        };
+        let records = [
+            record(b"a", &[(*b"NM", 1), (*b"AS", 10), (*b"XX", 7)]),
+            record(b"b", &[(*b"AS", 20), (*b"NM", 2)]),
+            record(b"c", &[(*b"XX", 8), (*b"NM", 3), (*b"AS", 30)]),
+            record(b"d", &[(*b"XX", 9), (*b"NM", 4)]),
+        ];
+        let batch = decoder(&[], &["AS:i", "NM:i"])
+            .decode(&raw_batch(&records))
+            .unwrap();
+        let column = |name| {
+            (0..4)
+                .map(|row| cell(&batch, name, row))
+                .collect::<Vec<_>>()
+        };
+        let some = |v: &[&str]| v.iter().map(|s| Some((*s).to_owned())).collect::<Vec<_>>();
+        assert_eq!(column("NM"), some(&["1", "2", "3", "4"]));
+        assert_eq!(
+            column("AS"),
+            [
+                Some("10".to_owned()),
+                Some("20".to_owned()),
+                Some("30".to_owned()),
+                None
+            ]
+        );
+        assert_eq!(
+            column("tags"),
+            [
+                Some("XX:i:7".to_owned()),
+                None,
+                Some("XX:i:8".to_owned()),
+                Some("XX:i:9".to_owned())
+            ]
         );
     }
 

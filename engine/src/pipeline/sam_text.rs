@@ -44,11 +44,71 @@ pub fn push_sequence(out: &mut Vec<u8>, packed: &[u8], len: usize) {
     // which was a third of the decode time on short reads.
     let start = out.len();
     out.resize(start + packed.len() * 2, 0);
-    for (pair, &byte) in out[start..].chunks_exact_mut(2).zip(packed) {
+    let text = &mut out[start..];
+    let unpacked = unpack_wide(text, packed);
+    for (pair, &byte) in text[2 * unpacked..]
+        .chunks_exact_mut(2)
+        .zip(&packed[unpacked..])
+    {
         pair.copy_from_slice(&BASE_PAIRS[usize::from(byte)]);
     }
     // An odd length leaves a padding base in the last byte's low nibble.
     out.truncate(start + len.min(packed.len() * 2));
+}
+
+/// Unpacks the leading 16-byte blocks of `packed` into `text` sixteen at a time, where the CPU
+/// can; returns how many packed bytes it did.
+///
+/// A table lookup per packed byte was 2.2% of a `scan` of short reads (perf); one byte shuffle
+/// looks up sixteen.
+#[cfg(target_arch = "x86_64")]
+fn unpack_wide(text: &mut [u8], packed: &[u8]) -> usize {
+    if std::arch::is_x86_feature_detected!("ssse3") {
+        // SAFETY: the CPU has SSSE3, checked just above.
+        unsafe { unpack_ssse3(text, packed) }
+    } else {
+        0
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn unpack_wide(_text: &mut [u8], _packed: &[u8]) -> usize {
+    0
+}
+
+/// `text` holds two bytes for every byte of `packed`.
+///
+/// # Safety
+///
+/// The CPU must have SSSE3.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3")]
+unsafe fn unpack_ssse3(text: &mut [u8], packed: &[u8]) -> usize {
+    use std::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_loadu_si128, _mm_set1_epi8, _mm_shuffle_epi8, _mm_srli_epi16,
+        _mm_storeu_si128, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
+    };
+
+    // SAFETY: BASES is 16 bytes, an unaligned load's width.
+    let bases = unsafe { _mm_loadu_si128(BASES.as_ptr().cast::<__m128i>()) };
+    let low_nibble = _mm_set1_epi8(0x0f);
+    let blocks = packed.chunks_exact(16).zip(text.chunks_exact_mut(32));
+    let mut done = 0;
+    for (from, to) in blocks {
+        // SAFETY: `from` is 16 bytes.
+        let bytes = unsafe { _mm_loadu_si128(from.as_ptr().cast::<__m128i>()) };
+        // The first base of a byte is its high nibble.
+        let first = _mm_shuffle_epi8(bases, _mm_and_si128(_mm_srli_epi16(bytes, 4), low_nibble));
+        let second = _mm_shuffle_epi8(bases, _mm_and_si128(bytes, low_nibble));
+        let to = to.as_mut_ptr().cast::<__m128i>();
+        // SAFETY: `to` is 32 bytes: two unaligned stores of 16.
+        unsafe {
+            _mm_storeu_si128(to, _mm_unpacklo_epi8(first, second));
+            _mm_storeu_si128(to.add(1), _mm_unpackhi_epi8(first, second));
+        }
+        done += 16;
+    }
+    done
 }
 
 /// Appends Phred qualities as Phred+33 text, or returns the first score above 93, which has
@@ -232,6 +292,21 @@ mod tests {
         t(&[0x12, 0x40], 3, "ACG");
         t(&[0x0f, 0x35], 4, "=NMR");
         t(&[], 0, "");
+    }
+
+    #[test]
+    fn long_sequences_decode_like_one_byte_at_a_time() {
+        // Every packed byte, in blocks the wide path takes and a tail it leaves, odd length.
+        let packed: Vec<u8> = (0..=255u8).chain(0..37).collect();
+        let len = packed.len() * 2 - 1;
+        let expected: Vec<u8> = packed
+            .iter()
+            .flat_map(|&b| [BASES[usize::from(b >> 4)], BASES[usize::from(b & 0xf)]])
+            .take(len)
+            .collect();
+        let mut out = b">".to_vec();
+        push_sequence(&mut out, &packed, len);
+        assert_eq!(&out[1..], &expected[..]);
     }
 
     #[test]

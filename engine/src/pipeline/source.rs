@@ -125,7 +125,7 @@ impl<R: Read> RecordSource<R> {
             }
             batch.offsets.push(batch.data.len() as u32);
             self.next_record += 1;
-            if self.next_record % limits.part_records == 0 {
+            if self.next_record.is_multiple_of(limits.part_records) {
                 break;
             }
         }
