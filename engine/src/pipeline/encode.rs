@@ -1,5 +1,10 @@
 //! Column encoders of one row group, each an ordered queue of work on the shared pool.
 //!
+//! The writer thread only queues each cell's arrays; turning an array into Parquet's leaf
+//! (definition levels for every nullable value) happens here, in parallel, as the first step of
+//! encoding it. Done on the writer thread, it was a fifth of that thread's CPU, the serial bound
+//! of a conversion on many cores.
+//!
 //! Columns cost very different amounts: zstd on QUAL takes about half the CPU of a whole
 //! conversion, `flag` almost nothing. Encoding each batch with `par_iter` over columns would make
 //! every batch wait for QUAL while the other workers idle. Here each column instead drains its
@@ -15,7 +20,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn};
+use arrow_array::ArrayRef;
+use arrow_schema::FieldRef;
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
 use parquet::errors::ParquetError;
 use rayon::ThreadPool;
 
@@ -27,8 +34,11 @@ const MAX_QUEUED: usize = 4;
 struct ColumnState {
     /// `None` while a worker is writing with it.
     writer: Option<ArrowColumnWriter>,
-    /// Leaves of each submitted batch, written one by one (a cell each, [`super::cells`]).
-    queue: VecDeque<Vec<ArrowLeafColumn>>,
+    /// The column's field: one leaf column.
+    field: FieldRef,
+    /// The column's arrays of each submitted batch, written one by one (a cell each,
+    /// [`super::cells`]).
+    queue: VecDeque<Vec<ArrayRef>>,
     /// The closed column, once the row group is sealed and the queue drained.
     chunk: Option<ArrowColumnChunk>,
     running: bool,
@@ -70,15 +80,30 @@ pub struct ColumnEncoders {
 }
 
 impl ColumnEncoders {
+    /// Encoders for `fields`, each a column without nested leaves, with their `writers`.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when the writers are not one per field.
     pub fn new(
+        fields: &[FieldRef],
         writers: Vec<ArrowColumnWriter>,
         pool: Arc<ThreadPool>,
         busy: Arc<BusyTimes>,
-    ) -> Self {
+    ) -> Result<Self, ParquetError> {
+        if fields.len() != writers.len() {
+            return Err(ParquetError::General(format!(
+                "{} column writers for {} fields: a field with nested leaves",
+                writers.len(),
+                fields.len()
+            )));
+        }
         let columns = writers
             .into_iter()
-            .map(|writer| ColumnState {
+            .zip(fields)
+            .map(|(writer, field)| ColumnState {
                 writer: Some(writer),
+                field: Arc::clone(field),
                 queue: VecDeque::new(),
                 chunk: None,
                 running: false,
@@ -89,23 +114,23 @@ impl ColumnEncoders {
             sealed: false,
             error: None,
         });
-        Self {
+        Ok(Self {
             shared: Arc::new(Shared {
                 state,
                 changed: Condvar::new(),
                 busy,
             }),
             pool,
-        }
+        })
     }
 
-    /// Queues one batch's leaves for encoding: for each column, in schema order, the leaves
-    /// to write in order.
+    /// Queues one batch for encoding: for each column, in schema order, its arrays (one per
+    /// cell) to write in order.
     ///
     /// # Errors
     ///
     /// Returns the first encoding error of an earlier batch.
-    pub fn submit(&self, leaves: Vec<Vec<ArrowLeafColumn>>) -> Result<(), ParquetError> {
+    pub fn submit(&self, arrays: Vec<Vec<ArrayRef>>) -> Result<(), ParquetError> {
         let mut state = self.shared.lock();
         while state.error.is_none() && state.columns.iter().any(|c| c.queue.len() >= MAX_QUEUED) {
             state = self.shared.wait(state);
@@ -113,11 +138,11 @@ impl ColumnEncoders {
         if let Some(error) = state.error.take() {
             return Err(error);
         }
-        for (index, leaf) in leaves.into_iter().enumerate() {
+        for (index, cells) in arrays.into_iter().enumerate() {
             let Some(column) = state.columns.get_mut(index) else {
                 break;
             };
-            column.queue.push_back(leaf);
+            column.queue.push_back(cells);
             self.start(&mut state, index);
         }
         Ok(())
@@ -191,7 +216,8 @@ fn drain(shared: &Shared, index: usize) {
             shared.changed.notify_all();
             return;
         };
-        let Some(leaves) = column.queue.pop_front() else {
+        let field = Arc::clone(&column.field);
+        let Some(cells) = column.queue.pop_front() else {
             if !sealed {
                 column.writer = Some(writer);
                 column.running = false;
@@ -216,7 +242,11 @@ fn drain(shared: &Shared, index: usize) {
         drop(state);
 
         let result = shared.busy.time(BusyStage::Encode, || {
-            leaves.iter().try_for_each(|leaf| writer.write(leaf))
+            cells.iter().try_for_each(|array| {
+                compute_leaves(&field, array)?
+                    .iter()
+                    .try_for_each(|leaf| writer.write(leaf))
+            })
         });
 
         state = shared.lock();
@@ -236,7 +266,6 @@ mod tests {
     use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
     use arrow_schema::{DataType, Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use parquet::arrow::arrow_writer::compute_leaves;
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
 
@@ -267,16 +296,20 @@ mod tests {
                 .unwrap();
         for (index, group) in batches.chunks(per_group).enumerate() {
             let writers = factory.create_column_writers(index).unwrap();
-            let encoders = ColumnEncoders::new(writers, Arc::clone(&pool), Arc::clone(&busy));
+            let encoders = ColumnEncoders::new(
+                schema.fields(),
+                writers,
+                Arc::clone(&pool),
+                Arc::clone(&busy),
+            )
+            .unwrap();
             for batch in group {
-                let leaves = schema
-                    .fields()
+                let arrays = batch
+                    .columns()
                     .iter()
-                    .zip(batch.columns())
-                    .flat_map(|(field, array)| compute_leaves(field, array).unwrap())
-                    .map(|leaf| vec![leaf])
+                    .map(|a| vec![Arc::clone(a)])
                     .collect();
-                encoders.submit(leaves).unwrap();
+                encoders.submit(arrays).unwrap();
             }
             let chunks = encoders.finish().unwrap();
             let mut row_group = file.next_row_group().unwrap();
@@ -329,10 +362,12 @@ mod tests {
             .and_then(ArrowWriter::into_serialized_writer)
             .unwrap();
         let encoders = ColumnEncoders::new(
+            schema.fields(),
             factory.create_column_writers(0).unwrap(),
             pool,
             Arc::new(BusyTimes::default()),
-        );
+        )
+        .unwrap();
         encoders.seal();
         let chunks = encoders.finish().unwrap();
         assert_eq!(chunks.len(), 1);

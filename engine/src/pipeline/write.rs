@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
-use parquet::arrow::arrow_writer::{compute_leaves, ArrowLeafColumn, ArrowRowGroupWriterFactory};
+use parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory;
 use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
@@ -507,10 +507,7 @@ impl OpenPart {
         if cells.is_empty() {
             return Ok(());
         }
-        let leaves = self
-            .busy
-            .time(BusyStage::Encode, || leaves_by_column(&self.schema, cells))
-            .map_err(|source| self.parquet_error(source))?;
+        let arrays = arrays_by_column(cells);
         if self.row_group.is_none() {
             let index = self.row_groups_started;
             self.row_groups_started += 1;
@@ -518,13 +515,18 @@ impl OpenPart {
                 .factory
                 .create_column_writers(index)
                 .map_err(|source| self.parquet_error(source))?;
-            let encoders =
-                ColumnEncoders::new(writers, Arc::clone(&self.pool), Arc::clone(&self.busy));
+            let encoders = ColumnEncoders::new(
+                self.schema.fields(),
+                writers,
+                Arc::clone(&self.pool),
+                Arc::clone(&self.busy),
+            )
+            .map_err(|source| self.parquet_error(source))?;
             self.row_group = Some(encoders);
         }
         if let Some(encoders) = &self.row_group {
             encoders
-                .submit(leaves)
+                .submit(arrays)
                 .map_err(|source| self.parquet_error(source))?;
         }
         self.rows += cells.iter().map(|cell| cell.num_rows() as u64).sum::<u64>();
@@ -593,26 +595,17 @@ impl OpenPart {
     }
 }
 
-/// Splits cells into leaf columns: for each column writer, in schema order, its leaf of each
-/// cell in order.
-fn leaves_by_column(
-    schema: &SchemaRef,
-    cells: &[RecordBatch],
-) -> Result<Vec<Vec<ArrowLeafColumn>>, ParquetError> {
-    let mut columns: Vec<Vec<ArrowLeafColumn>> = Vec::new();
-    for cell in cells {
-        let mut index = 0;
-        for (field, array) in schema.fields().iter().zip(cell.columns()) {
-            for leaf in compute_leaves(field, array)? {
-                if index == columns.len() {
-                    columns.push(Vec::with_capacity(cells.len()));
-                }
-                columns[index].push(leaf);
-                index += 1;
-            }
-        }
-    }
-    Ok(columns)
+/// Splits cells into columns: for each column, in schema order, its array of each cell in order.
+fn arrays_by_column(cells: &[RecordBatch]) -> Vec<Vec<ArrayRef>> {
+    let columns = cells.first().map_or(0, RecordBatch::num_columns);
+    (0..columns)
+        .map(|i| {
+            cells
+                .iter()
+                .map(|cell| Arc::clone(cell.column(i)))
+                .collect()
+        })
+        .collect()
 }
 
 /// Adds per-filter counts element by element.
