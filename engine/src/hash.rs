@@ -1,13 +1,17 @@
 //! What a source file holds, as one short hash: how the daemon tells the same content dropped
 //! twice, and a checkpoint tells an input that changed under it.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
 use crate::input::{Input, SMALL_READ_AHEAD};
+use crate::pipeline::busy::{BusyStage, BusyTimes, SerialThread};
 
 /// Bytes hashed from each end of a file, and from each of the samples between.
 const EDGE_BYTES: u64 = 1 << 20;
@@ -134,32 +138,162 @@ impl FullHash {
     }
 }
 
-/// The input, feeding a [`FullHash`] with every byte read through it.
+/// Bytes read from the file at a time, and shared with the hashing thread.
+const BLOCK_BYTES: usize = 1 << 20;
+/// Blocks queued for hashing before the reader waits: a bound on the memory they hold.
+const QUEUED_BLOCKS: usize = 2;
+
+/// The input, buffered in [`BLOCK_BYTES`] blocks, feeding a [`FullHash`] with every byte read
+/// through it.
+///
+/// SHA-256 runs on a thread of its own, over the very blocks the reader reads from (shared,
+/// not copied). On the reader thread it was about a third of that thread's CPU, the serial
+/// bound of a conversion on many cores. Drop the reader before [`FullHash::finish`]: dropping
+/// waits until every block read has been hashed.
 pub(crate) struct HashedFile {
     file: Box<dyn Read + Send>,
-    /// Offset of the next byte read.
-    offset: u64,
-    hash: Option<Arc<FullHash>>,
+    /// Offset of the first byte of `block`.
+    block_offset: u64,
+    block: Arc<Vec<u8>>,
+    /// Bytes of `block` already read.
+    used: usize,
+    /// Blocks handed to the hashing thread, reused once it is done with them.
+    handed: VecDeque<Arc<Vec<u8>>>,
+    hasher: Option<Hasher>,
+}
+
+/// Where blocks go to be hashed: a thread, or (when no thread could start) this one.
+enum Hasher {
+    Thread {
+        blocks: Option<crossbeam_channel::Sender<(u64, Arc<Vec<u8>>)>>,
+        thread: Option<JoinHandle<()>>,
+    },
+    Inline(Arc<FullHash>),
+}
+
+impl Hasher {
+    fn start(hash: Arc<FullHash>, busy: Option<Arc<BusyTimes>>) -> Self {
+        let (blocks, queued) = crossbeam_channel::bounded::<(u64, Arc<Vec<u8>>)>(QUEUED_BLOCKS);
+        let for_thread = Arc::clone(&hash);
+        let spawned = thread::Builder::new()
+            .name("bamflow-hash".into())
+            .spawn(move || {
+                let hash_all = || {
+                    for (at, block) in queued {
+                        let started = Instant::now();
+                        for_thread.update(at, &block);
+                        if let Some(busy) = &busy {
+                            busy.add(BusyStage::Read, started.elapsed());
+                        }
+                    }
+                };
+                match &busy {
+                    Some(busy) => busy.on_thread(SerialThread::Hash, hash_all),
+                    None => hash_all(),
+                }
+            });
+        match spawned {
+            Ok(thread) => Self::Thread {
+                blocks: Some(blocks),
+                thread: Some(thread),
+            },
+            Err(error) => {
+                tracing::debug!(%error, "No thread for hashing the input; hashing as it is read.");
+                Self::Inline(hash)
+            }
+        }
+    }
+
+    fn hash(&self, at: u64, block: &Arc<Vec<u8>>) {
+        match self {
+            Self::Thread { blocks, .. } => {
+                // The thread only stops when the sender is dropped, so sending cannot fail.
+                if let Some(blocks) = blocks {
+                    let _ = blocks.send((at, Arc::clone(block)));
+                }
+            }
+            Self::Inline(hash) => hash.update(at, block),
+        }
+    }
+}
+
+impl Drop for Hasher {
+    fn drop(&mut self) {
+        if let Self::Thread { blocks, thread } = self {
+            drop(blocks.take());
+            if let Some(thread) = thread.take() {
+                // A panic while hashing leaves the hash short of bytes, which finish reads.
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 impl HashedFile {
-    /// `file`, positioned at `offset`; `hash` (if any) has read the file up to there.
+    /// `file`, positioned at `offset`; `hash` (if any) has read the file up to there. Hashing
+    /// time is added to `busy`'s read stage.
     pub(crate) fn new(
         file: Box<dyn Read + Send>,
         offset: u64,
         hash: Option<Arc<FullHash>>,
+        busy: Option<Arc<BusyTimes>>,
     ) -> Self {
-        Self { file, offset, hash }
+        Self {
+            file,
+            block_offset: offset,
+            block: Arc::new(Vec::new()),
+            used: 0,
+            handed: VecDeque::new(),
+            hasher: hash.map(|hash| Hasher::start(hash, busy)),
+        }
+    }
+
+    /// Reads the next block; an empty block at end of file.
+    fn refill(&mut self) -> io::Result<()> {
+        let mut buffer = self.spare_buffer();
+        buffer.resize(BLOCK_BYTES, 0);
+        let n = loop {
+            match self.file.read(&mut buffer) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                result => break result?,
+            }
+        };
+        buffer.truncate(n);
+        self.block_offset += self.block.len() as u64;
+        let block = std::mem::replace(&mut self.block, Arc::new(buffer));
+        self.handed.push_back(block);
+        self.used = 0;
+        if let Some(hasher) = &self.hasher {
+            hasher.hash(self.block_offset, &self.block);
+        }
+        Ok(())
+    }
+
+    /// The oldest retired block's buffer, once no one else holds it, or a new one.
+    fn spare_buffer(&mut self) -> Vec<u8> {
+        while self.handed.len() > QUEUED_BLOCKS + 1 {
+            self.handed.pop_front();
+        }
+        match self.handed.front().map(Arc::strong_count) {
+            Some(1) => self
+                .handed
+                .pop_front()
+                .and_then(|block| Arc::try_unwrap(block).ok())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
     }
 }
 
 impl Read for HashedFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read(buf)?;
-        if let Some(hash) = &self.hash {
-            hash.update(self.offset, &buf[..n]);
+        if self.used == self.block.len() {
+            self.refill()?;
         }
-        self.offset += n as u64;
+        let available = &self.block[self.used..];
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.used += n;
         Ok(n)
     }
 }
@@ -205,9 +339,11 @@ mod tests {
         let hash = FullHash::starting_at(&path, 1000).unwrap();
         let mut file = File::open(&path).unwrap();
         file.seek(SeekFrom::Start(1000)).unwrap();
-        let mut reader = HashedFile::new(Box::new(file), 1000, Some(Arc::clone(&hash)));
+        let mut reader = HashedFile::new(Box::new(file), 1000, Some(Arc::clone(&hash)), None);
         let mut buf = vec![0; 2_000_000];
         reader.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf[..], &data[1000..2_001_000]);
+        drop(reader);
         assert_eq!(hash.finish(&path).unwrap().unwrap(), whole);
 
         // A reader that skipped bytes cannot say.

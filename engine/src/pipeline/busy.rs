@@ -60,15 +60,17 @@ pub enum SerialThread {
     Reader,
     /// Hands batches to decoding jobs and their results on in order.
     Dispatch,
-    /// Splits batches into column leaves and appends row groups.
+    /// Cuts batches into cells and appends row groups.
     Writer,
+    /// Hashes the input's bytes as the reader reads them (SHA-256 is sequential).
+    Hash,
 }
 
 /// Busy time per stage of one conversion, and the CPU time of its serial threads.
 #[derive(Debug, Default)]
 pub struct BusyTimes {
     nanos: [AtomicU64; 6],
-    serial_nanos: [AtomicU64; 3],
+    serial_nanos: [AtomicU64; 4],
 }
 
 impl BusyTimes {
@@ -103,6 +105,7 @@ impl BusyTimes {
             reader: seconds(SerialThread::Reader),
             dispatch: seconds(SerialThread::Dispatch),
             writer: seconds(SerialThread::Writer),
+            hash: seconds(SerialThread::Hash),
         }
     }
 
@@ -142,6 +145,9 @@ pub struct SerialSeconds {
     pub reader: f64,
     pub dispatch: f64,
     pub writer: f64,
+    /// Zero when no full hash was made (and in manifests from before it had a thread).
+    #[serde(default)]
+    pub hash: f64,
 }
 
 /// Busy seconds per stage, as the manifest records them.

@@ -4,7 +4,6 @@
 //! ([`super::Build`]) and the streaming reader ([`super::scan`]) both stand on it.
 
 use std::collections::VecDeque;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,7 +87,7 @@ impl Reading<'_> {
         &self,
         from: Position,
         hash: Option<&Arc<FullHash>>,
-    ) -> Result<RecordSource<BufReader<HashedFile>>, ConvertError> {
+    ) -> Result<RecordSource<HashedFile>, ConvertError> {
         if from.record == 0 {
             // Just after the header, as the profile found it; the header is not parsed again.
             if let Some(source) = self.open_at(self.records_start, 0, hash)? {
@@ -124,7 +123,7 @@ impl Reading<'_> {
         position: VirtualPosition,
         record: u64,
         hash: Option<&Arc<FullHash>>,
-    ) -> Result<Option<RecordSource<BufReader<HashedFile>>>, ConvertError> {
+    ) -> Result<Option<RecordSource<HashedFile>>, ConvertError> {
         let mut stream = self.stream_at(position.compressed(), hash)?;
         let found = stream
             .seek_in_first_block(position)
@@ -145,19 +144,15 @@ impl Reading<'_> {
         &self,
         start: u64,
         hash: Option<&Arc<FullHash>>,
-    ) -> Result<BgzfStream<BufReader<HashedFile>>, ConvertError> {
+    ) -> Result<BgzfStream<HashedFile>, ConvertError> {
         let fail = |stage, source: StageError| ConvertError::new(self.input, stage, source);
         let file = Input::open(self.input)
             .map_err(|e| fail(Stage::Open, e.into()))?
             .reader_from(start, self.read_ahead())
             .map_err(|e| fail(Stage::Read, e.into()))?;
-        let file = HashedFile::new(file, start, hash.cloned());
-        let reader = BlockReader::new(
-            BufReader::with_capacity(1 << 20, file),
-            start,
-            Arc::clone(self.pool),
-        )
-        .with_busy(Arc::clone(self.busy));
+        let file = HashedFile::new(file, start, hash.cloned(), Some(Arc::clone(self.busy)));
+        let reader =
+            BlockReader::new(file, start, Arc::clone(self.pool)).with_busy(Arc::clone(self.busy));
         Ok(BgzfStream::new(reader))
     }
 
@@ -210,6 +205,8 @@ impl Reading<'_> {
                 let hash = self.start_full_hash(from);
                 let mut source = self.open(from, hash.as_ref())?;
                 let whole = feed.drain(&mut source, limits, self.input)?;
+                // Waits for the hashing thread to hash every block read.
+                drop(source);
                 if let (true, Some(hash), Some(slot)) = (whole, hash, self.full_hash) {
                     // Only the EOF block's tail, at most, is left to read.
                     let digest = hash.finish(self.input).unwrap_or_else(|error| {
@@ -407,7 +404,7 @@ impl Feed<'_> {
     /// Sends batches from `source` until it ends; `Ok(false)` when the decoder stopped.
     fn drain(
         &mut self,
-        source: &mut RecordSource<BufReader<HashedFile>>,
+        source: &mut RecordSource<HashedFile>,
         limits: BatchLimits,
         input: &Path,
     ) -> Result<bool, ConvertError> {

@@ -576,10 +576,11 @@ fn merged_manifest(
         (s.decode, s.encode, s.write) =
             (s.decode + t.decode, s.encode + t.encode, s.write + t.write);
         let (s, t) = (&mut manifest.serial_cpu_seconds, &task.serial_cpu_seconds);
-        (s.reader, s.dispatch, s.writer) = (
+        (s.reader, s.dispatch, s.writer, s.hash) = (
             s.reader + t.reader,
             s.dispatch + t.dispatch,
             s.writer + t.writer,
+            s.hash + t.hash,
         );
         manifest.peak_rss_bytes = manifest.peak_rss_bytes.max(task.peak_rss_bytes);
         if task.started < manifest.started {
