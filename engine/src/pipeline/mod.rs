@@ -32,6 +32,7 @@ mod encode;
 pub mod filter;
 #[doc(hidden)]
 pub mod header;
+mod part_file;
 pub mod profile;
 mod read;
 #[doc(hidden)]

@@ -10,8 +10,6 @@
 //! in schema order.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::busy::{BusyStage, BusyTimes};
 use super::cells::{Cutter, RowGroupLimits, CELL_ROWS};
 use super::encode::ColumnEncoders;
+use super::part_file::{Finished, PartFile};
 use crate::durable::{self, DurableError};
 use crate::faults;
 
@@ -186,26 +185,6 @@ pub struct Committed {
     pub seconds: f64,
     /// Records each filter dropped from the part's input, in filter order.
     pub filtered: Vec<u64>,
-}
-
-/// A part file being written: counts and checksums its bytes on their way to the disk.
-struct PartFile {
-    file: File,
-    crc: libdeflater::Crc,
-    bytes: u64,
-}
-
-impl Write for PartFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
 }
 
 struct OpenPart {
@@ -376,11 +355,7 @@ impl ParquetSink {
                     path: path.clone(),
                     source,
                 };
-                let file = PartFile {
-                    file: File::create(&path).map_err(create)?,
-                    crc: libdeflater::Crc::new(),
-                    bytes: 0,
-                };
+                let file = PartFile::create(&path).map_err(create)?;
                 // ArrowWriter stores the Arrow schema (ARROW:schema) in the footer metadata;
                 // it is then taken apart so columns can be encoded in parallel.
                 let parquet = |source| WriteError::Parquet {
@@ -446,7 +421,15 @@ impl ParquetSink {
             path: path.clone(),
             source,
         };
-        let PartFile { file, crc, bytes } = file.into_inner().map_err(parquet)?;
+        let finished = file
+            .into_inner()
+            .map_err(parquet)?
+            .finish()
+            .map_err(|source| DurableError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        let Finished { file, crc32, bytes } = finished;
         let sync = |source| DurableError::Sync {
             path: path.clone(),
             source,
@@ -471,7 +454,7 @@ impl ParquetSink {
                 rows,
                 bytes,
                 records,
-                crc32: crc.sum(),
+                crc32,
             },
             next_virtual_offset: self.last_end,
             seconds: started.elapsed().as_secs_f64(),
@@ -587,7 +570,7 @@ impl OpenPart {
                 }
                 row_group.close()?;
                 // Buffered bytes of the row group stay behind; the next one carries them.
-                durable::start_writeback(&self.file.inner().file);
+                durable::start_writeback(self.file.inner().file());
                 crate::heap::row_group_written();
                 Ok(())
             })
@@ -632,6 +615,8 @@ pub fn is_part_file_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+
     use arrow_array::{Int32Array, RecordBatch};
     use arrow_schema::{DataType, Field, Schema};
     use parquet::file::reader::{FileReader, SerializedFileReader};
