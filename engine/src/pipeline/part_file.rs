@@ -312,6 +312,26 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_direct_write_goes_on_through_the_page_cache() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        if !is_local_disk(dir.path()) {
+            return;
+        }
+        let path = dir.path().join("refused");
+        let mut file = open_direct(&path).unwrap();
+        // Misaligned in memory and in length: the kernel refuses it with EINVAL.
+        let data: Vec<u8> = (0..10_001u32).map(|i| (i % 253) as u8).collect();
+        let mut direct = true;
+        write_direct(&mut file, &data[1..], &mut direct).unwrap();
+        assert!(!direct);
+        write_direct(&mut file, b"more", &mut direct).unwrap();
+        drop(file);
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(&written[..10_000], &data[1..]);
+        assert_eq!(&written[10_000..], b"more");
+    }
+
+    #[test]
     fn a_part_smaller_than_a_block_is_written_whole() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let path = dir.path().join("small");
