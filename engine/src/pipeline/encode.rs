@@ -34,8 +34,6 @@ const MAX_QUEUED: usize = 4;
 struct ColumnState {
     /// `None` while a worker is writing with it.
     writer: Option<ArrowColumnWriter>,
-    /// The column's field: one leaf column.
-    field: FieldRef,
     /// The column's arrays of each submitted batch, written one by one (a cell each,
     /// [`super::cells`]).
     queue: VecDeque<Vec<ArrayRef>>,
@@ -52,6 +50,8 @@ struct State {
 }
 
 struct Shared {
+    /// Each column's field (one leaf column each), in schema order.
+    fields: Vec<FieldRef>,
     state: Mutex<State>,
     changed: Condvar,
     busy: Arc<BusyTimes>,
@@ -100,10 +100,8 @@ impl ColumnEncoders {
         }
         let columns = writers
             .into_iter()
-            .zip(fields)
-            .map(|(writer, field)| ColumnState {
+            .map(|writer| ColumnState {
                 writer: Some(writer),
-                field: Arc::clone(field),
                 queue: VecDeque::new(),
                 chunk: None,
                 running: false,
@@ -116,6 +114,7 @@ impl ColumnEncoders {
         });
         Ok(Self {
             shared: Arc::new(Shared {
+                fields: fields.to_vec(),
                 state,
                 changed: Condvar::new(),
                 busy,
@@ -216,7 +215,6 @@ fn drain(shared: &Shared, index: usize) {
             shared.changed.notify_all();
             return;
         };
-        let field = Arc::clone(&column.field);
         let Some(cells) = column.queue.pop_front() else {
             if !sealed {
                 column.writer = Some(writer);
@@ -243,7 +241,7 @@ fn drain(shared: &Shared, index: usize) {
 
         let result = shared.busy.time(BusyStage::Encode, || {
             cells.iter().try_for_each(|array| {
-                compute_leaves(&field, array)?
+                compute_leaves(&shared.fields[index], array)?
                     .iter()
                     .try_for_each(|leaf| writer.write(leaf))
             })

@@ -43,10 +43,9 @@ pub(super) struct Finished {
 impl PartFile {
     /// Creates (or truncates) the file at `path`, with direct I/O where it pays.
     pub(super) fn create(path: &Path) -> io::Result<Self> {
-        let staging = Staging::new();
         let file = match path.parent().filter(|dir| is_local_disk(dir)) {
             Some(_) => match open_direct(path) {
-                Ok(file) => return Ok(Self::new(file, Some(staging))),
+                Ok(file) => return Ok(Self::new(file, Some(Staging::new()))),
                 Err(error) if error.raw_os_error() == Some(libc::EINVAL) => File::create(path)?,
                 Err(error) => return Err(error),
             },
@@ -80,9 +79,7 @@ impl PartFile {
         if let Some(staging) = self.staging.take() {
             let staged = staging.staged();
             let aligned = staged.len() / ALIGN * ALIGN;
-            let mut direct = true;
-            write_direct(&mut self.file, &staged[..aligned], &mut direct)?;
-            if direct {
+            if write_direct(&mut self.file, &staged[..aligned])? {
                 stop_direct(&self.file)?;
             }
             self.file.write_all(&staged[aligned..])?;
@@ -102,10 +99,9 @@ impl Write for PartFile {
             Some(staging) => {
                 let n = staging.push(buf);
                 if staging.is_full() {
-                    let mut direct = true;
-                    write_direct(&mut self.file, staging.staged(), &mut direct)?;
+                    let still_direct = write_direct(&mut self.file, staging.staged())?;
                     staging.clear();
-                    if !direct {
+                    if !still_direct {
                         self.staging = None;
                     }
                 }
@@ -165,29 +161,30 @@ impl Staging {
     }
 }
 
-/// Writes all of `data`, directly while `direct` holds; a refused or partial direct write
-/// turns direct I/O off (and `direct` false) and the rest goes through the cache.
-fn write_direct(file: &mut File, mut data: &[u8], direct: &mut bool) -> io::Result<()> {
+/// Writes all of `data` to a file opened for direct I/O; returns whether it still is. A
+/// refused or partial direct write turns direct I/O off, and the rest goes through the cache.
+fn write_direct(file: &mut File, mut data: &[u8]) -> io::Result<bool> {
+    let mut direct = true;
     while !data.is_empty() {
         match file.write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 data = &data[n..];
-                if *direct && n % ALIGN != 0 {
+                if direct && n % ALIGN != 0 {
                     stop_direct(file)?;
-                    *direct = false;
+                    direct = false;
                 }
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) if *direct && error.raw_os_error() == Some(libc::EINVAL) => {
+            Err(error) if direct && error.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::debug!(%error, "Direct write refused; writing through the page cache.");
                 stop_direct(file)?;
-                *direct = false;
+                direct = false;
             }
             Err(error) => return Err(error),
         }
     }
-    Ok(())
+    Ok(direct)
 }
 
 #[cfg(target_os = "linux")]
@@ -321,10 +318,8 @@ mod tests {
         let mut file = open_direct(&path).unwrap();
         // Misaligned in memory and in length: the kernel refuses it with EINVAL.
         let data: Vec<u8> = (0..10_001u32).map(|i| (i % 253) as u8).collect();
-        let mut direct = true;
-        write_direct(&mut file, &data[1..], &mut direct).unwrap();
-        assert!(!direct);
-        write_direct(&mut file, b"more", &mut direct).unwrap();
+        assert!(!write_direct(&mut file, &data[1..]).unwrap());
+        file.write_all(b"more").unwrap();
         drop(file);
         let written = std::fs::read(&path).unwrap();
         assert_eq!(&written[..10_000], &data[1..]);
