@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::busy::{BusyStage, BusyTimes};
 use super::cells::{Cutter, RowGroupLimits, CELL_ROWS};
+use super::compression;
 use super::encode::ColumnEncoders;
 use super::part_file::{Finished, PartFile};
 use crate::durable::{self, DurableError};
@@ -96,26 +97,31 @@ pub enum WriteError {
     Durable(#[from] DurableError),
     #[error("zstd level {0} is outside 1..=22")]
     InvalidZstdLevel(i32),
+    #[error("zstd hash log {0} is outside 6..=30")]
+    InvalidZstdHashLog(u32),
 }
 
-/// The zstd codec at `level`.
-fn zstd(level: i32) -> Result<Compression, WriteError> {
-    ZstdLevel::try_new(level)
-        .map(Compression::ZSTD)
-        .map_err(|_| WriteError::InvalidZstdLevel(level))
+/// The zstd codec at `level`, with zstd's match-finder table at `2^hash_log` entries if given.
+fn zstd(level: i32, hash_log: Option<u32>) -> Result<Compression, WriteError> {
+    let mut zstd = ZstdLevel::try_new(level).map_err(|_| WriteError::InvalidZstdLevel(level))?;
+    if let Some(hash_log) = hash_log {
+        zstd = zstd
+            .with_hash_log(hash_log)
+            .map_err(|_| WriteError::InvalidZstdHashLog(hash_log))?;
+    }
+    Ok(Compression::ZSTD(zstd))
 }
 
-/// Sets each column's own level on every Parquet leaf under the column's name (a promoted list
-/// column's values are a leaf below it). `dir` names the output in an error.
+/// Sets each column's own level, and the table [`compression::hash_log`] gives it at that
+/// level, on every Parquet leaf under the column's name (a promoted list column's values are a
+/// leaf below it). `dir` names the output in an error.
 fn column_levels(
     mut builder: WriterPropertiesBuilder,
     schema: &Schema,
+    default_level: i32,
     levels: &BTreeMap<String, i32>,
     dir: &Path,
 ) -> Result<WriterPropertiesBuilder, WriteError> {
-    if levels.is_empty() {
-        return Ok(builder);
-    }
     let descriptor = ArrowSchemaConverter::new()
         .convert(schema)
         .map_err(|source| WriteError::Parquet {
@@ -123,13 +129,15 @@ fn column_levels(
             source,
         })?;
     for leaf in descriptor.columns() {
-        let level = leaf
-            .path()
-            .parts()
-            .first()
-            .and_then(|name| levels.get(name));
-        if let Some(&level) = level {
-            builder = builder.set_column_compression(leaf.path().clone(), zstd(level)?);
+        let Some(column) = leaf.path().parts().first() else {
+            continue;
+        };
+        let own_level = levels.get(column).copied();
+        let level = own_level.unwrap_or(default_level);
+        let hash_log = compression::hash_log(column, level);
+        if own_level.is_some() || hash_log.is_some() {
+            let codec = zstd(level, hash_log)?;
+            builder = builder.set_column_compression(leaf.path().clone(), codec);
         }
     }
     Ok(builder)
@@ -242,7 +250,7 @@ impl ParquetSink {
         busy: Arc<BusyTimes>,
     ) -> Result<Self, WriteError> {
         let mut builder = WriterProperties::builder()
-            .set_compression(zstd(options.zstd_level)?)
+            .set_compression(zstd(options.zstd_level, None)?)
             // Dictionary encoding pays off only on [`DICTIONARY_COLUMNS`]; on read names, bases
             // and qualities it costs time, then falls back anyway.
             .set_dictionary_enabled(false)
@@ -262,7 +270,14 @@ impl ParquetSink {
             let column = ColumnPath::from(*column);
             builder = builder.set_column_statistics_enabled(column, EnabledStatistics::None);
         }
-        let properties = column_levels(builder, &schema, &options.column_zstd_levels, dir)?.build();
+        let properties = column_levels(
+            builder,
+            &schema,
+            options.zstd_level,
+            &options.column_zstd_levels,
+            dir,
+        )?
+        .build();
         Ok(Self {
             dir: dir.to_owned(),
             schema,
@@ -622,6 +637,44 @@ mod tests {
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     use super::*;
+
+    #[test]
+    fn seq_and_qual_at_level_1_get_a_small_match_table() {
+        let text = |name| Field::new(name, DataType::Utf8, true);
+        let schema = Schema::new(vec![text("seq"), text("qual"), text("qname")]);
+        let codecs = |default_level, levels: &[(&str, i32)]| {
+            let levels = levels.iter().map(|&(c, l)| (c.to_owned(), l)).collect();
+            let builder = WriterProperties::builder().set_compression(Compression::UNCOMPRESSED);
+            let properties =
+                column_levels(builder, &schema, default_level, &levels, Path::new("out"))
+                    .unwrap()
+                    .build();
+            ["seq", "qual", "qname"].map(|c| properties.compression(&ColumnPath::from(c)))
+        };
+        let level_1 = ZstdLevel::try_new(1).unwrap();
+        let level_1_table = |hash_log| Compression::ZSTD(level_1.with_hash_log(hash_log).unwrap());
+
+        // SEQ at the default level, QUAL and read names at their own.
+        assert_eq!(
+            codecs(1, &[("qual", 1), ("qname", 1)]),
+            [
+                level_1_table(6),
+                level_1_table(8),
+                Compression::ZSTD(level_1)
+            ]
+        );
+        // Other levels keep their own tables, and a column without a level of its own keeps
+        // the default codec.
+        let level_3 = Compression::ZSTD(ZstdLevel::try_new(3).unwrap());
+        assert_eq!(
+            codecs(3, &[("qual", 3)]),
+            [
+                Compression::UNCOMPRESSED,
+                level_3,
+                Compression::UNCOMPRESSED
+            ]
+        );
+    }
 
     fn sink(dir: &Path, part_records: u64, row_group_rows: usize) -> ParquetSink {
         sink_in_flight(dir, part_records, row_group_rows, 1)
