@@ -170,6 +170,10 @@ pub struct Manifest {
     pub zstd_level: i32,
     /// Columns compressed at their own level.
     pub column_zstd_levels: std::collections::BTreeMap<String, i32>,
+    /// Columns whose level-1 zstd used a small match table (log2 of its entries), as the level
+    /// trial chose; absent when none did.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub column_zstd_hash_logs: std::collections::BTreeMap<String, u32>,
     /// What the profile found, and the batch plan.
     pub profile: Profile,
     /// Times the conversion continued from a checkpoint after an interruption.

@@ -38,32 +38,42 @@ const TRIAL_BYTES: usize = 2 * PAGE_BYTES;
 /// saves at most a few hundred kilobytes.
 pub const TRIAL_MIN_FILE_BYTES: u64 = TRIAL_BYTES as u64;
 
-/// The size of zstd's match-finder table (log2 of its entries) for a column at `level`, where it
-/// is not the level's own.
+/// The small match-finder table (log2 of its entries) a column's level-1 trial also tries.
 ///
-/// Level 1's table has 8192 entries, and in SEQ's 4 letters and QUAL's ~40 it keeps finding
-/// matches of 5-6 bytes that are far away or spurious: they cost more to encode than the
-/// Huffman-coded literals they replace. A small table only finds near matches (overlapping
-/// reads, runs of one quality). Whole conversions of the shared-bench corpus at level 1, column
-/// bytes against the default table:
+/// Level 1's table has 8192 entries, and in SEQ's 4 letters and QUAL's ~40 it can keep finding
+/// matches of 5-6 bytes that are far away or there by chance: they cost more to encode than
+/// the Huffman-coded literals they replace, and time to find. A small table only finds near
+/// matches (overlapping reads, runs of one quality). Whole conversions at level 1, column bytes
+/// against the default table (shared-bench corpus: short / unaligned / long; then the
+/// generator's short reads):
 ///
-/// | table | SEQ short / unaligned / long | QUAL short / unaligned / long |
+/// | table | SEQ | QUAL |
 /// |---|---|---|
 /// | 2^6  | −16.6% / −2.8% / −5.8% | −3.1% / −1.9% / 0 |
-/// | 2^8  | −11.5% / −2.3% / −4.6% | −4.4% / −1.5% / 0 |
+/// | 2^8  | −11.5% / −2.3% / −4.6%; −15.7% | −4.4% / −1.5% / 0; **+5.9%** |
 /// | 2^10 | −7.8% / −1.5% / −2.4% | −3.7% / −0.4% / 0 |
 ///
-/// (ONT qualities are noise: zstd finds no matches in them at any size.) Read names, CIGAR and
-/// `tags` gain on some inputs and lose up to 28% on others, so they keep the level's table.
-/// zstd's own benchmark on 1 MiB blocks of the same text puts level 1 with 2^10 entries 22-25%
-/// faster on SEQ than with 2^13. Higher levels search differently (`dfast` and up) and were not
-/// measured: they keep their tables.
-pub fn hash_log(column: &str, level: i32) -> Option<u32> {
-    match (column, level) {
-        ("seq", 1) => Some(6),
-        ("qual", 1) => Some(8),
+/// ONT qualities are noise: zstd finds no matches in them at any size. The generator's smooth
+/// random-walk qualities repeat at a distance, and there the small table loses, as it may on
+/// binned (NovaSeq-style) qualities; so the file's own sample decides (`LevelTrial`). Read
+/// names, CIGAR and `tags` gain on some inputs and lose up to 28% on others and are not tried.
+/// zstd's own benchmark on 1 MiB blocks puts level 1 with 2^10 entries 22-25% faster on SEQ
+/// than with its 2^13.
+pub fn small_table(column: &str) -> Option<u32> {
+    match column {
+        "seq" => Some(6),
+        "qual" => Some(8),
         _ => None,
     }
+}
+
+/// What level 1 gave with a column's [`small_table`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableTrial {
+    /// The table's size, log2 of its entries (zstd's `hashLog`).
+    pub hash_log: u32,
+    /// Compressed bytes at level 1 with it.
+    pub bytes_at_1: usize,
 }
 
 /// A column's own level: a number, or `"auto"` (text columns only).
@@ -111,25 +121,27 @@ pub struct LevelTrial {
     pub bytes_at_level: usize,
     /// Compressed bytes at level 1.
     pub bytes_at_1: usize,
+    /// Level 1 with the column's small match table, for SEQ and QUAL (absent in manifests and
+    /// plans written before it was tried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub small_table: Option<TableTrial>,
 }
 
 impl LevelTrial {
-    /// Compresses up to `TRIAL_BYTES` of `text` page by page at level 1 and at `level`, the
-    /// two levels in parallel on the current rayon pool; `None` when there is no text or zstd
-    /// fails.
+    /// Compresses up to `TRIAL_BYTES` of `text` page by page at `level`, at level 1, and at level
+    /// 1 with `column`'s [`small_table`] if it has one, in parallel on the current rayon pool;
+    /// `None` when there is no text or zstd fails.
     ///
     /// The trial runs before the pipeline starts, so its slowest task idles the other cores:
     /// five columns done one per task left one core with the slowest column's two levels.
-    ///
-    /// Each level is tried with the table the writer would give `column` at it ([`hash_log`]).
     pub fn of(column: &str, text: &[u8], level: i32) -> Option<Self> {
         let text = &text[..text.len().min(TRIAL_BYTES)];
         if text.is_empty() {
             return None;
         }
-        let compressed = |level| -> Option<usize> {
+        let compressed = |level, hash_log: Option<u32>| -> Option<usize> {
             let mut compressor = zstd::bulk::Compressor::new(level).ok()?;
-            if let Some(hash_log) = hash_log(column, level) {
+            if let Some(hash_log) = hash_log {
                 compressor
                     .set_parameter(zstd::stream::raw::CParameter::HashLog(hash_log))
                     .ok()?;
@@ -138,22 +150,55 @@ impl LevelTrial {
                 .map(|page| compressor.compress(page).ok().map(|c| c.len()))
                 .sum()
         };
-        let (bytes_at_level, bytes_at_1) = rayon::join(|| compressed(level), || compressed(1));
+        let small = small_table(column);
+        let (bytes_at_level, (bytes_at_1, small_bytes)) = rayon::join(
+            || compressed(level, None),
+            || {
+                rayon::join(
+                    || compressed(1, None),
+                    || small.map(|h| compressed(1, Some(h))),
+                )
+            },
+        );
+        let small_table = match (small, small_bytes) {
+            (Some(hash_log), Some(bytes)) => Some(TableTrial {
+                hash_log,
+                bytes_at_1: bytes?,
+            }),
+            _ => None,
+        };
         Some(Self {
             sample_bytes: text.len(),
             level,
             bytes_at_level: bytes_at_level?,
             bytes_at_1: bytes_at_1?,
+            small_table,
         })
     }
 
-    /// The level `auto` settles on.
+    /// The small table, when it makes level 1 no larger than zstd's own table does.
+    fn small_table_pays(&self) -> Option<TableTrial> {
+        self.small_table
+            .filter(|small| small.bytes_at_1 <= self.bytes_at_1)
+    }
+
+    /// The level `auto` settles on: level 1, with whichever table is smaller, when that is
+    /// within [`AUTO_TOLERANCE`] of `level`.
     pub fn choice(&self) -> i32 {
-        if self.bytes_at_1 as f64 <= self.bytes_at_level as f64 * AUTO_TOLERANCE {
+        let at_1 = self
+            .small_table_pays()
+            .map_or(self.bytes_at_1, |small| small.bytes_at_1);
+        if at_1 as f64 <= self.bytes_at_level as f64 * AUTO_TOLERANCE {
             1
         } else {
             self.level
         }
+    }
+
+    /// The match table `auto` settles on, when not zstd's own for the chosen level.
+    pub fn hash_log(&self) -> Option<u32> {
+        let small = self.small_table_pays()?;
+        (self.choice() == 1).then_some(small.hash_log)
     }
 }
 
@@ -211,6 +256,19 @@ pub fn resolve(
         .collect()
 }
 
+/// The match tables of the columns whose `auto` level trial chose level 1 with a small table;
+/// every other column keeps zstd's table for its level.
+pub fn hash_logs(
+    levels: &BTreeMap<String, ColumnLevel>,
+    trials: &BTreeMap<String, LevelTrial>,
+) -> BTreeMap<String, u32> {
+    levels
+        .iter()
+        .filter(|(_, level)| matches!(level, ColumnLevel::Auto(_)))
+        .filter_map(|(column, _)| Some((column.clone(), trials.get(column)?.hash_log()?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +279,56 @@ mod tests {
             level: 3,
             bytes_at_level,
             bytes_at_1,
+            small_table: None,
         }
+    }
+
+    fn with_small_table(trial: LevelTrial, bytes_at_1: usize) -> LevelTrial {
+        let small_table = Some(TableTrial {
+            hash_log: 8,
+            bytes_at_1,
+        });
+        LevelTrial {
+            small_table,
+            ..trial
+        }
+    }
+
+    #[test]
+    fn a_small_table_is_taken_only_where_level_1_is_no_larger_with_it() {
+        // Smaller with the small table: level 1 with it.
+        let smaller = with_small_table(trial(100, 105), 95);
+        assert_eq!((smaller.choice(), smaller.hash_log()), (1, Some(8)));
+        // Larger with it (smooth or binned qualities): zstd's own table.
+        let larger = with_small_table(trial(100, 105), 106);
+        assert_eq!((larger.choice(), larger.hash_log()), (1, None));
+        // The small table can bring level 1 within the tolerance of level 3...
+        let within = with_small_table(trial(100, 115), 108);
+        assert_eq!((within.choice(), within.hash_log()), (1, Some(8)));
+        // ...and when level 3 still wins, level 3 keeps its own table.
+        let beaten = with_small_table(trial(100, 130), 120);
+        assert_eq!((beaten.choice(), beaten.hash_log()), (3, None));
+    }
+
+    #[test]
+    fn only_auto_columns_get_a_small_table() {
+        let levels = BTreeMap::from([
+            ("qual".to_owned(), ColumnLevel::AUTO),
+            ("seq".to_owned(), ColumnLevel::Level(1)),
+        ]);
+        let trials = BTreeMap::from([
+            ("qual".to_owned(), with_small_table(trial(100, 105), 95)),
+            ("seq".to_owned(), with_small_table(trial(100, 105), 95)),
+        ]);
+        let tables = hash_logs(&levels, &trials);
+        assert_eq!(tables, BTreeMap::from([("qual".to_owned(), 8)]));
+    }
+
+    #[test]
+    fn old_trials_without_a_small_table_still_read() {
+        let old = r#"{"sample_bytes":10,"level":3,"bytes_at_level":50,"bytes_at_1":52}"#;
+        let trial: LevelTrial = serde_json::from_str(old).unwrap();
+        assert_eq!((trial.small_table, trial.choice()), (None, 1));
     }
 
     #[test]
@@ -289,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn the_trial_gives_level_1_the_table_the_writer_gives_it() {
+    fn the_trial_tries_the_small_table_on_seq_and_qual_only() {
         let text = overlapping_reads();
         let sample = &text[..TRIAL_BYTES];
         let level_1_own_table: usize = sample
@@ -298,13 +405,16 @@ mod tests {
             .sum();
         let seq = LevelTrial::of("seq", &text, 3).unwrap();
         let cigar = LevelTrial::of("cigar", &text, 3).unwrap();
-        assert_eq!(cigar.bytes_at_1, level_1_own_table);
-        // The small table is what makes level 1 the smaller on such text.
-        assert!(
-            seq.bytes_at_1 < level_1_own_table,
-            "{seq:?} vs {level_1_own_table}"
+        assert_eq!(cigar.small_table, None);
+        assert_eq!(
+            (seq.bytes_at_1, cigar.bytes_at_1),
+            (level_1_own_table, level_1_own_table)
         );
-        assert_eq!(seq.bytes_at_level, cigar.bytes_at_level);
+        // On overlapping reads the near matches are the ones worth finding.
+        let small = seq.small_table.unwrap();
+        assert_eq!(small.hash_log, 6);
+        assert!(small.bytes_at_1 < level_1_own_table, "{seq:?}");
+        assert_eq!(seq.hash_log(), Some(6));
     }
 
     #[test]

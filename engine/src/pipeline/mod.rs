@@ -227,10 +227,15 @@ impl ConvertOptions {
         }
     }
 
-    fn write_options(&self, column_zstd_levels: BTreeMap<String, i32>) -> WriteOptions {
+    fn write_options(
+        &self,
+        column_zstd_levels: BTreeMap<String, i32>,
+        column_zstd_hash_logs: BTreeMap<String, u32>,
+    ) -> WriteOptions {
         WriteOptions {
             zstd_level: self.zstd_level,
             column_zstd_levels,
+            column_zstd_hash_logs,
             part_records: self.part_records,
             row_group_rows: self.row_group_rows,
             row_group_bytes: self.row_group_bytes,
@@ -896,7 +901,8 @@ fn convert_on(
         &profile.level_trials,
         |column| written.iter().any(|c| c == column),
     );
-    let write = options.write_options(levels);
+    let hash_logs = compression::hash_logs(&options.column_zstd_levels, &profile.level_trials);
+    let write = options.write_options(levels, hash_logs);
     let full_hash = std::sync::Mutex::new(None);
     let build = Build {
         reading: Reading {
@@ -1300,6 +1306,7 @@ fn manifest(
         filters: options.filters.describe(),
         zstd_level: options.zstd_level,
         column_zstd_levels: write.column_zstd_levels.clone(),
+        column_zstd_hash_logs: write.column_zstd_hash_logs.clone(),
         profile,
         resumes: checkpoint.resumes,
         started: dataset::timestamp(started),

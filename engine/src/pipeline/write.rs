@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 
 use super::busy::{BusyStage, BusyTimes};
 use super::cells::{Cutter, RowGroupLimits, CELL_ROWS};
-use super::compression;
 use super::encode::ColumnEncoders;
 use super::part_file::{Finished, PartFile};
 use crate::durable::{self, DurableError};
@@ -112,16 +111,19 @@ fn zstd(level: i32, hash_log: Option<u32>) -> Result<Compression, WriteError> {
     Ok(Compression::ZSTD(zstd))
 }
 
-/// Sets each column's own level, and the table [`compression::hash_log`] gives it at that
-/// level, on every Parquet leaf under the column's name (a promoted list column's values are a
-/// leaf below it). `dir` names the output in an error.
+/// Sets each column's own level, and its own match table if it has one, on every Parquet leaf
+/// under the column's name (a promoted list column's values are a leaf below it). `dir` names
+/// the output in an error.
 fn column_levels(
     mut builder: WriterPropertiesBuilder,
     schema: &Schema,
-    default_level: i32,
-    levels: &BTreeMap<String, i32>,
+    options: &WriteOptions,
     dir: &Path,
 ) -> Result<WriterPropertiesBuilder, WriteError> {
+    let (levels, hash_logs) = (&options.column_zstd_levels, &options.column_zstd_hash_logs);
+    if levels.is_empty() && hash_logs.is_empty() {
+        return Ok(builder);
+    }
     let descriptor = ArrowSchemaConverter::new()
         .convert(schema)
         .map_err(|source| WriteError::Parquet {
@@ -133,10 +135,9 @@ fn column_levels(
             continue;
         };
         let own_level = levels.get(column).copied();
-        let level = own_level.unwrap_or(default_level);
-        let hash_log = compression::hash_log(column, level);
+        let hash_log = hash_logs.get(column).copied();
         if own_level.is_some() || hash_log.is_some() {
-            let codec = zstd(level, hash_log)?;
+            let codec = zstd(own_level.unwrap_or(options.zstd_level), hash_log)?;
             builder = builder.set_column_compression(leaf.path().clone(), codec);
         }
     }
@@ -149,6 +150,9 @@ pub struct WriteOptions {
     pub zstd_level: i32,
     /// Levels of single columns, by output column name; they win over `zstd_level`.
     pub column_zstd_levels: BTreeMap<String, i32>,
+    /// zstd match-table sizes (log2 of the entries) of single columns, where the level trial
+    /// found a small table pays (`compression::small_table`); the others keep their level's.
+    pub column_zstd_hash_logs: BTreeMap<String, u32>,
     /// Input records per part (the checkpoint unit).
     pub part_records: u64,
     /// Row groups close at whichever limit comes first: rows, or Arrow bytes of the rows'
@@ -270,14 +274,7 @@ impl ParquetSink {
             let column = ColumnPath::from(*column);
             builder = builder.set_column_statistics_enabled(column, EnabledStatistics::None);
         }
-        let properties = column_levels(
-            builder,
-            &schema,
-            options.zstd_level,
-            &options.column_zstd_levels,
-            dir,
-        )?
-        .build();
+        let properties = column_levels(builder, &schema, options, dir)?.build();
         Ok(Self {
             dir: dir.to_owned(),
             schema,
@@ -639,41 +636,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seq_and_qual_at_level_1_get_a_small_match_table() {
+    fn columns_get_their_own_level_and_match_table() {
         let text = |name| Field::new(name, DataType::Utf8, true);
         let schema = Schema::new(vec![text("seq"), text("qual"), text("qname")]);
-        let codecs = |default_level, levels: &[(&str, i32)]| {
-            let levels = levels.iter().map(|&(c, l)| (c.to_owned(), l)).collect();
-            let builder = WriterProperties::builder().set_compression(Compression::UNCOMPRESSED);
-            let properties =
-                column_levels(builder, &schema, default_level, &levels, Path::new("out"))
-                    .unwrap()
-                    .build();
-            ["seq", "qual", "qname"].map(|c| properties.compression(&ColumnPath::from(c)))
+        let options = WriteOptions {
+            zstd_level: 1,
+            column_zstd_levels: BTreeMap::from([("qual".to_owned(), 1), ("qname".to_owned(), 3)]),
+            column_zstd_hash_logs: BTreeMap::from([("seq".to_owned(), 6), ("qual".to_owned(), 8)]),
+            part_records: 1,
+            row_group_rows: 1,
+            row_group_bytes: 1,
+            row_groups_in_flight: 1,
         };
-        let level_1 = ZstdLevel::try_new(1).unwrap();
-        let level_1_table = |hash_log| Compression::ZSTD(level_1.with_hash_log(hash_log).unwrap());
-
-        // SEQ at the default level, QUAL and read names at their own.
-        assert_eq!(
-            codecs(1, &[("qual", 1), ("qname", 1)]),
-            [
-                level_1_table(6),
-                level_1_table(8),
-                Compression::ZSTD(level_1)
-            ]
-        );
-        // Other levels keep their own tables, and a column without a level of its own keeps
-        // the default codec.
-        let level_3 = Compression::ZSTD(ZstdLevel::try_new(3).unwrap());
-        assert_eq!(
-            codecs(3, &[("qual", 3)]),
-            [
-                Compression::UNCOMPRESSED,
-                level_3,
-                Compression::UNCOMPRESSED
-            ]
-        );
+        let builder = WriterProperties::builder().set_compression(Compression::UNCOMPRESSED);
+        let properties = column_levels(builder, &schema, &options, Path::new("out"))
+            .unwrap()
+            .build();
+        let codec = |c| properties.compression(&ColumnPath::from(c));
+        let level = |level| ZstdLevel::try_new(level).unwrap();
+        // SEQ at the default level with its table, QUAL at its own level with its table.
+        let seq = Compression::ZSTD(level(1).with_hash_log(6).unwrap());
+        assert_eq!(codec("seq"), seq);
+        let qual = Compression::ZSTD(level(1).with_hash_log(8).unwrap());
+        assert_eq!(codec("qual"), qual);
+        assert_eq!(codec("qname"), Compression::ZSTD(level(3)));
     }
 
     fn sink(dir: &Path, part_records: u64, row_group_rows: usize) -> ParquetSink {
@@ -690,6 +676,7 @@ mod tests {
         let options = WriteOptions {
             zstd_level: 3,
             column_zstd_levels: BTreeMap::new(),
+            column_zstd_hash_logs: BTreeMap::new(),
             part_records,
             row_group_rows,
             row_group_bytes: 1 << 30,

@@ -353,7 +353,8 @@ fn columns_have_their_own_zstd_levels_and_the_manifest_says_so() {
 /// `auto` (the default on every text column) keeps level 1 where a trial on the file's first
 /// records finds it no more than 10% larger. QUAL shows both outcomes: level 1 on the
 /// generator's Illumina-like qualities, level 3 on its smooth random-walk long-read qualities,
-/// where level 3 is far smaller.
+/// where level 3 is far smaller. SEQ and QUAL also try level 1 with a small match table and
+/// keep it where it is no larger: SEQ's overlapping short reads take it.
 #[test]
 fn auto_levels_follow_the_trial_on_the_files_own_columns() {
     let dir = TestDir::new();
@@ -362,21 +363,33 @@ fn auto_levels_follow_the_trial_on_the_files_own_columns() {
         max_read_length: 60_000,
         ..Spec::new(DataKind::Long, 150, 5)
     });
-    for (bam, expected) in [(short, 1), (long, 3)] {
+    for (bam, expected) in [(short.clone(), 1), (long, 3)] {
         let out = dir.path(&format!("{}.d", bam.display()));
         convert_ok(&bam, &out, &[]);
         let manifest = manifest(&out);
         let trials = manifest["profile"]["level_trials"].as_object().unwrap();
         let columns: Vec<&str> = trials.keys().map(String::as_str).collect();
         assert_eq!(columns, ["cigar", "qname", "qual", "seq", "tags"]);
-        // Each column's level is the trial's choice.
+        // Each column's level, and its table, are the trial's choice.
         for (column, trial) in trials {
             let at_level = trial["bytes_at_level"].as_f64().unwrap();
-            let at_1 = trial["bytes_at_1"].as_f64().unwrap();
+            let own_table = trial["bytes_at_1"].as_f64().unwrap();
+            let small = &trial["small_table"];
+            assert_eq!(small.is_null(), !["seq", "qual"].contains(&column.as_str()));
+            let small_bytes = small["bytes_at_1"].as_f64().filter(|&b| b <= own_table);
+            let at_1 = small_bytes.unwrap_or(own_table);
             assert_eq!(trial["level"], 3);
             let choice = if at_1 <= at_level * 1.10 { 1 } else { 3 };
             assert_eq!(
                 manifest["column_zstd_levels"][column], choice,
+                "{column}: {trial}"
+            );
+            let table = small_bytes
+                .filter(|_| choice == 1)
+                .map(|_| &small["hash_log"]);
+            assert_eq!(
+                manifest["column_zstd_hash_logs"].get(column),
+                table,
                 "{column}: {trial}"
             );
         }
@@ -386,7 +399,8 @@ fn auto_levels_follow_the_trial_on_the_files_own_columns() {
             "{}",
             bam.display()
         );
-        // Where the trial kept level 3, level 1 on the whole file is larger beyond the tolerance.
+        // Where the trial kept level 3, level 1 on the whole file is larger beyond the tolerance;
+        // where it kept level 1 with zstd's own table, a fixed level 1 gives the same bytes.
         let forced = dir.path(&format!("{}.one", bam.display()));
         convert_ok(&bam, &forced, &["--column-zstd-level", "qual=1"]);
         let auto_bytes: i64 = chunk_sizes(&out, "qual").iter().sum();
@@ -396,10 +410,19 @@ fn auto_levels_follow_the_trial_on_the_files_own_columns() {
                 one_bytes as f64 > auto_bytes as f64 * 1.1,
                 "{one_bytes} vs {auto_bytes}"
             );
-        } else {
+        } else if manifest["column_zstd_hash_logs"].get("qual").is_none() {
             assert_eq!(one_bytes, auto_bytes);
         }
     }
+    // SEQ of the short reads took the small table, and the whole column is smaller for it
+    // than at a fixed level 1 with zstd's own.
+    let out = dir.path(&format!("{}.d", short.display()));
+    assert_eq!(manifest(&out)["column_zstd_hash_logs"]["seq"], 6);
+    let forced = dir.path(&format!("{}.seq", short.display()));
+    convert_ok(&short, &forced, &["--column-zstd-level", "seq=1"]);
+    let small: i64 = chunk_sizes(&out, "seq").iter().sum();
+    let own: i64 = chunk_sizes(&forced, "seq").iter().sum();
+    assert!(small < own, "{small} vs {own}");
 }
 
 #[test]
