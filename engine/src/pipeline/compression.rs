@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 pub const AUTO_TOLERANCE: f64 = 1.10;
 /// Parquet compresses one data page at a time; the trial compresses the same way.
 const PAGE_BYTES: usize = 1 << 20;
-/// Column text a trial compresses at most: two pages at levels 1 and 3 take 20-40 ms.
+/// Column text a trial compresses at most: two pages at levels 1 and 3 took 20-40 ms; columns
+/// with a [`small_table`] compress them once more, in parallel with the others.
 const TRIAL_BYTES: usize = 2 * PAGE_BYTES;
 /// Files smaller than this get no trial and their `auto` columns level 1. Below it the trial
 /// compresses about as much text as the whole conversion, twice: on 1.7 MB files of 11,500
@@ -49,8 +50,8 @@ pub const TRIAL_MIN_FILE_BYTES: u64 = TRIAL_BYTES as u64;
 ///
 /// | table | SEQ | QUAL |
 /// |---|---|---|
-/// | 2^6  | −16.6% / −2.8% / −5.8% | −3.1% / −1.9% / 0 |
-/// | 2^8  | −11.5% / −2.3% / −4.6%; −15.7% | −4.4% / −1.5% / 0; **+5.9%** |
+/// | 2^6  | −16.6% / −2.8% / −5.8%; −15.7% | −3.1% / −1.9% / 0 |
+/// | 2^8  | −11.5% / −2.3% / −4.6% | −4.4% / −1.5% / 0; **+5.9%** |
 /// | 2^10 | −7.8% / −1.5% / −2.4% | −3.7% / −0.4% / 0 |
 ///
 /// ONT qualities are noise: zstd finds no matches in them at any size. The generator's smooth
