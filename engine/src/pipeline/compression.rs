@@ -161,29 +161,27 @@ impl LevelTrial {
                 .map(|page| compressor.compress(page).ok().map(|c| c.len()))
                 .sum()
         };
-        let small = small_table(column);
-        let (bytes_at_level, (bytes_at_1, small_bytes)) = rayon::join(
-            || compressed(level, None),
-            || {
-                rayon::join(
-                    || compressed(1, None),
-                    || small.map(|h| compressed(1, Some(h))),
-                )
-            },
-        );
-        let small_table = match (small, small_bytes) {
-            (Some(hash_log), Some(bytes)) => Some(TableTrial {
+        // `Some(None)`: the column has no small table to try; `None`: zstd failed.
+        let with_small_table = || -> Option<Option<TableTrial>> {
+            let Some(hash_log) = small_table(column) else {
+                return Some(None);
+            };
+            let bytes_at_1 = compressed(1, Some(hash_log))?;
+            Some(Some(TableTrial {
                 hash_log,
-                bytes_at_1: bytes?,
-            }),
-            _ => None,
+                bytes_at_1,
+            }))
         };
+        let (bytes_at_level, (bytes_at_1, small_table)) = rayon::join(
+            || compressed(level, None),
+            || rayon::join(|| compressed(1, None), with_small_table),
+        );
         Some(Self {
             sample_bytes: text.len(),
             level,
             bytes_at_level: bytes_at_level?,
             bytes_at_1: bytes_at_1?,
-            small_table,
+            small_table: small_table?,
         })
     }
 
