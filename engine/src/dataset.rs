@@ -174,6 +174,10 @@ pub struct Manifest {
     /// trial chose; absent when none did.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub column_zstd_hash_logs: std::collections::BTreeMap<String, u32>,
+    /// Columns whose level-1 zstd coded literals only (its target length), as the level trial
+    /// chose; absent when none did.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub column_zstd_target_lengths: std::collections::BTreeMap<String, u32>,
     /// What the profile found, and the batch plan.
     pub profile: Profile,
     /// Times the conversion continued from a checkpoint after an interruption.

@@ -231,11 +231,13 @@ impl ConvertOptions {
         &self,
         column_zstd_levels: BTreeMap<String, i32>,
         column_zstd_hash_logs: BTreeMap<String, u32>,
+        column_zstd_target_lengths: BTreeMap<String, u32>,
     ) -> WriteOptions {
         WriteOptions {
             zstd_level: self.zstd_level,
             column_zstd_levels,
             column_zstd_hash_logs,
+            column_zstd_target_lengths,
             part_records: self.part_records,
             row_group_rows: self.row_group_rows,
             row_group_bytes: self.row_group_bytes,
@@ -902,7 +904,9 @@ fn convert_on(
         |column| written.iter().any(|c| c == column),
     );
     let hash_logs = compression::hash_logs(&options.column_zstd_levels, &profile.level_trials);
-    let write = options.write_options(levels, hash_logs);
+    let target_lengths =
+        compression::target_lengths(&options.column_zstd_levels, &profile.level_trials);
+    let write = options.write_options(levels, hash_logs, target_lengths);
     let full_hash = std::sync::Mutex::new(None);
     let build = Build {
         reading: Reading {
@@ -1307,6 +1311,7 @@ fn manifest(
         zstd_level: options.zstd_level,
         column_zstd_levels: write.column_zstd_levels.clone(),
         column_zstd_hash_logs: write.column_zstd_hash_logs.clone(),
+        column_zstd_target_lengths: write.column_zstd_target_lengths.clone(),
         profile,
         resumes: checkpoint.resumes,
         started: dataset::timestamp(started),

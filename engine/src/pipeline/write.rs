@@ -98,30 +98,59 @@ pub enum WriteError {
     InvalidZstdLevel(i32),
     #[error("zstd hash log {0} is outside 6..=30")]
     InvalidZstdHashLog(u32),
+    #[error("zstd target length {0} is over 131072")]
+    InvalidZstdTargetLength(u32),
 }
 
-/// The zstd codec at `level`, with zstd's match-finder table at `2^hash_log` entries if given.
-fn zstd(level: i32, hash_log: Option<u32>) -> Result<Compression, WriteError> {
-    let mut zstd = ZstdLevel::try_new(level).map_err(|_| WriteError::InvalidZstdLevel(level))?;
-    if let Some(hash_log) = hash_log {
-        zstd = zstd
-            .with_hash_log(hash_log)
-            .map_err(|_| WriteError::InvalidZstdHashLog(hash_log))?;
+/// A column's zstd settings: its level, and the parameters the level trial set beyond it.
+#[derive(Clone, Copy, Debug)]
+struct ColumnZstd {
+    level: i32,
+    hash_log: Option<u32>,
+    target_length: Option<u32>,
+}
+
+impl ColumnZstd {
+    /// The level alone, with zstd's own parameters for it.
+    fn level(level: i32) -> Self {
+        Self {
+            level,
+            hash_log: None,
+            target_length: None,
+        }
     }
-    Ok(Compression::ZSTD(zstd))
+
+    fn codec(self) -> Result<Compression, WriteError> {
+        let level = self.level;
+        let mut zstd =
+            ZstdLevel::try_new(level).map_err(|_| WriteError::InvalidZstdLevel(level))?;
+        if let Some(hash_log) = self.hash_log {
+            zstd = zstd
+                .with_hash_log(hash_log)
+                .map_err(|_| WriteError::InvalidZstdHashLog(hash_log))?;
+        }
+        if let Some(target_length) = self.target_length {
+            zstd = zstd
+                .with_target_length(target_length)
+                .map_err(|_| WriteError::InvalidZstdTargetLength(target_length))?;
+        }
+        Ok(Compression::ZSTD(zstd))
+    }
 }
 
-/// Sets each column's own level, and its own match table if it has one, on every Parquet leaf
-/// under the column's name (a promoted list column's values are a leaf below it). `dir` names
-/// the output in an error.
+/// Sets each column's own level, match table and target length, where it has them, on every
+/// Parquet leaf under the column's name (a promoted list column's values are a leaf below it).
+/// `dir` names the output in an error.
 fn column_levels(
     mut builder: WriterPropertiesBuilder,
     schema: &Schema,
     options: &WriteOptions,
     dir: &Path,
 ) -> Result<WriterPropertiesBuilder, WriteError> {
-    let (levels, hash_logs) = (&options.column_zstd_levels, &options.column_zstd_hash_logs);
-    if levels.is_empty() && hash_logs.is_empty() {
+    let levels = &options.column_zstd_levels;
+    let hash_logs = &options.column_zstd_hash_logs;
+    let target_lengths = &options.column_zstd_target_lengths;
+    if levels.is_empty() && hash_logs.is_empty() && target_lengths.is_empty() {
         return Ok(builder);
     }
     let descriptor = ArrowSchemaConverter::new()
@@ -135,10 +164,13 @@ fn column_levels(
             continue;
         };
         let own_level = levels.get(column).copied();
-        let hash_log = hash_logs.get(column).copied();
-        if own_level.is_some() || hash_log.is_some() {
-            let codec = zstd(own_level.unwrap_or(options.zstd_level), hash_log)?;
-            builder = builder.set_column_compression(leaf.path().clone(), codec);
+        let zstd = ColumnZstd {
+            hash_log: hash_logs.get(column).copied(),
+            target_length: target_lengths.get(column).copied(),
+            ..ColumnZstd::level(own_level.unwrap_or(options.zstd_level))
+        };
+        if own_level.is_some() || zstd.hash_log.is_some() || zstd.target_length.is_some() {
+            builder = builder.set_column_compression(leaf.path().clone(), zstd.codec()?);
         }
     }
     Ok(builder)
@@ -153,6 +185,9 @@ pub struct WriteOptions {
     /// zstd match-table sizes (log2 of the entries) of single columns, where the level trial
     /// found a small table pays (`compression::small_table`); the others keep their level's.
     pub column_zstd_hash_logs: BTreeMap<String, u32>,
+    /// zstd target lengths of single columns, where the level trial found literals only pay
+    /// (`compression::literals_only`); the others keep their level's.
+    pub column_zstd_target_lengths: BTreeMap<String, u32>,
     /// Input records per part (the checkpoint unit).
     pub part_records: u64,
     /// Row groups close at whichever limit comes first: rows, or Arrow bytes of the rows'
@@ -254,7 +289,7 @@ impl ParquetSink {
         busy: Arc<BusyTimes>,
     ) -> Result<Self, WriteError> {
         let mut builder = WriterProperties::builder()
-            .set_compression(zstd(options.zstd_level, None)?)
+            .set_compression(ColumnZstd::level(options.zstd_level).codec()?)
             // Dictionary encoding pays off only on [`DICTIONARY_COLUMNS`]; on read names, bases
             // and qualities it costs time, then falls back anyway.
             .set_dictionary_enabled(false)
@@ -636,13 +671,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn columns_get_their_own_level_and_match_table() {
+    fn columns_get_their_own_level_and_match_search() {
         let text = |name| Field::new(name, DataType::Utf8, true);
         let schema = Schema::new(vec![text("seq"), text("qual"), text("qname")]);
         let options = WriteOptions {
             zstd_level: 1,
             column_zstd_levels: BTreeMap::from([("qual".to_owned(), 1), ("qname".to_owned(), 3)]),
             column_zstd_hash_logs: BTreeMap::from([("seq".to_owned(), 6), ("qual".to_owned(), 8)]),
+            column_zstd_target_lengths: BTreeMap::from([("qname".to_owned(), 1 << 17)]),
             part_records: 1,
             row_group_rows: 1,
             row_group_bytes: 1,
@@ -659,7 +695,8 @@ mod tests {
         assert_eq!(codec("seq"), seq);
         let qual = Compression::ZSTD(level(1).with_hash_log(8).unwrap());
         assert_eq!(codec("qual"), qual);
-        assert_eq!(codec("qname"), Compression::ZSTD(level(3)));
+        let qname = Compression::ZSTD(level(3).with_target_length(1 << 17).unwrap());
+        assert_eq!(codec("qname"), qname);
     }
 
     fn sink(dir: &Path, part_records: u64, row_group_rows: usize) -> ParquetSink {
@@ -677,6 +714,7 @@ mod tests {
             zstd_level: 3,
             column_zstd_levels: BTreeMap::new(),
             column_zstd_hash_logs: BTreeMap::new(),
+            column_zstd_target_lengths: BTreeMap::new(),
             part_records,
             row_group_rows,
             row_group_bytes: 1 << 30,

@@ -353,8 +353,9 @@ fn columns_have_their_own_zstd_levels_and_the_manifest_says_so() {
 /// `auto` (the default on every text column) keeps level 1 where a trial on the file's first
 /// records finds it no more than 10% larger. QUAL shows both outcomes: level 1 on the
 /// generator's Illumina-like qualities, level 3 on its smooth random-walk long-read qualities,
-/// where level 3 is far smaller. All but CIGAR also try level 1 with a small match table and
-/// keep it where it is no larger: SEQ's overlapping short reads take it.
+/// where level 3 is far smaller. All but CIGAR also try level 1 with a small match table, and
+/// SEQ and QUAL with literals only, and keep the smallest: SEQ's overlapping short reads take
+/// the small table, the long reads' SEQ (no overlaps) literals only.
 #[test]
 fn auto_levels_follow_the_trial_on_the_files_own_columns() {
     let dir = TestDir::new();
@@ -363,33 +364,49 @@ fn auto_levels_follow_the_trial_on_the_files_own_columns() {
         max_read_length: 60_000,
         ..Spec::new(DataKind::Long, 150, 5)
     });
-    for (bam, expected) in [(short.clone(), 1), (long, 3)] {
+    for (bam, expected) in [(short.clone(), 1), (long.clone(), 3)] {
         let out = dir.path(&format!("{}.d", bam.display()));
         convert_ok(&bam, &out, &[]);
         let manifest = manifest(&out);
         let trials = manifest["profile"]["level_trials"].as_object().unwrap();
         let columns: Vec<&str> = trials.keys().map(String::as_str).collect();
         assert_eq!(columns, ["cigar", "qname", "qual", "seq", "tags"]);
-        // Each column's level, and its table, are the trial's choice.
+        // Each column's level, and how level 1 searches for matches, are the trial's choice:
+        // the smallest of zstd's own table, the small table and literals only (the faster on a
+        // tie), and level 1 only within 10% of level 3.
         for (column, trial) in trials {
             let at_level = trial["bytes_at_level"].as_f64().unwrap();
-            let own_table = trial["bytes_at_1"].as_f64().unwrap();
             let small = &trial["small_table"];
             assert_eq!(small.is_null(), column == "cigar");
-            let small_bytes = small["bytes_at_1"].as_f64().filter(|&b| b <= own_table);
-            let at_1 = small_bytes.unwrap_or(own_table);
+            let literals = &trial["literals_only"];
+            assert_eq!(
+                literals.is_null(),
+                !["seq", "qual"].contains(&column.as_str())
+            );
+            let mut at_1 = (trial["bytes_at_1"].as_f64().unwrap(), "own");
+            if let Some(bytes) = small["bytes_at_1"].as_f64().filter(|&b| b <= at_1.0) {
+                at_1 = (bytes, "small");
+            }
+            if let Some(bytes) = literals.as_f64().filter(|&b| b <= at_1.0) {
+                at_1 = (bytes, "literals");
+            }
             assert_eq!(trial["level"], 3);
-            let choice = if at_1 <= at_level * 1.10 { 1 } else { 3 };
+            let choice = if at_1.0 <= at_level * 1.10 { 1 } else { 3 };
             assert_eq!(
                 manifest["column_zstd_levels"][column], choice,
                 "{column}: {trial}"
             );
-            let table = small_bytes
-                .filter(|_| choice == 1)
-                .map(|_| &small["hash_log"]);
+            let search = if choice == 1 { at_1.1 } else { "own" };
+            let table = (search == "small").then(|| &small["hash_log"]);
             assert_eq!(
                 manifest["column_zstd_hash_logs"].get(column),
                 table,
+                "{column}: {trial}"
+            );
+            let target_length = manifest["column_zstd_target_lengths"].get(column);
+            assert_eq!(
+                target_length.and_then(|t| t.as_u64()),
+                (search == "literals").then_some(1 << 17),
                 "{column}: {trial}"
             );
         }
@@ -410,7 +427,9 @@ fn auto_levels_follow_the_trial_on_the_files_own_columns() {
                 one_bytes as f64 > auto_bytes as f64 * 1.1,
                 "{one_bytes} vs {auto_bytes}"
             );
-        } else if manifest["column_zstd_hash_logs"].get("qual").is_none() {
+        } else if manifest["column_zstd_hash_logs"].get("qual").is_none()
+            && manifest["column_zstd_target_lengths"].get("qual").is_none()
+        {
             assert_eq!(one_bytes, auto_bytes);
         }
     }
@@ -423,6 +442,14 @@ fn auto_levels_follow_the_trial_on_the_files_own_columns() {
     let small: i64 = chunk_sizes(&out, "seq").iter().sum();
     let own: i64 = chunk_sizes(&forced, "seq").iter().sum();
     assert!(small < own, "{small} vs {own}");
+    // SEQ of the long reads took literals only, and is smaller for it too.
+    let out = dir.path(&format!("{}.d", long.display()));
+    assert_eq!(manifest(&out)["column_zstd_target_lengths"]["seq"], 1 << 17);
+    let forced = dir.path(&format!("{}.seq", long.display()));
+    convert_ok(&long, &forced, &["--column-zstd-level", "seq=1"]);
+    let literals: i64 = chunk_sizes(&out, "seq").iter().sum();
+    let own: i64 = chunk_sizes(&forced, "seq").iter().sum();
+    assert!(literals < own, "{literals} vs {own}");
 }
 
 #[test]

@@ -545,12 +545,25 @@ mod zstd_codec {
     impl ZSTDCodec {
         /// Creates new Zstandard compression codec.
         pub(crate) fn new(level: ZstdLevel) -> Self {
+            use zstd::stream::raw::CParameter;
             let mut compressor = zstd::bulk::Compressor::new(level.compression_level())
                 .expect("valid zstd compression level");
             if let Some(hash_log) = level.hash_log() {
                 compressor
-                    .set_parameter(zstd::stream::raw::CParameter::HashLog(hash_log))
+                    .set_parameter(CParameter::HashLog(hash_log))
                     .expect("valid zstd hash log");
+            }
+            if let Some(target_length) = level.target_length() {
+                // Under the `fast` strategy zstd stores literals raw once a target length is
+                // set; the point here is fewer matches, not unencoded literals.
+                compressor
+                    .set_parameter(CParameter::TargetLength(target_length))
+                    .and_then(|()| {
+                        compressor.set_parameter(CParameter::LiteralCompressionMode(
+                            zstd::zstd_safe::ParamSwitch::Enable,
+                        ))
+                    })
+                    .expect("valid zstd target length");
             }
             Self {
                 compressor,
@@ -602,21 +615,40 @@ mod zstd_codec {
 #[cfg(any(feature = "zstd", test))]
 pub use zstd_codec::*;
 
-/// Represents a valid zstd compression level, and optionally the log2 size of the
-/// compressor's hash table (`ZSTD_c_hashLog`), which otherwise follows from the level.
+/// Represents a valid zstd compression level, and optionally two of the compressor's
+/// parameters that otherwise follow from the level: the log2 size of its hash table
+/// (`ZSTD_c_hashLog`) and its target length (`ZSTD_c_targetLength`).
 #[derive(Eq, PartialEq, Hash, Clone, Copy)]
-pub struct ZstdLevel(i32, Option<u32>);
+pub struct ZstdLevel(i32, ZstdTuning);
 
 impl std::fmt::Debug for ZstdLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.1 {
-            None => f.debug_tuple("ZstdLevel").field(&self.0).finish(),
-            Some(hash_log) => f
-                .debug_tuple("ZstdLevel")
-                .field(&self.0)
-                .field(&hash_log)
-                .finish(),
+        let mut level = f.debug_tuple("ZstdLevel");
+        level.field(&self.0);
+        if self.1 != ZstdTuning::default() {
+            level.field(&self.1);
         }
+        level.finish()
+    }
+}
+
+/// The parameters set on a [`ZstdLevel`] beyond the level; `None` is the level's own.
+#[derive(Default, Eq, PartialEq, Hash, Clone, Copy)]
+struct ZstdTuning {
+    hash_log: Option<u32>,
+    target_length: Option<u32>,
+}
+
+impl std::fmt::Debug for ZstdTuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut tuning = f.debug_struct("ZstdTuning");
+        if let Some(hash_log) = self.hash_log {
+            tuning.field("hash_log", &hash_log);
+        }
+        if let Some(target_length) = self.target_length {
+            tuning.field("target_length", &target_length);
+        }
+        tuning.finish()
     }
 }
 
@@ -624,6 +656,8 @@ impl std::fmt::Debug for ZstdLevel {
 const ZSTD_HASH_LOG_MIN: u32 = 6;
 /// `ZSTD_HASHLOG_MAX`: 30 on every target (the smaller of 30 and the largest window log).
 const ZSTD_HASH_LOG_MAX: u32 = 30;
+/// `ZSTD_TARGETLENGTH_MAX` (`ZSTD_BLOCKSIZE_MAX`).
+const ZSTD_TARGET_LENGTH_MAX: u32 = 1 << 17;
 
 impl CompressionLevel<i32> for ZstdLevel {
     // zstd binds to C, and hence zstd::compression_level_range() is not const as this calls the
@@ -637,7 +671,7 @@ impl ZstdLevel {
     ///
     /// Compression levels must be valid (i.e. be acceptable for [`zstd::compression_level_range`]).
     pub fn try_new(level: i32) -> Result<Self> {
-        Self::is_valid_level(level).map(|()| Self(level, None))
+        Self::is_valid_level(level).map(|()| Self(level, ZstdTuning::default()))
     }
 
     /// Returns the compression level.
@@ -650,7 +684,11 @@ impl ZstdLevel {
     /// short repeats, such as sequencing qualities, that is both faster and smaller.
     pub fn with_hash_log(self, hash_log: u32) -> Result<Self> {
         if (ZSTD_HASH_LOG_MIN..=ZSTD_HASH_LOG_MAX).contains(&hash_log) {
-            Ok(Self(self.0, Some(hash_log)))
+            let tuning = ZstdTuning {
+                hash_log: Some(hash_log),
+                ..self.1
+            };
+            Ok(Self(self.0, tuning))
         } else {
             Err(ParquetError::General(format!(
                 "valid zstd hash log is between {ZSTD_HASH_LOG_MIN} and {ZSTD_HASH_LOG_MAX}, got {hash_log}"
@@ -660,13 +698,37 @@ impl ZstdLevel {
 
     /// Returns the hash log set with [`Self::with_hash_log`], if any.
     pub fn hash_log(&self) -> Option<u32> {
-        self.1
+        self.1.hash_log
+    }
+
+    /// The same level with the compressor's target length (`ZSTD_c_targetLength`,
+    /// 0..=131072) set, and literals still Huffman-coded. At levels whose strategy is `fast`
+    /// (level 1 and below) it is the distance between the positions where a match is looked
+    /// for: fewer matches, found faster. On text with few matches worth their cost, such as
+    /// sequencing qualities, that is both faster and smaller; elsewhere it costs ratio.
+    pub fn with_target_length(self, target_length: u32) -> Result<Self> {
+        if target_length <= ZSTD_TARGET_LENGTH_MAX {
+            let tuning = ZstdTuning {
+                target_length: Some(target_length),
+                ..self.1
+            };
+            Ok(Self(self.0, tuning))
+        } else {
+            Err(ParquetError::General(format!(
+                "valid zstd target length is at most {ZSTD_TARGET_LENGTH_MAX}, got {target_length}"
+            )))
+        }
+    }
+
+    /// Returns the target length set with [`Self::with_target_length`], if any.
+    pub fn target_length(&self) -> Option<u32> {
+        self.1.target_length
     }
 }
 
 impl Default for ZstdLevel {
     fn default() -> Self {
-        Self(1, None)
+        Self(1, ZstdTuning::default())
     }
 }
 
