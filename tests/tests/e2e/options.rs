@@ -320,7 +320,18 @@ fn columns_have_their_own_zstd_levels_and_the_manifest_says_so() {
         manifest["column_zstd_levels"],
         serde_json::json!({"qual": 1})
     );
-    let (all_one, _) = run("one", &["--tags", "MD:Z", "--zstd-level", "1"]);
+    // QUAL pinned here too: left `auto`, the generator's qualities may take literals only.
+    let (all_one, _) = run(
+        "one",
+        &[
+            "--tags",
+            "MD:Z",
+            "--zstd-level",
+            "1",
+            "--column-zstd-level",
+            "qual=1",
+        ],
+    );
     let (all_three, manifest) = run(
         "three",
         &["--tags", "MD:Z", "--column-zstd-level", "qual=3"],
@@ -354,8 +365,8 @@ fn columns_have_their_own_zstd_levels_and_the_manifest_says_so() {
 /// records finds it no more than 10% larger. QUAL shows both outcomes: level 1 on the
 /// generator's Illumina-like qualities, level 3 on its smooth random-walk long-read qualities,
 /// where level 3 is far smaller. All but CIGAR also try level 1 with a small match table, and
-/// SEQ and QUAL with literals only, and keep the smallest: SEQ's overlapping short reads take
-/// the small table, the long reads' SEQ (no overlaps) literals only.
+/// SEQ and QUAL with literals only (kept within 5% of the smaller table): SEQ's overlapping
+/// short reads take the small table, the long reads' SEQ (no overlaps) literals only.
 #[test]
 fn auto_levels_follow_the_trial_on_the_files_own_columns() {
     let dir = TestDir::new();
@@ -372,8 +383,8 @@ fn auto_levels_follow_the_trial_on_the_files_own_columns() {
         let columns: Vec<&str> = trials.keys().map(String::as_str).collect();
         assert_eq!(columns, ["cigar", "qname", "qual", "seq", "tags"]);
         // Each column's level, and how level 1 searches for matches, are the trial's choice:
-        // the smallest of zstd's own table, the small table and literals only (the faster on a
-        // tie), and level 1 only within 10% of level 3.
+        // the smaller of zstd's own table and the small table, literals only within 5% of it,
+        // and level 1 only within 10% of level 3.
         for (column, trial) in trials {
             let at_level = trial["bytes_at_level"].as_f64().unwrap();
             let small = &trial["small_table"];
@@ -387,7 +398,7 @@ fn auto_levels_follow_the_trial_on_the_files_own_columns() {
             if let Some(bytes) = small["bytes_at_1"].as_f64().filter(|&b| b <= at_1.0) {
                 at_1 = (bytes, "small");
             }
-            if let Some(bytes) = literals.as_f64().filter(|&b| b <= at_1.0) {
+            if let Some(bytes) = literals.as_f64().filter(|&b| b <= at_1.0 * 1.05) {
                 at_1 = (bytes, "literals");
             }
             assert_eq!(trial["level"], 3);
