@@ -44,6 +44,7 @@ fn main() -> ExitCode {
     }
     bamflow_engine::heap::limit_arenas();
     bamflow_engine::heap::fix_mmap_threshold();
+    bamflow_engine::heap::raise_trim_threshold();
     // The daemon reports each file it takes; one-shot commands speak only when asked.
     let default_level = if matches!(cli.command, Command::Daemon { .. }) {
         "info"
