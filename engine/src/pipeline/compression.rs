@@ -259,8 +259,10 @@ impl LevelTrial {
         best
     }
 
-    /// The level `auto` settles on: level 1, searched for matches as [`Self::best_at_1`]
-    /// says, when that is within [`AUTO_TOLERANCE`] of `level`.
+    /// The level `auto` settles on: level 1, searched for matches the way [`match_search`]
+    /// reports, when that is within [`AUTO_TOLERANCE`] of `level`.
+    ///
+    /// [`match_search`]: Self::match_search
     pub fn choice(&self) -> i32 {
         let (at_1, _) = self.best_at_1();
         if at_1 as f64 <= self.bytes_at_level as f64 * AUTO_TOLERANCE {
@@ -270,8 +272,9 @@ impl LevelTrial {
         }
     }
 
-    /// How the chosen level searches for matches: level 1 as [`Self::best_at_1`] says, a
-    /// higher level with zstd's own table.
+    /// How the chosen level searches for matches. At level 1: the smaller of zstd's own table
+    /// and the small table, or literals only within [`LITERALS_TOLERANCE`] of that; at a
+    /// higher level, zstd's own table.
     pub fn match_search(&self) -> MatchSearch {
         match self.choice() {
             1 => self.best_at_1().1,
