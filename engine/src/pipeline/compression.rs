@@ -555,17 +555,22 @@ mod tests {
         assert_eq!(trials["seq"].level, 3);
     }
 
-    /// SEQ of sorted reads: 150-base windows every 37 bases of one random genome.
-    fn overlapping_reads() -> Vec<u8> {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let genome: Vec<u8> = (0..600_000)
+    /// `len` random bases (xorshift from `seed`).
+    fn random_bases(seed: u64, len: usize) -> Vec<u8> {
+        let mut state = seed;
+        (0..len)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
                 b"ACGT"[(state >> 33) as usize % 4]
             })
-            .collect();
+            .collect()
+    }
+
+    /// SEQ of sorted reads: 150-base windows every 37 bases of one random genome.
+    fn overlapping_reads() -> Vec<u8> {
+        let genome = random_bases(0x2545_f491_4f6c_dd1d, 600_000);
         (0..genome.len() - 150)
             .step_by(37)
             .flat_map(|start| &genome[start..start + 150])
@@ -598,15 +603,7 @@ mod tests {
     #[test]
     fn the_trial_tries_literals_only_on_bases_and_qualities() {
         // Bases with no overlaps: Huffman coding alone beats every match zstd finds.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let bases: Vec<u8> = (0..TRIAL_BYTES)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                b"ACGT"[(state >> 33) as usize % 4]
-            })
-            .collect();
+        let bases = random_bases(0x9e37_79b9_7f4a_7c15, TRIAL_BYTES);
         let seq = LevelTrial::of("seq", &bases, 3).unwrap();
         let literals = seq.literals_only.unwrap();
         assert!(literals < seq.bytes_at_1, "{seq:?}");
