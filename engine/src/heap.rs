@@ -55,10 +55,10 @@ pub fn limit_arenas() -> bool {
 /// and keeps twice that free at the top of the heap. Long reads make decoded columns of a few
 /// MiB whose sizes vary batch to batch; once the threshold had risen past them they came from
 /// the heap, and peak RSS kept climbing over a run: 80 k generated long reads (up to 300 kbp)
-/// peaked at 194-209 MB against 168-175 MB for 20 k. Fixed at 4 MiB (which also keeps the
-/// heap's trim threshold at glibc's 128 KiB, until [`raise_trim_threshold`]), 182-186 MB (3 runs each, 2 cores), for about 1.3
-/// s more system time in a 28 s run; short and unaligned reads showed no difference in time
-/// or RSS (3-5 alternating runs). Below 4 MiB every batch-sized buffer is mapped and faulted
+/// peaked at 194-209 MB against 168-175 MB for 20 k. Fixed at 4 MiB (which also pinned the
+/// heap's trim threshold at glibc's 128 KiB, until [`raise_trim_threshold`]), 182-186 MB (3
+/// runs each, 2 cores), for about 1.3 s more system time in a 28 s run; short and unaligned
+/// reads showed no difference in time or RSS (3-5 alternating runs). Below 4 MiB every batch-sized buffer is mapped and faulted
 /// in afresh: at 1 MiB, 11 s of system time instead of 5 in the same run.
 const MMAP_THRESHOLD: i32 = 4 << 20;
 
@@ -82,9 +82,9 @@ pub fn fix_mmap_threshold() -> bool {
 /// and a row group's buffers, freed together at the top of the heap, were handed back and
 /// faulted in again for the next row group: about half of a conversion's system time. At 16
 /// MiB, shared-bench inputs (2 cores, 2-3 alternating runs each) converted with 45-55% less
-/// system time and 7-9% less wall time (unaligned 1.32 → 1.22 s, 2 M short 1.64 → 1.49 s, long
-/// 1.84 → 1.68 s) for 7-10 MB more peak RSS; 8 MiB saved less and 32-64 MiB little more for up
-/// to 20 MB. [`row_group_written`]'s periodic `malloc_trim` still returns everything free, so
+/// system time and 5-10% less wall time (unaligned 1.23 → 1.15 s, 2 M short 1.64 → 1.49 s,
+/// long 1.84 → 1.68 s) for 5-10 MB more peak RSS (80 k generated long reads 170 → 176 MB);
+/// 8 MiB saved less, and 32-64 MiB little more for up to 20 MB. [`row_group_written`]'s periodic `malloc_trim` still returns everything free, so
 /// this bounds only what is held between two trims.
 const TRIM_THRESHOLD: i32 = 16 << 20;
 
