@@ -244,42 +244,47 @@ impl LevelTrial {
         })
     }
 
-    /// How level 1 searches for matches, and its bytes so: the smaller of zstd's own table
-    /// and the small table (the small one on a tie: it is faster), or literals only where they
-    /// are within [`LITERALS_TOLERANCE`] of that.
-    fn best_at_1(&self) -> (usize, MatchSearch) {
-        let mut best = (self.bytes_at_1, MatchSearch::OwnTable);
-        if let Some(small) = self.small_table.filter(|small| small.bytes_at_1 <= best.0) {
-            best = (small.bytes_at_1, MatchSearch::SmallTable(small.hash_log));
-        }
-        let within = |bytes: &usize| *bytes as f64 <= best.0 as f64 * LITERALS_TOLERANCE;
-        if let Some(bytes) = self.literals_only.filter(within) {
-            best = (bytes, MatchSearch::LiteralsOnly);
-        }
-        best
+    /// The smaller of zstd's own table and the small table at level 1 (the small one on a
+    /// tie: it is faster), with its bytes.
+    fn table_at_1(&self) -> (usize, MatchSearch) {
+        let own = (self.bytes_at_1, MatchSearch::OwnTable);
+        self.small_table
+            .filter(|small| small.bytes_at_1 <= own.0)
+            .map_or(own, |small| {
+                (small.bytes_at_1, MatchSearch::SmallTable(small.hash_log))
+            })
     }
 
-    /// The level `auto` settles on: level 1, searched for matches the way [`match_search`]
-    /// reports, when that is within [`AUTO_TOLERANCE`] of `level`.
+    /// How level 1 searches for matches, when level 1 is within [`AUTO_TOLERANCE`] of `level`:
+    /// the fastest way that is, literals only where they are also within
+    /// [`LITERALS_TOLERANCE`] of the smaller table, else that table. `None`: `level` it is.
+    fn level_1_search(&self) -> Option<MatchSearch> {
+        let within_level =
+            |bytes: usize| bytes as f64 <= self.bytes_at_level as f64 * AUTO_TOLERANCE;
+        let (table_bytes, table) = self.table_at_1();
+        let literals = self.literals_only.filter(|&bytes| {
+            bytes as f64 <= table_bytes as f64 * LITERALS_TOLERANCE && within_level(bytes)
+        });
+        match literals {
+            Some(_) => Some(MatchSearch::LiteralsOnly),
+            None => within_level(table_bytes).then_some(table),
+        }
+    }
+
+    /// The level `auto` settles on: level 1 when one of its ways of searching for matches
+    /// ([`match_search`]) is within [`AUTO_TOLERANCE`] of `level`, else `level`.
     ///
     /// [`match_search`]: Self::match_search
     pub fn choice(&self) -> i32 {
-        let (at_1, _) = self.best_at_1();
-        if at_1 as f64 <= self.bytes_at_level as f64 * AUTO_TOLERANCE {
-            1
-        } else {
-            self.level
-        }
+        self.level_1_search().map_or(self.level, |_| 1)
     }
 
-    /// How the chosen level searches for matches. At level 1: the smaller of zstd's own table
-    /// and the small table, or literals only within [`LITERALS_TOLERANCE`] of that; at a
-    /// higher level, zstd's own table.
+    /// How the chosen level searches for matches. At level 1: literals only where they are
+    /// within [`LITERALS_TOLERANCE`] of the smaller of zstd's own table and the small table
+    /// (and within [`AUTO_TOLERANCE`] of `level`), else that table; at a higher level, zstd's
+    /// own table.
     pub fn match_search(&self) -> MatchSearch {
-        match self.choice() {
-            1 => self.best_at_1().1,
-            _ => MatchSearch::OwnTable,
-        }
+        self.level_1_search().unwrap_or(MatchSearch::OwnTable)
     }
 
     /// The match table `auto` settles on, when not zstd's own for the chosen level.
@@ -463,6 +468,10 @@ mod tests {
         // Larger than zstd's own table (overlapping reads' bases), with no small table tried.
         let overlapping = literals(trial(100, 95), 300);
         assert_eq!(search(overlapping), (1, MatchSearch::OwnTable));
+        // Literals only within 5% of the table but not within 10% of level 3, the table within
+        // it: level 1 with the table, not level 3.
+        let table_only = literals(with_small_table(trial(100, 115), 108), 112);
+        assert_eq!(search(table_only), (1, MatchSearch::SmallTable(8)));
         // Level 3 far smaller than any way of level 1: level 3 with its own search.
         let beaten = literals(with_small_table(trial(100, 130), 125), 120);
         assert_eq!(search(beaten), (3, MatchSearch::OwnTable));
