@@ -274,21 +274,18 @@ fn push_fixed(out: &mut Vec<u8>, value: f32) -> bool {
     }
     let mut text = itoa::Buffer::new();
     let text = text.format(digits).as_bytes();
-    let (whole, fraction) = if exponent >= 0 {
-        text.split_at(exponent as usize + 1)
-    } else {
-        out.extend_from_slice(b"0");
-        (&[][..], text)
-    };
-    out.extend_from_slice(whole);
-    let zeros = if exponent < 0 { -exponent - 1 } else { 0 } as usize;
-    let fraction =
-        &fraction[..fraction.len() - fraction.iter().rev().take_while(|&&d| d == b'0').count()];
-    if !fraction.is_empty() {
+    let start = out.len();
+    if exponent >= 0 {
+        let (whole, fraction) = text.split_at(exponent as usize + 1);
+        out.extend_from_slice(whole);
         out.push(b'.');
-        out.extend(std::iter::repeat_n(b'0', zeros));
         out.extend_from_slice(fraction);
+    } else {
+        out.extend_from_slice(b"0.");
+        out.extend(std::iter::repeat_n(b'0', (-exponent - 1) as usize));
+        out.extend_from_slice(text);
     }
+    trim_fraction(out, start);
     true
 }
 
