@@ -159,12 +159,28 @@ pub fn check_first_frame(file: &Input) -> Result<(), BgzfError> {
 
 /// One compressed frame as read from the file.
 #[derive(Default)]
-struct Frame {
-    offset: u64,
+pub(super) struct Frame {
+    pub(super) offset: u64,
     /// The whole frame, header through trailer.
-    bytes: Vec<u8>,
+    pub(super) bytes: Vec<u8>,
     /// Where the deflate data starts within `bytes`.
     data_start: usize,
+}
+
+impl Frame {
+    /// The inflated size its trailer claims (ISIZE), checked against the BGZF maximum so that
+    /// nothing is sized from a corrupt trailer.
+    pub(super) fn inflated_size(&self) -> Result<usize, BgzfError> {
+        let trailer = &self.bytes[self.bytes.len() - TRAILER_LEN..];
+        let size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]) as usize;
+        if size > MAX_BLOCK_SIZE {
+            return Err(BgzfError::Corrupt {
+                offset: self.offset,
+                reason: "ISIZE exceeds 65536",
+            });
+        }
+        Ok(size)
+    }
 }
 
 /// One inflated block and where its frame starts in the file.
@@ -174,14 +190,20 @@ pub struct Block {
 }
 
 /// Reads frames sequentially from a file.
-struct FrameReader<R> {
+pub(super) struct FrameReader<R> {
     inner: R,
-    offset: u64,
+    /// Compressed offset of the next frame.
+    pub(super) offset: u64,
 }
 
 impl<R: Read> FrameReader<R> {
+    /// Reads frames from `inner`, which is positioned at compressed `offset`.
+    pub(super) fn new(inner: R, offset: u64) -> Self {
+        Self { inner, offset }
+    }
+
     /// Reads the next frame into `frame`; `Ok(false)` at a clean end of file.
-    fn read_frame(&mut self, frame: &mut Frame) -> Result<bool, BgzfError> {
+    pub(super) fn read_frame(&mut self, frame: &mut Frame) -> Result<bool, BgzfError> {
         let offset = self.offset;
         frame.offset = offset;
         grow_to(&mut frame.bytes, FIXED_HEADER_LEN);
@@ -297,20 +319,21 @@ fn inflate(
     decompressor: &mut Decompressor,
     out: &mut Vec<u8>,
 ) -> Result<(), BgzfError> {
+    // Not cleared first: a recycled buffer keeps its length, so this zero-fills only growth.
+    out.resize(frame.inflated_size()?, 0);
+    inflate_into(frame, decompressor, out)
+}
+
+/// Inflates one frame into `out`, which is exactly its ISIZE long, checking the CRC32.
+pub(super) fn inflate_into(
+    frame: &Frame,
+    decompressor: &mut Decompressor,
+    out: &mut [u8],
+) -> Result<(), BgzfError> {
     let offset = frame.offset;
     let bytes = &frame.bytes;
     let trailer = &bytes[bytes.len() - TRAILER_LEN..];
     let crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    let size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]) as usize;
-    if size > MAX_BLOCK_SIZE {
-        return Err(BgzfError::Corrupt {
-            offset,
-            reason: "ISIZE exceeds 65536",
-        });
-    }
-
-    // Not cleared first: a recycled buffer keeps its length, so this zero-fills only growth.
-    out.resize(size, 0);
     let compressed = &bytes[frame.data_start..bytes.len() - TRAILER_LEN];
     let n = decompressor
         .deflate_decompress(compressed, out)
@@ -321,7 +344,7 @@ fn inflate(
                 DecompressionError::InsufficientSpace => "inflates to more than ISIZE",
             },
         })?;
-    if n != size {
+    if n != out.len() {
         return Err(BgzfError::Corrupt {
             offset,
             reason: "inflates to less than ISIZE",
@@ -398,7 +421,7 @@ impl<R: Read> BlockReader<R> {
     /// occupies a pool worker while it waits for I/O.
     pub fn new(inner: R, offset: u64, pool: Arc<ThreadPool>) -> Self {
         Self {
-            frames: FrameReader { inner, offset },
+            frames: FrameReader::new(inner, offset),
             pool,
             pending: None,
             frame_pool: Vec::new(),
@@ -704,7 +727,7 @@ impl<R: Read> BgzfStream<R> {
     }
 }
 
-fn pack(compressed_offset: u64, uncompressed_offset: usize) -> VirtualPosition {
+pub(super) fn pack(compressed_offset: u64, uncompressed_offset: usize) -> VirtualPosition {
     // Offsets within a block are below 65536 by construction, and BGZF files are far below
     // 2^48 bytes, so this never truncates.
     VirtualPosition::from((compressed_offset << 16) | uncompressed_offset as u64)

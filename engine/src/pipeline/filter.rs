@@ -615,6 +615,9 @@ impl FilterChain {
     /// The first filter's failure, naming the filter and the batch's first record.
     pub fn apply(&self, batch: &mut RawBatch, keep: &mut Vec<u8>) -> Result<Vec<u64>, FilterError> {
         let mut dropped = Vec::with_capacity(self.filters.len());
+        if !self.filters.is_empty() {
+            batch.compact();
+        }
         for filter in &self.filters {
             if batch.is_empty() {
                 dropped.push(0);

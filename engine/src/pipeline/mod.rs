@@ -32,17 +32,20 @@ mod encode;
 pub mod filter;
 #[doc(hidden)]
 pub mod header;
+mod in_place;
 mod part_file;
 pub mod profile;
 mod read;
 #[doc(hidden)]
 pub mod region;
+mod runs;
 mod sam_text;
 pub mod scan;
 pub mod schema;
 #[doc(hidden)]
 pub mod source;
 pub mod split;
+mod walk;
 #[doc(hidden)]
 pub mod write;
 
@@ -78,7 +81,8 @@ use crate::input::{Input, SMALL_READ_AHEAD};
 /// part that failed.
 const WRITE_ATTEMPTS: u32 = 3;
 
-/// Raw, decompressed records in one buffer (SAMv1 §4.2 layout, without `block_size`).
+/// Raw, decompressed records in one buffer (SAMv1 §4.2 layout): as they were inflated, each
+/// behind its `block_size`, or back to back without it.
 #[derive(Clone, Debug, Default)]
 pub struct RawBatch {
     /// Position of this batch in the file's sequence of batches.
@@ -89,10 +93,14 @@ pub struct RawBatch {
     pub start: VirtualPosition,
     /// Virtual position just after the last record.
     pub end: VirtualPosition,
-    /// The records' bytes, back to back.
+    /// The records' bytes, in order.
     pub data: Vec<u8>,
-    /// Record `i` is `data[offsets[i]..offsets[i + 1]]`; starts with 0.
+    /// Record `i` is `data[offsets[i]..offsets[i + 1]]`, after its `block_size` when
+    /// `prefixed`.
     pub offsets: Vec<u32>,
+    /// Whether each record is still behind its 4-byte `block_size`, as it was inflated (the
+    /// conversion frames records where they were inflated); [`RawBatch::compact`] removes them.
+    pub prefixed: bool,
 }
 
 impl RawBatch {
@@ -101,6 +109,7 @@ impl RawBatch {
         self.data.clear();
         self.offsets.clear();
         self.offsets.push(0);
+        self.prefixed = false;
     }
 
     /// Number of records.
@@ -111,6 +120,15 @@ impl RawBatch {
     /// Whether it holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes before each record that are not its own.
+    fn prefix(&self) -> usize {
+        if self.prefixed {
+            4
+        } else {
+            0
+        }
     }
 
     /// Keeps the records whose `keep` byte is 1, in order, moving them to the front of the
@@ -129,13 +147,42 @@ impl RawBatch {
         }
         self.data.truncate(write);
         self.offsets.truncate(kept);
+        if let Some(first) = self.offsets.first_mut() {
+            *first = 0;
+        }
+    }
+
+    /// Moves the records back to back to the front of the buffer without their `block_size`
+    /// fields: the layout filters are given (DESIGN §7). Filtering is the only step that
+    /// needs it, so only filtered conversions pay for the copy, on the workers.
+    pub fn compact(&mut self) {
+        let prefix = self.prefix();
+        let Some(&first) = self.offsets.first() else {
+            return;
+        };
+        if prefix == 0 && first == 0 {
+            return;
+        }
+        let (mut start, mut write) = (first as usize, 0);
+        for i in 0..self.len() {
+            let end = self.offsets[i + 1] as usize;
+            self.data.copy_within(start + prefix..end, write);
+            self.offsets[i] = write as u32;
+            write += end - start - prefix;
+            start = end;
+        }
+        let len = self.len();
+        self.offsets[len] = write as u32;
+        self.data.truncate(write);
+        self.prefixed = false;
     }
 
     /// The records' bytes, in order.
     pub fn records(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        let prefix = self.prefix();
         self.offsets
             .windows(2)
-            .map(|w| &self.data[w[0] as usize..w[1] as usize])
+            .map(move |w| &self.data[w[0] as usize + prefix..w[1] as usize])
     }
 }
 
@@ -1466,6 +1513,49 @@ pub(crate) mod tests {
             batch.offsets.push(batch.data.len() as u32);
         }
         batch
+    }
+
+    /// Records as they were inflated: each behind its `block_size`, after `head` bytes of the
+    /// record before.
+    fn prefixed_batch(records: &[Vec<u8>], head: usize) -> RawBatch {
+        let mut batch = RawBatch {
+            data: vec![0xee; head],
+            offsets: vec![head as u32],
+            prefixed: true,
+            ..RawBatch::default()
+        };
+        for record in records {
+            batch
+                .data
+                .extend_from_slice(&(record.len() as u32).to_le_bytes());
+            batch.data.extend_from_slice(record);
+            batch.offsets.push(batch.data.len() as u32);
+        }
+        batch
+    }
+
+    #[test]
+    fn a_batch_framed_in_place_compacts_to_the_plugin_layout() {
+        let records: Vec<Vec<u8>> = (0..5)
+            .map(|i| RecordBuilder::new(format!("read{i}{}", "x".repeat(i)).as_bytes()).build())
+            .collect();
+        let mut batch = prefixed_batch(&records, 17);
+        assert!(batch.records().eq(records.iter().map(Vec::as_slice)));
+        batch.compact();
+        assert!(!batch.prefixed);
+        assert_eq!(batch.data, records.concat());
+        assert!(batch.records().eq(records.iter().map(Vec::as_slice)));
+        assert!(bamflow_plugin_api::Batch::new(&batch.data, &batch.offsets).is_ok());
+        // Compacting again changes nothing.
+        let before = batch.clone();
+        batch.compact();
+        assert_eq!((batch.data, batch.offsets), (before.data, before.offsets));
+        // Retaining keeps each record's prefix and starts the buffer at 0.
+        let mut batch = prefixed_batch(&records, 3);
+        batch.retain(&[0, 1, 0, 1, 1]);
+        let kept: Vec<&[u8]> = batch.records().collect();
+        assert_eq!(kept, [&records[1][..], &records[3], &records[4]]);
+        assert_eq!(batch.offsets[0], 0);
     }
 
     #[test]

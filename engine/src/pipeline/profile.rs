@@ -87,7 +87,8 @@ pub struct BatchPlan {
     pub window: usize,
     /// Raw record bytes after which a batch closes.
     pub max_bytes: usize,
-    /// Records after which a batch closes, from the sampled mean record size.
+    /// About how many records a batch holds, from the sampled mean record size; batches close
+    /// at it only when `batch_records` fixes it (otherwise their bytes close them).
     pub max_records: usize,
 }
 

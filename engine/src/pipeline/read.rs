@@ -13,14 +13,16 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use noodles_bgzf::VirtualPosition;
 use rayon::ThreadPool;
 
-use super::bgzf::{BgzfStream, BlockReader};
+use super::bgzf::{BgzfError, BgzfStream, BlockReader};
 use super::busy::{BusyStage, BusyTimes, SerialThread};
 use super::decode::Decoder;
 use super::filter::{FilterChain, FilterError};
 use super::header;
+use super::in_place::{InPlaceSource, RunPlan};
 use super::profile::BatchPlan;
 use super::region::Span;
-use super::source::{BatchLimits, RecordSource};
+use super::runs::RunReader;
+use super::source::BatchLimits;
 use super::write::Chunk;
 use super::{ConvertError, ConvertOptions, Observer, Progress, RawBatch, Stage, StageError};
 use crate::checkpoint::{self, CheckpointError};
@@ -54,7 +56,13 @@ impl Reading<'_> {
     /// chunks on in record order. Returns the progress made.
     pub fn stream(&self, from: Position, out: Sender<Chunk>) -> Result<Progress, ConvertError> {
         let window = self.plan.window;
-        let limits = self.plan.limits(self.options.part_records);
+        let mut limits = self.plan.limits(self.options.part_records);
+        if self.options.batch_records.is_none() {
+            // A batch is a run of inflated blocks, closed by its bytes. The plan's record count
+            // comes from a sample's mean size, and closing on it too would cut most runs short
+            // a few records before their end, copying the rest into a batch of its own.
+            limits.max_records = usize::MAX;
+        }
         let (raw_tx, raw_rx) = bounded(window);
         // The only RawBatch buffers there will ever be: the reader waits for one to come back.
         let (free_tx, free_rx) = bounded(2 * window);
@@ -87,18 +95,27 @@ impl Reading<'_> {
         &self,
         from: Position,
         hash: Option<&Arc<FullHash>>,
-    ) -> Result<RecordSource<HashedFile>, ConvertError> {
+    ) -> Result<InPlaceSource<HashedFile>, ConvertError> {
         if from.record == 0 {
             // Just after the header, as the profile found it; the header is not parsed again.
             if let Some(source) = self.open_at(self.records_start, 0, hash)? {
                 return Ok(source);
             }
-            // A position at the very end (a file without records) is not inside a block.
             tracing::debug!(path = %self.input.display(), "Reading the header again to find the first record.");
-            let mut stream = self.stream_at(0, hash)?;
+            let blocks = BlockReader::new(self.file_at(0, None)?, 0, Arc::clone(self.pool));
+            let mut stream = BgzfStream::new(blocks);
             header::read_header(&mut stream, self.options.header_limits())
                 .map_err(|e| ConvertError::from_header(self.input, e))?;
-            return Ok(RecordSource::new(stream, 0, self.options.max_record_bytes));
+            let start = stream
+                .virtual_position()
+                .map_err(|e| ConvertError::from_bgzf(self.input, e))?;
+            return self.open_at(start, 0, hash)?.ok_or_else(|| {
+                let error = BgzfError::Corrupt {
+                    offset: start.compressed(),
+                    reason: "the first record is not where the header ends",
+                };
+                ConvertError::from_bgzf(self.input, error)
+            });
         }
         let position = VirtualPosition::from(from.virtual_offset);
         self.open_at(position, from.record, hash)?.ok_or_else(|| {
@@ -123,15 +140,21 @@ impl Reading<'_> {
         position: VirtualPosition,
         record: u64,
         hash: Option<&Arc<FullHash>>,
-    ) -> Result<Option<RecordSource<HashedFile>>, ConvertError> {
-        let mut stream = self.stream_at(position.compressed(), hash)?;
-        let found = stream
-            .seek_in_first_block(position)
-            .map_err(|e| ConvertError::from_bgzf(self.input, e))?;
-        Ok(found.then(|| RecordSource::new(stream, record, self.options.max_record_bytes)))
+    ) -> Result<Option<InPlaceSource<HashedFile>>, ConvertError> {
+        let start = position.compressed();
+        let runs = RunReader::new(self.file_at(start, hash)?, start, Arc::clone(self.pool))
+            .with_busy(Arc::clone(self.busy))
+            .walking(self.options.max_record_bytes);
+        let plan = RunPlan {
+            bytes: self.plan.max_bytes,
+            depth: self.plan.window,
+            max_record_bytes: self.options.max_record_bytes,
+        };
+        InPlaceSource::open(runs, position, record, plan)
+            .map_err(|e| ConvertError::from_source(self.input, e))
     }
 
-    /// A BGZF stream over the input from compressed offset `start` (a block boundary).
+    /// The input from compressed offset `start` (a block boundary).
     ///
     /// Buffered reads, not a memory map: a `memmap2` reader measured the same (3 alternating
     /// runs each on the shared-bench short and long inputs, 2 cores: reader busy 0.10-0.19 s
@@ -140,20 +163,22 @@ impl Reading<'_> {
     ///
     /// With `hash`, every byte read also goes into the input's full SHA-256, which has read
     /// the file up to `start`.
-    fn stream_at(
+    fn file_at(
         &self,
         start: u64,
         hash: Option<&Arc<FullHash>>,
-    ) -> Result<BgzfStream<HashedFile>, ConvertError> {
+    ) -> Result<HashedFile, ConvertError> {
         let fail = |stage, source: StageError| ConvertError::new(self.input, stage, source);
         let file = Input::open(self.input)
             .map_err(|e| fail(Stage::Open, e.into()))?
             .reader_from(start, self.read_ahead())
             .map_err(|e| fail(Stage::Read, e.into()))?;
-        let file = HashedFile::new(file, start, hash.cloned(), Some(Arc::clone(self.busy)));
-        let reader =
-            BlockReader::new(file, start, Arc::clone(self.pool)).with_busy(Arc::clone(self.busy));
-        Ok(BgzfStream::new(reader))
+        Ok(HashedFile::new(
+            file,
+            start,
+            hash.cloned(),
+            Some(Arc::clone(self.busy)),
+        ))
     }
 
     /// How far a remote input is read ahead of the reader: a quarter of the batch memory, so
@@ -404,7 +429,7 @@ impl Feed<'_> {
     /// Sends batches from `source` until it ends; `Ok(false)` when the decoder stopped.
     fn drain(
         &mut self,
-        source: &mut RecordSource<HashedFile>,
+        source: &mut InPlaceSource<HashedFile>,
         limits: BatchLimits,
         input: &Path,
     ) -> Result<bool, ConvertError> {

@@ -55,6 +55,32 @@ pub struct BatchLimits {
     pub part_records: u64,
 }
 
+/// Checks a record's `block_size` (of 1-based `record`, in the block at compressed `offset`)
+/// against the fixed fields' 32 bytes and `max_record_bytes`, before anything is sized by it.
+pub(super) fn check_size(
+    size: u32,
+    record: u64,
+    offset: u64,
+    max_record_bytes: usize,
+) -> Result<(), SourceError> {
+    if size < 32 {
+        return Err(SourceError::RecordTooSmall {
+            record,
+            offset,
+            size,
+        });
+    }
+    if size as usize > max_record_bytes {
+        return Err(SourceError::RecordTooLarge {
+            record,
+            offset,
+            size,
+            limit: max_record_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// A record's `block_size` and where it was found, for errors.
 struct Frame {
     size: u32,
@@ -187,22 +213,7 @@ impl<R: Read> RecordSource<R> {
         }
 
         let size = u32::from_le_bytes(size);
-        if size < 32 {
-            return Err(SourceError::RecordTooSmall {
-                record,
-                offset,
-                size,
-            });
-        }
-        if size as usize > self.max_record_bytes {
-            let limit = self.max_record_bytes;
-            return Err(SourceError::RecordTooLarge {
-                record,
-                offset,
-                size,
-                limit,
-            });
-        }
+        check_size(size, record, offset, self.max_record_bytes)?;
         Ok(Some(Frame {
             size,
             record,
