@@ -92,8 +92,8 @@ impl Run {
     /// Whether `position` lies in the run's first block, as where reading starts must.
     pub fn starts_at(&self, position: VirtualPosition) -> Option<usize> {
         let first = self.blocks.first()?;
-        let within = usize::from(position.uncompressed());
-        (first.offset == position.compressed() && within < self.block_bytes(0)).then_some(within)
+        let at = usize::from(position.uncompressed()).checked_sub(first.within)?;
+        (first.offset == position.compressed() && at < self.block_bytes(0)).then_some(at)
     }
 
     /// Moves the bytes from `at` on into a run of their own in `buffer`, with the blocks that
@@ -348,4 +348,147 @@ fn inflate_run(
         run.chain = walk.into_chain();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::pipeline::bgzf::EOF_BLOCK;
+
+    fn pool() -> Arc<ThreadPool> {
+        Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// Runs of about `bytes`, up to three in flight, until the first error.
+    fn read_runs(file: &[u8], bytes: usize) -> (Vec<Run>, Option<BgzfError>) {
+        let mut reader = RunReader::new(file, 0, pool());
+        let mut runs = Vec::new();
+        loop {
+            while reader.in_flight() < 3 && !reader.read_all() {
+                reader.start(Vec::new(), Vec::new(), bytes);
+            }
+            match reader.next() {
+                Ok(Some(run)) => runs.push(run),
+                Ok(None) => return (runs, None),
+                Err(error) => return (runs, Some(error)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_block_ahead_is_reported_after_every_run_before_it() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut writer = noodles_bgzf::io::Writer::new(Vec::new());
+        let (mut starts, mut blocks) = (Vec::new(), Vec::new());
+        for _ in 0..40 {
+            starts.push(writer.virtual_position().compressed());
+            // Random bytes do not compress: one block each.
+            let block: Vec<u8> = (0..60_000)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            writer.write_all(&block).unwrap();
+            writer.flush().unwrap();
+            blocks.push(block);
+        }
+        let mut file = writer.finish().unwrap();
+
+        let (runs, error) = read_runs(&file, 200_000);
+        assert!(error.is_none());
+        // Four blocks a run, and the EOF block in a run of its own.
+        assert_eq!(runs.len(), 11);
+        assert!(runs[10].data.is_empty() && runs[10].blocks.is_empty());
+        assert_eq!(runs[9].end, file.len() as u64 - 28);
+        let all: Vec<u8> = runs.iter().flat_map(|run| run.data.clone()).collect();
+        assert!(all == blocks.concat());
+        assert_eq!(
+            runs[1].blocks[0],
+            BlockStart {
+                at: 0,
+                offset: starts[4],
+                within: 0
+            }
+        );
+
+        // Block 30 (in run 7) gets a wrong CRC32.
+        let start = starts[30] as usize;
+        let size = usize::from(u16::from_le_bytes([file[start + 16], file[start + 17]])) + 1;
+        file[start + size - 8] ^= 0xff;
+        let (runs, error) = read_runs(&file, 200_000);
+        assert_eq!(runs.len(), 7);
+        let all: Vec<u8> = runs.iter().flat_map(|run| run.data.clone()).collect();
+        assert!(all == blocks[..28].concat());
+        assert!(
+            matches!(error, Some(BgzfError::ChecksumMismatch { offset }) if offset == starts[30]),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn an_isize_over_the_bgzf_maximum_is_refused_before_anything_is_sized() {
+        let mut block = EOF_BLOCK;
+        block[24..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let (runs, error) = read_runs(&block, 1 << 20);
+        assert!(runs.is_empty());
+        let error = error.unwrap();
+        assert!(error.to_string().contains("ISIZE exceeds 65536"), "{error}");
+    }
+
+    #[test]
+    fn positions_follow_the_blocks_also_in_a_run_split_mid_block() {
+        let at = |at, offset| BlockStart {
+            at,
+            offset,
+            within: 0,
+        };
+        let run = Run {
+            data: vec![0; 300],
+            blocks: vec![at(0, 1000), at(100, 2000), at(250, 3000)],
+            end: 4000,
+            chain: vec![10, 90, 120, 200, 290],
+            inflated: 300,
+        };
+        let position = |offset: u64, within: u64| VirtualPosition::from((offset << 16) | within);
+        assert_eq!(run.virtual_position(99), position(1000, 99));
+        assert_eq!(
+            run.virtual_position(100),
+            position(2000, 0),
+            "a block's end is the next's start"
+        );
+        assert_eq!(run.block_offset(260), 3000);
+        assert_eq!(run.offset_of(position(2000, 50)), 150);
+        assert_eq!(
+            run.offset_of(position(2000, 500)),
+            250,
+            "past its block: the block's end"
+        );
+        assert_eq!(
+            run.offset_of(position(1500, 0)),
+            100,
+            "between blocks: the next block"
+        );
+        assert_eq!(run.offset_of(position(4000, 0)), usize::MAX);
+        assert_eq!(run.starts_at(position(1000, 99)), Some(99));
+        assert_eq!(run.starts_at(position(1000, 100)), None);
+        assert_eq!(run.starts_at(position(2000, 0)), None);
+
+        let rest = run.split_off(120, Vec::new(), Vec::new());
+        assert_eq!(rest.data.len(), 180);
+        assert_eq!(rest.virtual_position(0), position(2000, 20));
+        assert_eq!(rest.virtual_position(130), position(3000, 0));
+        assert_eq!(rest.offset_of(position(2000, 50)), 30);
+        assert_eq!(rest.starts_at(position(2000, 20)), Some(0));
+        assert_eq!(rest.chain, [0, 80, 170]);
+    }
 }
