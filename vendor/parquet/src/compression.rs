@@ -603,7 +603,13 @@ mod zstd_codec {
         fn compress(&mut self, input_buf: &[u8], output_buf: &mut Vec<u8>) -> Result<()> {
             let offset = output_buf.len();
             let len = zstd::zstd_safe::compress_bound(input_buf.len());
-            output_buf.reserve(len);
+            if offset == 0 && output_buf.capacity() < len {
+                // A new buffer: growing an empty one reallocates, and the allocator copies
+                // all of its old capacity, which holds nothing yet.
+                *output_buf = Vec::with_capacity(len);
+            } else {
+                output_buf.reserve(len);
+            }
 
             let mut cursor = Cursor::new(output_buf);
             cursor.set_position(offset as u64);
