@@ -736,6 +736,7 @@ pub(super) fn pack(compressed_offset: u64, uncompressed_offset: usize) -> Virtua
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::tests::{incompressible_blocks, xorshift};
 
     fn pool() -> Arc<ThreadPool> {
         Arc::new(
@@ -761,13 +762,7 @@ mod tests {
     fn recycled_buffers_reproduce_blocks_of_varying_size() {
         use std::io::Write;
 
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut expected = Vec::new();
         let mut writer = noodles_bgzf::io::Writer::new(Vec::new());
         for _ in 0..300 {
@@ -807,28 +802,9 @@ mod tests {
     /// gets there, after every byte before it, and names that block.
     #[test]
     fn a_bad_block_ahead_is_reported_in_file_order() {
-        use std::io::Write;
-
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut writer = noodles_bgzf::io::Writer::new(Vec::new());
-        let mut starts = Vec::new();
-        let mut blocks = Vec::new();
-        // Random bytes do not compress, so three chunks need about 100 blocks.
-        while starts.len() < 3 * CHUNK_COMPRESSED_BYTES / 60_000 {
-            starts.push(writer.virtual_position().compressed());
-            let block: Vec<u8> = (0..60_000)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
-            writer.write_all(&block).unwrap();
-            writer.flush().unwrap();
-            blocks.push(block);
-        }
-        let mut file = writer.finish().unwrap();
+        // Three chunks need about 100 blocks.
+        let (starts, blocks, mut file) =
+            incompressible_blocks(3 * CHUNK_COMPRESSED_BYTES / 60_000, 60_000);
 
         // A block in the third chunk gets a wrong CRC32.
         let bad = starts

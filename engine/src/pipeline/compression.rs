@@ -566,14 +566,9 @@ mod tests {
 
     /// `len` random bases (xorshift from `seed`).
     fn random_bases(seed: u64, len: usize) -> Vec<u8> {
-        let mut state = seed;
+        let mut next = crate::pipeline::tests::xorshift(seed);
         (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                b"ACGT"[(state >> 33) as usize % 4]
-            })
+            .map(|_| b"ACGT"[(next() >> 33) as usize % 4])
             .collect()
     }
 

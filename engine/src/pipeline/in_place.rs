@@ -364,6 +364,7 @@ mod tests {
     use super::*;
     use crate::pipeline::bgzf::{BgzfStream, BlockReader};
     use crate::pipeline::source::RecordSource;
+    use crate::pipeline::tests::xorshift;
 
     fn pool() -> Arc<rayon::ThreadPool> {
         Arc::new(
@@ -377,13 +378,7 @@ mod tests {
     /// Records of 10 to 3,000 bases and a few of 100,000 (longer than a small run), BGZF
     /// compressed in blocks that end at arbitrary bytes; the records and the file.
     fn input(records: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let records: Vec<Vec<u8>> = (0..records)
             .map(|i| {
                 let bases = if i % 97 == 13 {
@@ -405,14 +400,12 @@ mod tests {
     }
 
     /// BGZF with blocks of varying size (a flush ends a block).
-    fn compress(raw: &[u8], mut state: u64) -> Vec<u8> {
+    fn compress(raw: &[u8], seed: u64) -> Vec<u8> {
+        let mut next = xorshift(seed);
         let mut writer = noodles_bgzf::io::Writer::new(Vec::new());
         let mut at = 0;
         while at < raw.len() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let len = (1 + state % 70_000) as usize;
+            let len = (1 + next() % 70_000) as usize;
             let end = (at + len).min(raw.len());
             writer.write_all(&raw[at..end]).unwrap();
             writer.flush().unwrap();

@@ -1504,6 +1504,38 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// A xorshift64 generator from `seed` (not 0): test data that is random but the same
+    /// every run.
+    pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// `count` BGZF blocks of `len` random bytes each (random bytes do not compress, so each
+    /// write is a block of its own): where each block starts, their bytes, and the file.
+    pub(crate) fn incompressible_blocks(
+        count: usize,
+        len: usize,
+    ) -> (Vec<u64>, Vec<Vec<u8>>, Vec<u8>) {
+        use std::io::Write;
+
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut writer = noodles_bgzf::io::Writer::new(Vec::new());
+        let (mut starts, mut blocks) = (Vec::new(), Vec::new());
+        for _ in 0..count {
+            starts.push(writer.virtual_position().compressed());
+            let block: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            writer.write_all(&block).unwrap();
+            writer.flush().unwrap();
+            blocks.push(block);
+        }
+        (starts, blocks, writer.finish().unwrap())
+    }
+
     /// A raw batch of `records`, as the reader frames them.
     pub(crate) fn raw_batch(records: &[Vec<u8>]) -> RawBatch {
         let mut batch = RawBatch::default();

@@ -352,10 +352,9 @@ fn inflate_run(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
     use crate::pipeline::bgzf::EOF_BLOCK;
+    use crate::pipeline::tests::incompressible_blocks;
 
     fn pool() -> Arc<ThreadPool> {
         Arc::new(
@@ -384,25 +383,7 @@ mod tests {
 
     #[test]
     fn a_bad_block_ahead_is_reported_after_every_run_before_it() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut writer = noodles_bgzf::io::Writer::new(Vec::new());
-        let (mut starts, mut blocks) = (Vec::new(), Vec::new());
-        for _ in 0..40 {
-            starts.push(writer.virtual_position().compressed());
-            // Random bytes do not compress: one block each.
-            let block: Vec<u8> = (0..60_000)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
-            writer.write_all(&block).unwrap();
-            writer.flush().unwrap();
-            blocks.push(block);
-        }
-        let mut file = writer.finish().unwrap();
+        let (starts, blocks, mut file) = incompressible_blocks(40, 60_000);
 
         let (runs, error) = read_runs(&file, 200_000);
         assert!(error.is_none());
