@@ -641,11 +641,6 @@ impl<R: Read> BgzfStream<R> {
         self.consume(n, |bytes| out.extend_from_slice(bytes))
     }
 
-    /// Passes over exactly `n` bytes; returns how many were available if fewer.
-    pub fn skip(&mut self, n: usize) -> Result<Result<(), usize>, BgzfError> {
-        self.consume(n, |_| {})
-    }
-
     /// Hands the next `n` bytes to `sink`, a block's worth at a time; returns how many were
     /// available if fewer.
     fn consume(

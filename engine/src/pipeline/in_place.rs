@@ -100,9 +100,25 @@ impl<R: Read> InPlaceSource<R> {
         self
     }
 
+    /// Moves the end: records from `end` on are not read until it moves again (`None`: to the
+    /// end of the file). A split plan stops at each of its split points in turn.
+    pub fn stop_at(&mut self, end: Option<VirtualPosition>) {
+        self.end = end;
+        self.finished = false;
+    }
+
     /// Index of the next record to be read (0-based), i.e. records read so far.
     pub fn next_record(&self) -> u64 {
         self.next_record
+    }
+
+    /// Virtual position of the next record (the end of the file after the last).
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`SourceError`] when the next run cannot be read.
+    pub fn virtual_position(&mut self) -> Result<VirtualPosition, SourceError> {
+        self.next_position()
     }
 
     /// Frames the next batch of records. The batch's own buffer goes to the runs to come, and
@@ -146,14 +162,16 @@ impl<R: Read> InPlaceSource<R> {
             }
             Stop::SpanEnd => {
                 self.finished = true;
-                let end = if last < run.data.len() {
-                    run.virtual_position(last)
+                if last < run.data.len() {
+                    // The records after the end stay, for a later `stop_at`.
+                    let end = run.virtual_position(last);
+                    self.cut(run, last, batch);
+                    end
                 } else {
+                    self.chains.push(run.chain);
+                    batch.data = run.data;
                     self.next_position()?
-                };
-                self.chains.push(run.chain);
-                batch.data = run.data;
-                end
+                }
             }
             Stop::Limit => {
                 let end = run.virtual_position(last);
@@ -279,7 +297,7 @@ impl<R: Read> InPlaceSource<R> {
     }
 
     /// Ends `batch` at `at`, inside `run`: copies whichever side of the cut is smaller, and
-    /// keeps the records after it for the next batch.
+    /// keeps the records after it for the next batch (or a later span).
     fn cut(&mut self, run: Run, at: usize, batch: &mut RawBatch) {
         let first = batch.offsets.first().map_or(0, |&first| first as usize);
         let mut buffer = self.spares.pop().unwrap_or_default();
@@ -523,6 +541,25 @@ mod tests {
         let (offset, _) = (positions[0].compressed(), 0);
         let beyond = VirtualPosition::from((offset << 16) | 65_535);
         assert!(open(&file, beyond, 0, 1 << 20, true).is_none());
+    }
+
+    #[test]
+    fn a_moved_end_resumes_where_the_last_one_stopped() {
+        let (records, file) = input(300);
+        let positions = positions(&file);
+        for run_bytes in [1_000, 1 << 20] {
+            let mut source = open(&file, positions[0], 0, run_bytes, true).unwrap();
+            let mut all = Vec::new();
+            for stop in [Some(50), Some(50), Some(51), Some(120), None] {
+                source.stop_at(stop.map(|i| positions[i]));
+                let framed = batches(&mut source, limits(usize::MAX, u64::MAX)).unwrap();
+                all.extend(framed.iter().flat_map(|b| b.records().map(<[u8]>::to_vec)));
+                let next = stop.unwrap_or(records.len());
+                assert_eq!(source.next_record(), next as u64);
+                assert_eq!(source.virtual_position().unwrap(), positions[next]);
+            }
+            assert!(all == records);
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Record framing: inflated BGZF data → [`RawBatch`]es of whole BAM records.
+//! Record framing by copying: inflated BGZF data → [`RawBatch`]es of whole BAM records, each
+//! record copied out of its blocks into the batch buffer, however records straddle blocks
+//! (long reads span many).
 //!
-//! This is the one sequential step between parallel inflate and parallel decode. It only reads
-//! each record's `block_size` and copies the record into the batch buffer, so it stays cheap
-//! however records straddle blocks (long reads span many).
+//! The profile reads its sample this way, right after the header on the same byte stream.
+//! Conversions and split plans frame records where they were inflated instead (`in_place`),
+//! with the batch limits and record checks defined here.
 
 use std::io::Read;
 
@@ -169,20 +171,7 @@ impl<R: Read> RecordSource<R> {
         self.take_record(|stream, size| stream.read_into(data, size))
     }
 
-    /// Passes over the next record without copying it (a split plan only counts and places
-    /// records); `Ok(false)` at the end.
-    ///
-    /// # Errors
-    ///
-    /// As [`RecordSource::read_batch`].
-    pub fn skip_record(&mut self) -> Result<bool, SourceError> {
-        let found = self.take_record(|stream, size| stream.skip(size))?;
-        self.next_record += u64::from(found);
-        Ok(found)
-    }
-
-    /// Frames the next record and hands its bytes to `take` (which copies or skips them);
-    /// `Ok(false)` at the end.
+    /// Frames the next record and hands its bytes to `take`; `Ok(false)` at the end.
     fn take_record(
         &mut self,
         take: impl FnOnce(&mut BgzfStream<R>, usize) -> Result<Result<(), usize>, BgzfError>,

@@ -26,13 +26,15 @@ use noodles_bgzf::VirtualPosition;
 use rayon::ThreadPool;
 use serde::{Deserialize, Serialize};
 
-use super::bgzf::{BgzfStream, BlockReader};
+use super::bgzf::{BgzfError, BgzfStream, BlockReader};
 use super::header;
+use super::in_place::{InPlaceSource, RunPlan};
 use super::read::Position;
 use super::region::Span;
-use super::source::RecordSource;
+use super::runs::RunReader;
+use super::source::BatchLimits;
 use super::write::PartInfo;
-use super::{ConvertError, ConvertOptions, ConvertSummary, Stage, StageError};
+use super::{ConvertError, ConvertOptions, ConvertSummary, RawBatch, Stage, StageError};
 use crate::checkpoint::{self, Settings};
 use crate::dataset::{self, Manifest, SourceInfo, Staging};
 use crate::durable;
@@ -323,30 +325,34 @@ pub(super) fn plan(
         0,
         Arc::clone(pool),
     );
-    let mut stream = BgzfStream::new(reader);
-    let header = header::read_header(&mut stream, options.header_limits())
+    let header = header::read_header(&mut BgzfStream::new(reader), options.header_limits())
         .map_err(|e| ConvertError::from_header(input, e))?;
-    let mut records = RecordSource::new(stream, 0, options.max_record_bytes);
+    let mut records = in_place_source(pool, input, header.records_start, options)?;
 
     // Split k starts at the first record starting in or after the block at
-    // `first + k * (size - first) / tasks`.
+    // `first + k * (size - first) / tasks`: the source stops before it, and is moved on.
     let first = header.records_start.compressed();
     let share = |k: usize| first + (source.size.saturating_sub(first)) * k as u64 / tasks as u64;
     let frame = |e| ConvertError::new(input, Stage::Frame, StageError::Source(e));
+    let limits = BatchLimits {
+        max_records: usize::MAX,
+        max_bytes: PLAN_RUN_BYTES,
+        part_records: u64::MAX,
+    };
+    let mut batch = RawBatch::default();
+    let mut pass_to = |records: &mut InPlaceSource<_>, end: Option<u64>| {
+        records.stop_at(end.map(|offset| VirtualPosition::from(offset << 16)));
+        while records.read_batch(&mut batch, limits).map_err(frame)? {}
+        Ok::<_, ConvertError>((
+            records.next_record(),
+            records.virtual_position().map_err(frame)?,
+        ))
+    };
     let mut starts: Vec<(u64, VirtualPosition)> = vec![(0, header.records_start)];
-    loop {
-        let position = records.virtual_position().map_err(|e| frame(e.into()))?;
-        while starts.len() < tasks && position.compressed() >= share(starts.len()) {
-            starts.push((records.next_record(), position));
-        }
-        if !records.skip_record().map_err(frame)? {
-            break;
-        }
+    for k in 1..tasks {
+        starts.push(pass_to(&mut records, Some(share(k)))?);
     }
-    let total = records.next_record();
-    let end = records.virtual_position().map_err(|e| frame(e.into()))?;
-    // A file with fewer blocks than tasks: the last tasks hold nothing.
-    starts.resize(tasks, (total, end));
+    let (total, end) = pass_to(&mut records, None)?;
 
     let splits = (0..tasks)
         .map(|k| {
@@ -374,6 +380,38 @@ pub(super) fn plan(
     };
     plan.check().map_err(|e| fail(Stage::Frame, e.into()))?;
     Ok(plan)
+}
+
+/// Inflated bytes per run while planning: the conversion's batch size at its defaults.
+const PLAN_RUN_BYTES: usize = 4 << 20;
+
+/// The records of `input` from `start` on, framed in place: jobs on `pool` inflate and walk
+/// them, this thread only counts them.
+fn in_place_source(
+    pool: &Arc<ThreadPool>,
+    input: &Path,
+    start: VirtualPosition,
+    options: &ConvertOptions,
+) -> Result<InPlaceSource<Box<dyn io::Read + Send>>, ConvertError> {
+    let offset = start.compressed();
+    let file = Input::open(input)
+        .and_then(|file| file.reader_from(offset, (options.batch_memory_mb << 20) / 4))
+        .map_err(|e| ConvertError::new(input, Stage::Open, e.into()))?;
+    let runs = RunReader::new(file, offset, Arc::clone(pool)).walking(options.max_record_bytes);
+    let plan = RunPlan {
+        bytes: PLAN_RUN_BYTES,
+        depth: pool.current_num_threads(),
+        max_record_bytes: options.max_record_bytes,
+    };
+    InPlaceSource::open(runs, start, 0, plan)
+        .map_err(|e| ConvertError::from_source(input, e))?
+        .ok_or_else(|| {
+            let error = BgzfError::Corrupt {
+                offset,
+                reason: "the first record is not where the header ends",
+            };
+            ConvertError::new(input, Stage::Frame, StageError::Source(error.into()))
+        })
 }
 
 /// Where task `task` of the dataset `output` is converted: `.NAME.staging/task-KKKKK`.
