@@ -731,20 +731,11 @@ pub(super) fn pack(compressed_offset: u64, uncompressed_offset: usize) -> Virtua
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::tests::{incompressible_blocks, xorshift};
-
-    fn pool() -> Arc<ThreadPool> {
-        Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap(),
-        )
-    }
+    use crate::pipeline::tests::{incompressible_blocks, pool, xorshift};
 
     #[test]
     fn eof_block_inflates_to_nothing() {
-        let mut reader = BlockReader::new(&EOF_BLOCK[..], 0, pool());
+        let mut reader = BlockReader::new(&EOF_BLOCK[..], 0, pool(1));
         let mut chunk = Vec::new();
         reader.read_chunk(&mut chunk).unwrap();
         assert!(chunk.is_empty());
@@ -776,7 +767,7 @@ mod tests {
             "too few chunks to recycle"
         );
 
-        let mut stream = BgzfStream::new(BlockReader::new(&file[..], 0, pool()));
+        let mut stream = BgzfStream::new(BlockReader::new(&file[..], 0, pool(1)));
         let mut actual = Vec::new();
         assert_eq!(
             stream.read_into(&mut actual, expected.len()).unwrap(),
@@ -787,7 +778,7 @@ mod tests {
 
         // One stray byte after the EOF block: a truncated frame, not a stale header.
         file.push(0x1f);
-        let mut stream = BgzfStream::new(BlockReader::new(&file[..], 0, pool()));
+        let mut stream = BgzfStream::new(BlockReader::new(&file[..], 0, pool(1)));
         let mut sink = Vec::new();
         let err = stream.read_into(&mut sink, expected.len() + 1).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
@@ -810,13 +801,7 @@ mod tests {
         let size = usize::from(u16::from_le_bytes([file[start + 16], file[start + 17]])) + 1;
         file[start + size - TRAILER_LEN] ^= 0xff;
 
-        let pool = Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap(),
-        );
-        let mut stream = BgzfStream::new(BlockReader::new(&file[..], 0, pool));
+        let mut stream = BgzfStream::new(BlockReader::new(&file[..], 0, pool(2)));
         let before: Vec<u8> = blocks[..bad].concat();
         let mut actual = Vec::new();
         assert_eq!(stream.read_into(&mut actual, before.len()).unwrap(), Ok(()));
@@ -831,7 +816,7 @@ mod tests {
     #[test]
     fn classifies_bad_starts() {
         let t = |input: &[u8], expected: &str| {
-            let mut reader = BlockReader::new(input, 0, pool());
+            let mut reader = BlockReader::new(input, 0, pool(1));
             let err = reader.read_chunk(&mut Vec::new()).unwrap_err();
             assert!(
                 err.to_string().contains(expected),

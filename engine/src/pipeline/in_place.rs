@@ -375,23 +375,13 @@ impl<R: Read> InPlaceSource<R> {
 #[cfg(test)]
 mod tests {
     use std::io::{Cursor, Write};
-    use std::sync::Arc;
 
     use bamflow_plugin_api::RecordBuilder;
 
     use super::*;
     use crate::pipeline::bgzf::{BgzfStream, BlockReader};
     use crate::pipeline::source::RecordSource;
-    use crate::pipeline::tests::xorshift;
-
-    fn pool() -> Arc<rayon::ThreadPool> {
-        Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap(),
-        )
-    }
+    use crate::pipeline::tests::{pool, xorshift};
 
     /// Records of 10 to 3,000 bases and a few of 100,000 (longer than a small run), BGZF
     /// compressed in blocks that end at arbitrary bytes; the records and the file.
@@ -434,7 +424,7 @@ mod tests {
 
     /// Every record's virtual position and the end's, as the copying source finds them.
     fn positions(file: &[u8]) -> Vec<VirtualPosition> {
-        let blocks = BlockReader::new(Cursor::new(file.to_vec()), 0, pool());
+        let blocks = BlockReader::new(Cursor::new(file.to_vec()), 0, pool(2));
         let mut source = RecordSource::new(BgzfStream::new(blocks), 0, 1 << 20);
         let mut batch = RawBatch::default();
         let mut positions = Vec::new();
@@ -461,7 +451,7 @@ mod tests {
         walking: bool,
     ) -> Option<InPlaceSource<Cursor<Vec<u8>>>> {
         let start = position.compressed();
-        let mut runs = RunReader::new(Cursor::new(file[start as usize..].to_vec()), start, pool());
+        let mut runs = RunReader::new(Cursor::new(file[start as usize..].to_vec()), start, pool(2));
         if walking {
             runs = runs.walking(1 << 20);
         }

@@ -1504,6 +1504,16 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// A pool of `threads` workers for a test's inflate and decode jobs.
+    pub(crate) fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
+        Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap(),
+        )
+    }
+
     /// A xorshift64 generator from `seed` (not 0): test data that is random but the same
     /// every run.
     pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {

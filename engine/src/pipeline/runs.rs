@@ -354,20 +354,11 @@ fn inflate_run(
 mod tests {
     use super::*;
     use crate::pipeline::bgzf::EOF_BLOCK;
-    use crate::pipeline::tests::incompressible_blocks;
-
-    fn pool() -> Arc<ThreadPool> {
-        Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap(),
-        )
-    }
+    use crate::pipeline::tests::{incompressible_blocks, pool};
 
     /// Runs of about `bytes`, up to three in flight, until the first error.
     fn read_runs(file: &[u8], bytes: usize) -> (Vec<Run>, Option<BgzfError>) {
-        let mut reader = RunReader::new(file, 0, pool());
+        let mut reader = RunReader::new(file, 0, pool(2));
         let mut runs = Vec::new();
         loop {
             while reader.in_flight() < 3 && !reader.read_all() {
