@@ -408,6 +408,49 @@ mod tests {
     }
 
     #[test]
+    fn a_walking_reader_hands_out_each_runs_record_boundaries() {
+        use std::io::Write;
+
+        let mut raw = Vec::new();
+        let mut starts = vec![0];
+        for i in 0..3_000 {
+            let bases = 100 + i % 400;
+            let record = bamflow_plugin_api::RecordBuilder::new(format!("read{i}").as_bytes())
+                .sequence(&b"ACGT".repeat(bases / 4), &vec![30; bases / 4 * 4])
+                .build();
+            raw.extend_from_slice(&(record.len() as u32).to_le_bytes());
+            raw.extend_from_slice(&record);
+            starts.push(raw.len());
+        }
+        let mut writer = noodles_bgzf::io::Writer::new(Vec::new());
+        writer.write_all(&raw).unwrap();
+        let file = writer.finish().unwrap();
+
+        let mut reader = RunReader::new(&file[..], 0, pool(2)).walking(1 << 20);
+        let (mut begin, mut walked) = (0, 0);
+        while !reader.read_all() || reader.in_flight() > 0 {
+            if !reader.read_all() {
+                reader.start(Vec::new(), Vec::new(), 100_000);
+            }
+            let Some(run) = reader.next().unwrap() else {
+                break;
+            };
+            // Every boundary of the walk is a record boundary of the stream.
+            for &at in &run.chain {
+                assert!(starts.binary_search(&(begin + at as usize)).is_ok());
+            }
+            walked += run.chain.len().saturating_sub(1);
+            begin += run.data.len();
+        }
+        assert_eq!(begin, raw.len());
+        // Only records that run on into the next run are not walked (one per run).
+        assert!(
+            walked > 3_000 - begin / 100_000 - 2,
+            "{walked} records walked"
+        );
+    }
+
+    #[test]
     fn an_isize_over_the_bgzf_maximum_is_refused_before_anything_is_sized() {
         let mut block = EOF_BLOCK;
         block[24..].copy_from_slice(&u32::MAX.to_le_bytes());
