@@ -249,6 +249,31 @@ impl<R: Read> FrameReader<R> {
         Ok(true)
     }
 
+    /// Reads frames, into buffers from `spare` when it has any, until `enough` says those read
+    /// so far are enough or the file ends (`ended` is then set).
+    pub(super) fn read_until(
+        &mut self,
+        spare: &mut Vec<Frame>,
+        ended: &mut bool,
+        mut enough: impl FnMut(&Frame) -> Result<bool, BgzfError>,
+    ) -> Result<Vec<Frame>, BgzfError> {
+        let mut frames = Vec::new();
+        while !*ended {
+            let mut frame = spare.pop().unwrap_or_default();
+            if !self.read_frame(&mut frame)? {
+                spare.push(frame);
+                *ended = true;
+                break;
+            }
+            let full = enough(&frame)?;
+            frames.push(frame);
+            if full {
+                break;
+            }
+        }
+        Ok(frames)
+    }
+
     fn fill(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BgzfError> {
         let n =
             read_full(&mut self.inner, buf).map_err(|source| BgzfError::Io { offset, source })?;
@@ -563,19 +588,12 @@ impl<R: Read> BlockReader<R> {
 
     /// Reads frames until the chunk's compressed budget is reached or the file ends.
     fn read_frames(&mut self) -> Result<Vec<Frame>, BgzfError> {
-        let mut frames = Vec::new();
         let mut compressed = 0;
-        while !self.done && compressed < CHUNK_COMPRESSED_BYTES {
-            let mut frame = self.frame_pool.pop().unwrap_or_default();
-            if self.frames.read_frame(&mut frame)? {
+        self.frames
+            .read_until(&mut self.frame_pool, &mut self.done, |frame| {
                 compressed += frame.bytes.len();
-                frames.push(frame);
-            } else {
-                self.frame_pool.push(frame);
-                self.done = true;
-            }
-        }
-        Ok(frames)
+                Ok(compressed >= CHUNK_COMPRESSED_BYTES)
+            })
     }
 
     /// Compressed offset of the next frame not yet handed out.

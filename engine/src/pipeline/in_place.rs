@@ -123,7 +123,8 @@ impl<R: Read> InPlaceSource<R> {
 
     /// Frames the next batch of records. The batch's own buffer goes to the runs to come, and
     /// the batch gets the data of the run its records are in; `Ok(false)` at the end of the
-    /// records.
+    /// records. `limits.max_bytes` does not apply: a run's size ([`RunPlan::bytes`]) bounds a
+    /// batch's bytes.
     ///
     /// # Errors
     ///
@@ -148,16 +149,14 @@ impl<R: Read> InPlaceSource<R> {
         let (stop, last) = self.frame(&run, first, limits, &mut batch.offsets)?;
         batch.end = match stop {
             Stop::RunEnd => {
-                self.chains.push(run.chain);
-                batch.data = run.data;
+                self.hand_over(run, batch);
                 self.next_position()?
             }
             Stop::Straddles => {
                 self.complete(&mut run, last)?;
                 batch.offsets.push(run.data.len() as u32);
                 self.next_record += 1;
-                self.chains.push(run.chain);
-                batch.data = run.data;
+                self.hand_over(run, batch);
                 self.next_position()?
             }
             Stop::SpanEnd => {
@@ -168,8 +167,7 @@ impl<R: Read> InPlaceSource<R> {
                     self.cut(run, last, batch);
                     end
                 } else {
-                    self.chains.push(run.chain);
-                    batch.data = run.data;
+                    self.hand_over(run, batch);
                     self.next_position()?
                 }
             }
@@ -294,6 +292,12 @@ impl<R: Read> InPlaceSource<R> {
             run.data.extend_from_slice(&next.data[from..from + take]);
             self.current = Some((next, from + take));
         }
+    }
+
+    /// Gives `batch` the data of the run its records were framed in; keeps the walk's buffer.
+    fn hand_over(&mut self, run: Run, batch: &mut RawBatch) {
+        self.chains.push(run.chain);
+        batch.data = run.data;
     }
 
     /// Ends `batch` at `at`, inside `run`: copies whichever side of the cut is smaller, and

@@ -286,20 +286,13 @@ impl<R: Read> RunReader<R> {
     /// Reads frames until they inflate to `bytes`, their compressed size reaches it (a file of
     /// empty blocks stays bounded too), or the file ends.
     fn read_frames(&mut self, bytes: usize) -> Result<Vec<Frame>, BgzfError> {
-        let mut frames = Vec::new();
         let (mut inflated, mut compressed) = (0, 0);
-        while !self.done && inflated < bytes && compressed < bytes {
-            let mut frame = self.frame_pool.pop().unwrap_or_default();
-            if self.frames.read_frame(&mut frame)? {
+        self.frames
+            .read_until(&mut self.frame_pool, &mut self.done, |frame| {
                 inflated += frame.inflated_size()?;
                 compressed += frame.bytes.len();
-                frames.push(frame);
-            } else {
-                self.frame_pool.push(frame);
-                self.done = true;
-            }
-        }
-        Ok(frames)
+                Ok(inflated >= bytes || compressed >= bytes)
+            })
     }
 }
 

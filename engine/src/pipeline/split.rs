@@ -336,7 +336,8 @@ pub(super) fn plan(
     let frame = |e| ConvertError::new(input, Stage::Frame, StageError::Source(e));
     let limits = BatchLimits {
         max_records: usize::MAX,
-        max_bytes: PLAN_RUN_BYTES,
+        // Runs of PLAN_RUN_BYTES bound the batches.
+        max_bytes: usize::MAX,
         part_records: u64::MAX,
     };
     let mut batch = RawBatch::default();
